@@ -1,0 +1,159 @@
+"""``mseg taxonomy list|show|map``: look at the taxonomies and the maps between them."""
+
+from __future__ import annotations
+
+import argparse
+
+from mseg_semantic.cli.text import format_table, print_json
+from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy, remap_tables, taxonomy_names
+from mseg_semantic.taxonomy.tables import IGNORE_LABEL, KINDS, NAIVE, UNIVERSAL, UNLABELED
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "taxonomy",
+        help="list taxonomies, show their classes, show the maps between them",
+        description="The MSeg taxonomies: the 194-class universal taxonomy, the naive merge (316 outputs), the "
+        "training datasets' taxonomies (and their MSeg-relabeled versions), the zero-shot test taxonomies, and "
+        "raw label sets as distributed.",
+    )
+    parser.set_defaults(group_parser=parser)
+    sub = parser.add_subparsers(dest="taxonomy_command", metavar="SUBCOMMAND")
+
+    p_list = sub.add_parser("list", help="every taxonomy with its kind and class count")
+    p_list.add_argument("--kind", choices=KINDS, help="only taxonomies of this kind")
+    p_list.add_argument("--json", action="store_true", help="machine-readable output")
+    p_list.set_defaults(func=run_list)
+
+    p_show = sub.add_parser(
+        "show",
+        help="the classes of one taxonomy with their universal counterpart(s)",
+        description="Each class (label value, name) with its universal counterpart: for a training taxonomy the "
+        "universal class its labels become (or 'unlabeled' when ignored), for a test taxonomy the universal "
+        "classes whose probabilities it collects, for a raw taxonomy the class in each taxonomy a pairwise table "
+        "maps it to.",
+    )
+    p_show.add_argument("name", metavar="NAME", help="taxonomy name, e.g. camvid-11 (see 'mseg taxonomy list')")
+    p_show.add_argument("--json", action="store_true", help="machine-readable output")
+    p_show.set_defaults(func=run_show)
+
+    p_map = sub.add_parser(
+        "map",
+        help="the map from one taxonomy to another",
+        description="Label maps (a training or raw taxonomy to 'universal', to 'naive', or along a pairwise table "
+        "such as cityscapes-34 -> cityscapes-19) and probability maps ('universal' or 'naive' to a test taxonomy).",
+        epilog="examples:\n  mseg taxonomy map --from ade20k-150 --to universal\n"
+        "  mseg taxonomy map --from universal --to camvid-11\n  mseg taxonomy map --from cityscapes-34 --to cityscapes-19",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_map.add_argument("--from", dest="source", required=True, metavar="A", help="source taxonomy")
+    p_map.add_argument("--to", dest="target", required=True, metavar="B", help="target taxonomy")
+    p_map.add_argument("--json", action="store_true", help="machine-readable output")
+    p_map.set_defaults(func=run_map)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    rows = []
+    for name in taxonomy_names(args.kind):
+        tax = get_taxonomy(name)
+        rows.append({"name": name, "kind": tax.kind, "num_classes": tax.num_classes, "description": tax.description})
+    if args.json:
+        print_json(rows)
+    else:
+        print(format_table(["name", "kind", "classes", "description"], [list(r.values()) for r in rows]))
+    return 0
+
+
+def _uid_label(converter: TaxonomyConverter, names: tuple[str, ...]) -> list[int]:
+    uid = {n: i for i, n in enumerate(get_taxonomy(UNIVERSAL).classes)}
+    uid[UNLABELED] = IGNORE_LABEL
+    return [uid[n] for n in names if n in uid]
+
+
+def run_show(args: argparse.Namespace) -> int:
+    tax = get_taxonomy(args.name)
+    converter = TaxonomyConverter()
+    outgoing = sorted(target for (source, target) in remap_tables() if source == tax.name)
+    classes = []
+    for i, name in enumerate(tax.classes):
+        entry: dict = {"id": i, "name": name}
+        if tax.kind in ("train", "test", UNIVERSAL):
+            entry["universal"] = list(tax.universal[i])
+            entry["universal_ids"] = _uid_label(converter, tax.universal[i])
+        if tax.kind == NAIVE:
+            entry["merged_from"] = list(tax.universal[i])
+        if tax.kind == UNIVERSAL:
+            entry.update({key: values[i] for key, values in tax.details.items()})
+        if tax.colors is not None:
+            entry["color"] = list(tax.colors[i])
+        for target in outgoing:
+            tid = int(converter.lookup_table(tax.name, target)[i])
+            entry.setdefault("remap", {})[target] = get_taxonomy(target).classes[tid] if tid != IGNORE_LABEL else None
+        classes.append(entry)
+    if args.json:
+        print_json({"name": tax.name, "kind": tax.kind, "description": tax.description,
+                    "num_classes": tax.num_classes, "ignore_label": IGNORE_LABEL, "classes": classes})
+        return 0
+    print(f"{tax.name}: {tax.description} ({tax.kind}, {tax.num_classes} classes; 255 = unlabeled)")
+    headers = ["id", "name"]
+    if tax.kind == "train":
+        headers.append("universal")
+    elif tax.kind == "test":
+        headers.append("universal classes summed into it")
+    elif tax.kind == NAIVE:
+        headers.append("merged from")
+    elif tax.kind == UNIVERSAL:
+        headers += ["group", "definition"]
+    headers += [f"-> {t}" for t in outgoing]
+    rows = []
+    for entry in classes:
+        row = [entry["id"], entry["name"]]
+        if tax.kind in ("train", "test"):
+            pairs = zip(entry["universal"], entry["universal_ids"], strict=True)
+            row.append(", ".join(f"{n} ({u})" if u != IGNORE_LABEL else "unlabeled (ignored)" for n, u in pairs) or "-")
+        elif tax.kind == NAIVE:
+            row.append(", ".join(entry["merged_from"]) or "(never a training label)")
+        elif tax.kind == UNIVERSAL:
+            row += [entry["group"], entry["definition"]]
+        row += [entry["remap"][t] or "unlabeled" for t in outgoing]
+        rows.append(row)
+    print(format_table(headers, rows))
+    return 0
+
+
+def run_map(args: argparse.Namespace) -> int:
+    source, target = get_taxonomy(args.source), get_taxonomy(args.target)
+    converter = TaxonomyConverter()
+    if source.name in (UNIVERSAL, NAIVE) and target.kind == "test":
+        matrix = converter.universal_to_test_matrix(target.name, source=source.name)
+        rows = []
+        for u, uname in enumerate(source.classes):
+            hits = matrix[:, u].nonzero()[0]
+            tid = int(hits[0]) if len(hits) else None
+            rows.append({"source_id": u, "source": uname, "target_id": tid,
+                         "target": target.classes[tid] if tid is not None else None})
+        kind = "probability"
+    else:
+        table = converter.lookup_table(source.name, target.name)
+        rows = []
+        ids = [*range(source.num_classes), *([IGNORE_LABEL] if source.num_classes <= IGNORE_LABEL else [])]
+        for sid in ids:
+            tid = int(table[sid])
+            sname = source.classes[sid] if sid < source.num_classes else UNLABELED
+            tname = target.classes[tid] if 0 <= tid < target.num_classes and tid != IGNORE_LABEL else UNLABELED
+            rows.append({"source_id": sid, "source": sname, "target_id": tid, "target": tname})
+        kind = "label"
+    if args.json:
+        print_json({"source": source.name, "target": target.name, "kind": kind, "map": rows})
+        return 0
+    if kind == "probability":
+        print(f"{source.name} -> {target.name}: the probability of each {target.name} class is the sum over the "
+              f"{source.name} classes mapped to it ('-' = dropped)")
+    else:
+        print(f"{source.name} -> {target.name}: label value map (255 = unlabeled / ignored)")
+    print(format_table(
+        [f"{source.name} id", "class", f"{target.name} id", "class"],
+        [[r["source_id"], r["source"], "-" if r["target_id"] is None else r["target_id"], r["target"] or "-"]
+         for r in rows],
+    ))
+    return 0

@@ -1,0 +1,73 @@
+"""Lossless label-map I/O and atomic writes.
+
+Label maps are single-channel PNGs (uint8, or uint16 for taxonomies with more than 255 classes). Files are
+decoded from bytes (``np.fromfile`` + ``cv2.imdecode``) so that paths with any characters work, and every
+write goes to a temporary file in the destination folder that is renamed into place: an interrupted run
+never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mseg_semantic.errors import InputError
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read a label PNG without any conversion: (H, W) uint8/uint16, or (H, W, 3) RGB for colour-coded labels."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise InputError(f"{path}: not a readable image file")
+    if image.ndim == 3:
+        if image.shape[2] == 4:
+            image = image[:, :, :3]
+        image = np.ascontiguousarray(image[:, :, ::-1])  # OpenCV decodes to BGR
+    return image
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (fsync'ed before the rename)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_label(path: str | os.PathLike, label: np.ndarray) -> None:
+    """Write a (H, W) label map as a lossless PNG, uint8 when every value fits, else uint16."""
+    if label.ndim != 2:
+        raise InputError(f"{path}: a label map must be 2-D, got shape {label.shape}")
+    if label.size and (int(label.min()) < 0 or int(label.max()) > 65535):
+        raise InputError(f"{path}: label values must lie in 0..65535")
+    dtype = np.uint8 if not label.size or int(label.max()) <= 255 else np.uint16
+    ok, encoded = cv2.imencode(".png", label.astype(dtype, copy=False))
+    if not ok:
+        raise InputError(f"{path}: PNG encoding failed")
+    write_bytes_atomic(path, encoded.tobytes())

@@ -1,0 +1,44 @@
+"""The MSeg taxonomies: the 194-class universal one, every dataset's own, and the maps between them.
+
+>>> from mseg_semantic.taxonomy import class_names, TaxonomyConverter
+>>> class_names("camvid-11")[:3]
+['Building', 'Tree', 'Sky']
+>>> TaxonomyConverter().universal_to_test_matrix("camvid-11").shape
+(11, 194)
+"""
+
+from mseg_semantic.taxonomy.converter import TaxonomyConverter
+from mseg_semantic.taxonomy.remap import remap_label_folder
+from mseg_semantic.taxonomy.tables import (
+    DEFAULT_TRAIN_DATASETS,
+    IGNORE_LABEL,
+    NUM_NAIVE_CLASSES,
+    NUM_UNIVERSAL_CLASSES,
+    RELABELED_TRAIN_DATASETS,
+    TEST_DATASETS,
+    UNRELABELED_TRAIN_DATASETS,
+    RemapTable,
+    Taxonomy,
+    class_names,
+    get_taxonomy,
+    remap_tables,
+    taxonomy_names,
+)
+
+__all__ = [
+    "DEFAULT_TRAIN_DATASETS",
+    "IGNORE_LABEL",
+    "NUM_NAIVE_CLASSES",
+    "NUM_UNIVERSAL_CLASSES",
+    "RELABELED_TRAIN_DATASETS",
+    "TEST_DATASETS",
+    "UNRELABELED_TRAIN_DATASETS",
+    "RemapTable",
+    "Taxonomy",
+    "TaxonomyConverter",
+    "class_names",
+    "get_taxonomy",
+    "remap_label_folder",
+    "remap_tables",
+    "taxonomy_names",
+]
