@@ -35,8 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     written = remap_label_folder(
-        args.input_dir, args.output_dir, args.source, args.target,
-        overwrite=args.overwrite, strict=not args.non_strict, workers=args.workers, progress=not args.quiet,
+        args.input_dir,
+        args.output_dir,
+        args.source,
+        args.target,
+        overwrite=args.overwrite,
+        strict=not args.non_strict,
+        workers=args.workers,
+        progress=not args.quiet,
     )
     print(f"wrote {len(written)} label files ({args.source} -> {args.target}) to {args.output_dir}")
     return 0

@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Label maps (a training or raw taxonomy to 'universal', to 'naive', or along a pairwise table "
         "such as cityscapes-34 -> cityscapes-19) and probability maps ('universal' or 'naive' to a test taxonomy).",
         epilog="examples:\n  mseg taxonomy map --from ade20k-150 --to universal\n"
-        "  mseg taxonomy map --from universal --to camvid-11\n  mseg taxonomy map --from cityscapes-34 --to cityscapes-19",
+        "  mseg taxonomy map --from universal --to camvid-11\n"
+        "  mseg taxonomy map --from cityscapes-34 --to cityscapes-19",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_map.add_argument("--from", dest="source", required=True, metavar="A", help="source taxonomy")
@@ -91,8 +92,16 @@ def run_show(args: argparse.Namespace) -> int:
             entry.setdefault("remap", {})[target] = get_taxonomy(target).classes[tid] if tid != IGNORE_LABEL else None
         classes.append(entry)
     if args.json:
-        print_json({"name": tax.name, "kind": tax.kind, "description": tax.description,
-                    "num_classes": tax.num_classes, "ignore_label": IGNORE_LABEL, "classes": classes})
+        print_json(
+            {
+                "name": tax.name,
+                "kind": tax.kind,
+                "description": tax.description,
+                "num_classes": tax.num_classes,
+                "ignore_label": IGNORE_LABEL,
+                "classes": classes,
+            }
+        )
         return 0
     print(f"{tax.name}: {tax.description} ({tax.kind}, {tax.num_classes} classes; 255 = unlabeled)")
     headers = ["id", "name"]
@@ -130,8 +139,14 @@ def run_map(args: argparse.Namespace) -> int:
         for u, uname in enumerate(source.classes):
             hits = matrix[:, u].nonzero()[0]
             tid = int(hits[0]) if len(hits) else None
-            rows.append({"source_id": u, "source": uname, "target_id": tid,
-                         "target": target.classes[tid] if tid is not None else None})
+            rows.append(
+                {
+                    "source_id": u,
+                    "source": uname,
+                    "target_id": tid,
+                    "target": target.classes[tid] if tid is not None else None,
+                }
+            )
         kind = "probability"
     else:
         table = converter.lookup_table(source.name, target.name)
@@ -147,13 +162,19 @@ def run_map(args: argparse.Namespace) -> int:
         print_json({"source": source.name, "target": target.name, "kind": kind, "map": rows})
         return 0
     if kind == "probability":
-        print(f"{source.name} -> {target.name}: the probability of each {target.name} class is the sum over the "
-              f"{source.name} classes mapped to it ('-' = dropped)")
+        print(
+            f"{source.name} -> {target.name}: the probability of each {target.name} class is the sum over the "
+            f"{source.name} classes mapped to it ('-' = dropped)"
+        )
     else:
         print(f"{source.name} -> {target.name}: label value map (255 = unlabeled / ignored)")
-    print(format_table(
-        [f"{source.name} id", "class", f"{target.name} id", "class"],
-        [[r["source_id"], r["source"], "-" if r["target_id"] is None else r["target_id"], r["target"] or "-"]
-         for r in rows],
-    ))
+    print(
+        format_table(
+            [f"{source.name} id", "class", f"{target.name} id", "class"],
+            [
+                [r["source_id"], r["source"], "-" if r["target_id"] is None else r["target_id"], r["target"] or "-"]
+                for r in rows
+            ],
+        )
+    )
     return 0

@@ -127,8 +127,11 @@ def _lookup_table(source: str, target: str) -> np.ndarray:
         src, dst = get_taxonomy(source), get_taxonomy(target)
         reachable = ", ".join(_targets_of(source)) or "none"
         hint = ""
-        if dst.kind == "test":
-            hint = ". Test taxonomies receive universal probabilities instead (universal_probs_to)"
+        if "test" in (src.kind, dst.kind):
+            hint = (
+                ". Test taxonomies have no label map to or from universal ids: universal (or naive) probabilities "
+                "are mapped onto them with universal_probs_to"
+            )
         raise TaxonomyError(
             f"no label mapping from {source!r} ({src.kind}) to {target!r} ({dst.kind}); "
             f"labels of {source!r} can be converted to: {reachable}{hint}"
