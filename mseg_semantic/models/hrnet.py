@@ -1,0 +1,353 @@
+"""HRNetV2 for semantic segmentation, as in MSeg's ``seg_hrnet.py``.
+
+Every released MSeg model is this network with the W48 stage configuration (:data:`HRNET_W48`). The module
+tree reproduces the original attribute names, so ``state_dict()`` keys equal the checkpoint keys without the
+``module.`` prefix, and the forward pass reproduces the original numerics: BatchNorm eps 1e-5 / momentum 0.01,
+bilinear resizes to exact sizes with ``align_corners=False`` in the fuse layers and before the head, and
+``align_corners=True`` for the final resize to the input size.
+
+Differences from the original that do not change any output it can produce:
+
+- plain :class:`torch.nn.BatchNorm2d` (the original hard-codes SyncBatchNorm; in eval mode on one device they
+  compute the same thing). Distributed training converts with ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+- any input size is accepted (the original asserts ``(H - 1) % 8 == 0``); the output always has the input's size.
+- no loss inside the model: ``model(x)`` returns logits (N, K, H, W) in train and eval mode.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from mseg_semantic.errors import InputError
+from mseg_semantic.models.resnet import BasicBlock, Bottleneck, make_layer
+
+#: The original code's BatchNorm momentum for every HRNet BN (PyTorch convention).
+BN_MOMENTUM = 0.01
+#: The stem is fixed in the original code, not configured.
+STEM_CHANNELS = 64
+
+_BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"BASIC": BasicBlock, "BOTTLENECK": Bottleneck}
+
+
+@dataclass(frozen=True)
+class HRNetStageConfig:
+    """One stage of the original YAML (``STAGE1`` .. ``STAGE4``); field names are the YAML keys lower-cased."""
+
+    num_modules: int
+    num_branches: int
+    block: str
+    num_blocks: tuple[int, ...]
+    num_channels: tuple[int, ...]
+    fuse_method: str = "SUM"
+
+    def __post_init__(self) -> None:
+        if self.block not in _BLOCKS:
+            raise InputError(f"HRNet stage BLOCK must be one of {sorted(_BLOCKS)}, got {self.block!r}")
+        if self.fuse_method != "SUM":
+            raise InputError(
+                f"HRNet FUSE_METHOD must be 'SUM' (the only one the original has), got {self.fuse_method!r}"
+            )
+        if not len(self.num_blocks) == len(self.num_channels) == self.num_branches:
+            raise InputError(
+                f"HRNet stage has NUM_BRANCHES {self.num_branches} but NUM_BLOCKS {list(self.num_blocks)} "
+                f"and NUM_CHANNELS {list(self.num_channels)}: all three must agree"
+            )
+        values = (self.num_modules, self.num_branches, *self.num_blocks, *self.num_channels)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            raise InputError(f"HRNet stage numbers must be positive integers, got {self}")
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of each branch after the stage (block width times the block's expansion)."""
+        return [c * _BLOCKS[self.block].expansion for c in self.num_channels]
+
+
+@dataclass(frozen=True)
+class HRNetConfig:
+    """The architecture config of the original ``seg_hrnet.yaml`` (``HRNetArchConfig``)."""
+
+    stage1: HRNetStageConfig
+    stage2: HRNetStageConfig
+    stage3: HRNetStageConfig
+    stage4: HRNetStageConfig
+    final_conv_kernel: int = 1
+
+    def __post_init__(self) -> None:
+        # The head concatenates exactly four branches, and stage n adds branch n (as in the original).
+        for number, stage in enumerate(self.stages, start=1):
+            if stage.num_branches != number:
+                raise InputError(f"HRNet STAGE{number} must have NUM_BRANCHES {number}, got {stage.num_branches}")
+        if self.final_conv_kernel not in (1, 3):
+            raise InputError(f"HRNet FINAL_CONV_KERNEL must be 1 or 3, got {self.final_conv_kernel}")
+
+    @property
+    def stages(self) -> tuple[HRNetStageConfig, ...]:
+        return (self.stage1, self.stage2, self.stage3, self.stage4)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The original YAML layout (upper-case keys, lists), without hydra's ``_target_`` keys."""
+        out: dict[str, Any] = {"FINAL_CONV_KERNEL": self.final_conv_kernel}
+        for number, stage in enumerate(self.stages, start=1):
+            out[f"STAGE{number}"] = {
+                f.name.upper(): list(v) if isinstance(v := getattr(stage, f.name), tuple) else v for f in fields(stage)
+            }
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "HRNet config") -> HRNetConfig:
+        """Read the original layout; the ``HRNetArchConfig`` wrapper and ``_target_`` keys are optional.
+
+        Keys are matched case-insensitively; an unknown or missing key raises :class:`InputError` naming it.
+        """
+        data = _without_targets(data)
+        if set(data) == {"HRNETARCHCONFIG"}:
+            data = _without_targets(data["HRNETARCHCONFIG"])
+        stage_names = [f"STAGE{n}" for n in range(1, 5)]
+        _check_keys(data, required=stage_names, optional=["FINAL_CONV_KERNEL"], where=source)
+        stages = []
+        for name in stage_names:
+            stage = _without_targets(data[name])
+            _check_keys(
+                stage,
+                required=["NUM_MODULES", "NUM_BRANCHES", "BLOCK", "NUM_BLOCKS", "NUM_CHANNELS"],
+                optional=["FUSE_METHOD"],
+                where=f"{source}: {name}",
+            )
+            try:
+                stages.append(
+                    HRNetStageConfig(
+                        num_modules=stage["NUM_MODULES"],
+                        num_branches=stage["NUM_BRANCHES"],
+                        block=str(stage["BLOCK"]).upper(),
+                        num_blocks=_int_list(stage["NUM_BLOCKS"], "NUM_BLOCKS"),
+                        num_channels=_int_list(stage["NUM_CHANNELS"], "NUM_CHANNELS"),
+                        fuse_method=str(stage.get("FUSE_METHOD", "SUM")).upper(),
+                    )
+                )
+            except InputError as exc:
+                raise InputError(f"{source}: {name}: {exc}") from exc
+        try:
+            return cls(*stages, final_conv_kernel=data.get("FINAL_CONV_KERNEL", 1))
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from exc
+
+
+def _without_targets(data: Any) -> dict[str, Any]:
+    """Upper-case the keys and drop hydra's ``_target_`` (which names classes of the original package)."""
+    if not isinstance(data, Mapping):
+        raise InputError(f"expected a mapping in the HRNet config, got {type(data).__name__}: {data!r}")
+    return {str(k).upper(): v for k, v in data.items() if k != "_target_"}
+
+
+def _int_list(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InputError(f"{where} must be a list of integers, got {value!r}")
+    return tuple(value)
+
+
+def _check_keys(data: Mapping[str, Any], required: list[str], optional: list[str], where: str) -> None:
+    unknown = sorted(set(data) - set(required) - set(optional))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; expected {required + optional}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise InputError(f"{where}: missing key(s) {missing}")
+
+
+def load_hrnet_config(config: HRNetConfig | Mapping[str, Any] | str | os.PathLike[str]) -> HRNetConfig:
+    """An :class:`HRNetConfig` from itself, a dict, or the path of a YAML file in the original layout."""
+    if isinstance(config, HRNetConfig):
+        return config
+    if isinstance(config, Mapping):
+        return HRNetConfig.from_dict(config)
+    path = Path(config)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read HRNet config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise InputError(f"HRNet config {path} is not valid YAML: {exc}") from exc
+    return HRNetConfig.from_dict(data or {}, source=str(path))
+
+
+def _stage(widths: tuple[int, ...], blocks: int, modules: int, block: str = "BASIC") -> HRNetStageConfig:
+    return HRNetStageConfig(modules, len(widths), block, (blocks,) * len(widths), widths)
+
+
+#: HRNetV2-W48, the configuration of every released MSeg model.
+HRNET_W48 = HRNetConfig(
+    stage1=_stage((64,), 4, 1, "BOTTLENECK"),
+    stage2=_stage((48, 96), 4, 1),
+    stage3=_stage((48, 96, 192), 4, 4),
+    stage4=_stage((48, 96, 192, 384), 4, 3),
+)
+
+
+def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int, relu: bool) -> nn.Sequential:
+    """Conv (no bias) + BN (+ ReLU): the unit of the transition and fuse layers (keys ``.0`` and ``.1``)."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels, momentum=BN_MOMENTUM),
+    ]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class HighResolutionModule(nn.Module):
+    """Parallel branches, then every output branch sums all input branches resampled to its resolution."""
+
+    def __init__(self, stage: HRNetStageConfig) -> None:
+        super().__init__()
+        block = _BLOCKS[stage.block]
+        # Inputs already have the stage's widths (the transition layers see to that), so no branch downsamples.
+        channels = stage.out_channels
+        self.branches = nn.ModuleList(
+            make_layer(block, channels[b], stage.num_channels[b], stage.num_blocks[b], bn_momentum=BN_MOMENTUM)
+            for b in range(stage.num_branches)
+        )
+        self.fuse_layers = nn.ModuleList(
+            nn.ModuleList(self._fuse_path(channels, source, target) for source in range(len(channels)))
+            for target in range(len(channels))
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    @staticmethod
+    def _fuse_path(channels: list[int], source: int, target: int) -> nn.Module | None:
+        if source == target:
+            return None  # identity; keeps its index so the keys of the others stay put
+        if source > target:
+            # Lower resolution: 1x1 conv to the target width here, bilinear resize in forward().
+            return _conv_bn(channels[source], channels[target], 1, 1, relu=False)
+        # Higher resolution: one stride-2 3x3 conv per halving; only the last changes width, and has no ReLU.
+        steps = target - source
+        return nn.Sequential(
+            *(
+                _conv_bn(
+                    channels[source], channels[target] if k == steps - 1 else channels[source], 3, 2, k < steps - 1
+                )
+                for k in range(steps)
+            )
+        )
+
+    def forward(self, x: list[Tensor]) -> list[Tensor]:
+        x = [branch(xi) for branch, xi in zip(self.branches, x, strict=True)]
+        out = []
+        for target, paths in enumerate(self.fuse_layers):
+            size = x[target].shape[-2:]
+            total = None
+            for source, path in enumerate(paths):
+                if path is None:
+                    y = x[source]
+                elif source > target:
+                    y = F.interpolate(path(x[source]), size=size, mode="bilinear", align_corners=False)
+                else:
+                    y = path(x[source])
+                total = y if total is None else total + y
+            out.append(self.relu(total))
+        return out
+
+
+def _transition(previous: list[int], current: list[int]) -> nn.ModuleList:
+    """Adapt the branches of one stage to the next and add the new lowest-resolution branch.
+
+    Existing branches get a 3x3 conv only when their width changes (else ``None``); a new branch comes from the
+    last existing one through stride-2 3x3 convs.
+    """
+    layers: list[nn.Module | None] = []
+    for i, width in enumerate(current):
+        if i < len(previous):
+            layers.append(_conv_bn(previous[i], width, 3, 1, relu=True) if previous[i] != width else None)
+        else:
+            steps = i + 1 - len(previous)
+            layers.append(
+                nn.Sequential(
+                    *(
+                        _conv_bn(previous[-1], width if k == steps - 1 else previous[-1], 3, 2, relu=True)
+                        for k in range(steps)
+                    )
+                )
+            )
+    return nn.ModuleList(layers)
+
+
+class HRNet(nn.Module):
+    """HRNetV2 segmentation network: logits (N, K, H, W) at the input size, in train and eval mode."""
+
+    def __init__(self, config: HRNetConfig, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise InputError(f"num_classes must be at least 1, got {num_classes}")
+        self.config = config
+        self.num_classes = num_classes
+        #: The registry name that rebuilds this model (stored by save_checkpoint).
+        self.arch = "hrnet_w48" if config == HRNET_W48 else "hrnet"
+
+        self.conv1 = nn.Conv2d(3, STEM_CHANNELS, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(STEM_CHANNELS, momentum=BN_MOMENTUM)
+        self.conv2 = nn.Conv2d(STEM_CHANNELS, STEM_CHANNELS, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(STEM_CHANNELS, momentum=BN_MOMENTUM)
+        self.relu = nn.ReLU(inplace=True)
+
+        s1 = config.stage1
+        self.layer1 = make_layer(
+            _BLOCKS[s1.block], STEM_CHANNELS, s1.num_channels[0], s1.num_blocks[0], bn_momentum=BN_MOMENTUM
+        )
+        channels = s1.out_channels
+        # Attribute names transition1..3 / stage2..4 are the checkpoint's.
+        for number, stage in enumerate(config.stages[1:], start=2):
+            setattr(self, f"transition{number - 1}", _transition(channels, stage.out_channels))
+            setattr(
+                self, f"stage{number}", nn.Sequential(*(HighResolutionModule(stage) for _ in range(stage.num_modules)))
+            )
+            channels = stage.out_channels
+
+        width = sum(channels)
+        kernel = config.final_conv_kernel
+        self.last_layer = nn.Sequential(
+            nn.Conv2d(width, width, 1),
+            nn.BatchNorm2d(width, momentum=BN_MOMENTUM),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, num_classes, kernel, padding=kernel // 2),
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                # The original init: conv weights N(0, 0.001), biases and BN at PyTorch's defaults.
+                nn.init.normal_(module.weight, std=0.001)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: normalised RGB (N, 3, H, W) float; returns logits (N, num_classes, H, W), no softmax."""
+        height, width = x.shape[-2:]
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        branches = [self.layer1(x)]
+        for transition, stage in (
+            (self.transition1, self.stage2),
+            (self.transition2, self.stage3),
+            (self.transition3, self.stage4),
+        ):
+            # A new branch grows from the last (lowest-resolution) existing one.
+            branches = [
+                branches[i] if layer is None else layer(branches[min(i, len(branches) - 1)])
+                for i, layer in enumerate(transition)
+            ]
+            branches = stage(branches)
+        size = branches[0].shape[-2:]
+        features = [branches[0]] + [
+            F.interpolate(b, size=size, mode="bilinear", align_corners=False) for b in branches[1:]
+        ]
+        logits = self.last_layer(torch.cat(features, dim=1))
+        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=True)
+
+    def backbone_key(self, file_key: str) -> str:
+        """Where an entry of the HRNet authors' ImageNet file goes: the names are already ours."""
+        return file_key

@@ -1,0 +1,135 @@
+"""PSPNet (pyramid pooling over a dilated deep-stem ResNet), as in MSeg's ``pspnet.py`` (from hszhao/semseg).
+
+No released MSeg checkpoint uses it, but the original training code does; the module tree reproduces the
+original names (``layer0``..``layer4``, ``ppm.features.{i}``, ``cls``, ``aux``) so its checkpoints load.
+
+Train mode returns ``(logits, aux_logits)`` (the aux head reads ``layer3``; the training loop weights its loss,
+0.4 in the release configs); eval mode returns ``logits`` only and does not run the aux head. Both are
+(N, K, h, w) with h = int((H - 1) / 8 * zoom_factor + 1), which is H for the default zoom factor 8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mseg_semantic.errors import InputError
+from mseg_semantic.models.resnet import RESNET_DEPTHS, dilated_resnet_layers, imagenet_resnet_key
+
+#: Channels of ``layer4`` (Bottleneck ResNets only, which is why the original rejects ResNet-18/34).
+FEATURE_CHANNELS = 2048
+#: Channels of ``layer3``, the aux head's input.
+AUX_CHANNELS = 1024
+
+
+@dataclass(frozen=True)
+class PSPNetConfig:
+    """The PSPNet constructor options of the original that change the network."""
+
+    layers: int = 50
+    bins: tuple[int, ...] = (1, 2, 3, 6)
+    dropout: float = 0.1
+    zoom_factor: int = 8
+
+    def __post_init__(self) -> None:
+        if self.layers not in RESNET_DEPTHS:
+            raise InputError(f"PSPNet layers must be one of {sorted(RESNET_DEPTHS)}, got {self.layers}")
+        if not self.bins or FEATURE_CHANNELS % len(self.bins) != 0:
+            raise InputError(f"PSPNet needs 1 to {FEATURE_CHANNELS} bins dividing {FEATURE_CHANNELS}, got {self.bins}")
+        if self.zoom_factor not in (1, 2, 4, 8):
+            raise InputError(f"PSPNet zoom_factor must be 1, 2, 4 or 8, got {self.zoom_factor}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"PSPNet dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "bins": list(self.bins)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PSPNetConfig:
+        """Missing keys take the defaults; an unknown key raises :class:`InputError` naming it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown PSPNet config key(s) {unknown}; expected {sorted(known)}")
+        values = dict(data)
+        if "bins" in values:
+            values["bins"] = tuple(values["bins"])
+        return cls(**values)
+
+
+class PyramidPooling(nn.Module):
+    """Average-pool to b x b for every bin b, reduce channels, resize back, concatenate with the input."""
+
+    def __init__(self, in_channels: int, bins: tuple[int, ...]) -> None:
+        super().__init__()
+        reduced = in_channels // len(bins)
+        self.features = nn.ModuleList(
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(b),
+                nn.Conv2d(in_channels, reduced, 1, bias=False),
+                nn.BatchNorm2d(reduced),
+                nn.ReLU(inplace=True),
+            )
+            for b in bins
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        pooled = [F.interpolate(f(x), size=size, mode="bilinear", align_corners=True) for f in self.features]
+        return torch.cat([x, *pooled], dim=1)
+
+
+def _head(in_channels: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """3x3 conv + BN + ReLU + dropout + 1x1 classifier (keys ``.0``, ``.1``, ``.4``)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+        nn.BatchNorm2d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(p=dropout),
+        nn.Conv2d(hidden, num_classes, 1),
+    )
+
+
+class PSPNet(nn.Module):
+    """PSPNet with a dilated deep-stem ResNet-50/101/152, PPM, main head ``cls`` and aux head ``aux``."""
+
+    def __init__(self, config: PSPNetConfig, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise InputError(f"PSPNet needs num_classes of at least 2 (as the original), got {num_classes}")
+        self.config = config
+        self.num_classes = num_classes
+        #: The registry name that rebuilds this model (stored by save_checkpoint).
+        self.arch = f"pspnet{config.layers}"
+        self.layer0, self.layer1, self.layer2, self.layer3, self.layer4 = dilated_resnet_layers(config.layers)
+        self.ppm = PyramidPooling(FEATURE_CHANNELS, config.bins)
+        self.cls = _head(2 * FEATURE_CHANNELS, 512, num_classes, config.dropout)
+        # The original creates `aux` under `if self.training:` in __init__, which always holds, so checkpoints
+        # always carry aux.* keys.
+        self.aux = _head(AUX_CHANNELS, 256, num_classes, config.dropout)
+
+    def _resize(self, logits: Tensor, height: int, width: int) -> Tensor:
+        if self.config.zoom_factor == 1:
+            return logits
+        # The original's output size formula; for zoom_factor 8 it gives back the input size.
+        size = (int((height - 1) / 8 * self.config.zoom_factor + 1), int((width - 1) / 8 * self.config.zoom_factor + 1))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """``x``: normalised RGB (N, 3, H, W); eval: logits; train: ``(logits, aux_logits)``."""
+        height, width = x.shape[-2:]
+        x = self.layer2(self.layer1(self.layer0(x)))
+        mid = self.layer3(x)
+        logits = self._resize(self.cls(self.ppm(self.layer4(mid))), height, width)
+        if not self.training:
+            return logits
+        return logits, self._resize(self.aux(mid), height, width)
+
+    def backbone_key(self, file_key: str) -> str:
+        """Where an entry of a deep-stem ImageNet ResNet file goes (the stem is packed into ``layer0``)."""
+        return imagenet_resnet_key(file_key)
