@@ -20,6 +20,16 @@ import numpy as np
 from mseg_semantic.errors import InputError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Temporary files are created private (0600); finished files get the permissions a plain open() would give.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def read_label(path: str | os.PathLike) -> np.ndarray:
     """Read a label PNG without any conversion: (H, W) uint8/uint16, or (H, W, 3) RGB for colour-coded labels."""
     path = Path(path)
@@ -46,6 +56,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

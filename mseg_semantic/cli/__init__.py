@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from mseg_semantic import __version__
-from mseg_semantic.cli import remap, taxonomy
+from mseg_semantic.cli import convert, demo, remap, taxonomy
 from mseg_semantic.errors import MsegError
 
-_COMMANDS = (taxonomy, remap)
+_COMMANDS = (demo, taxonomy, remap, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,97 @@
+"""Command-line options shared by the commands that run a model (``demo``, later ``eval``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from torch import nn
+
+from mseg_semantic.errors import InputError, TaxonomyError
+from mseg_semantic.inference.config import preset_names
+from mseg_semantic.taxonomy import get_taxonomy, taxonomy_names
+from mseg_semantic.taxonomy.tables import NAIVE, NUM_NAIVE_CLASSES, NUM_UNIVERSAL_CLASSES, UNIVERSAL
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH",
+        help="checkpoint: an original MSeg .pth (needs --arch) or a .safetensors from 'mseg convert'",
+    )
+    group.add_argument(
+        "--arch", help="architecture of an original .pth: hrnet_w48 (all released models), pspnet50, ..."
+    )
+    group.add_argument(
+        "--num-classes", type=int, metavar="K", help="output classes (default: read from the checkpoint)"
+    )
+    group.add_argument(
+        "--model-taxonomy",
+        metavar="T",
+        help="taxonomy of the model's outputs (default: recorded in the checkpoint; universal for 194 "
+        "classes, naive for 316, the test taxonomy with that many classes for oracle models)",
+    )
+    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    group = parser.add_argument_group("inference settings")
+    group.add_argument(
+        "--config",
+        default=default,
+        metavar="PRESET|FILE.yaml",
+        help=f"preset ({', '.join(preset_names())}) or a YAML file (default: {default})",
+    )
+    group.add_argument("--base-size", type=int, metavar="N", help="override: short side at scale 1.0")
+    group.add_argument("--scales", type=float, nargs="+", metavar="S", help="override: scale multipliers")
+    group.add_argument("--crop-size", type=int, metavar="N", help="override: square sliding-window size")
+    group.add_argument("--no-flip", action="store_true", help="override: no flip averaging (faster, not the original)")
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    overrides: dict = {}
+    if args.base_size is not None:
+        overrides["base_size"] = args.base_size
+    if args.scales:
+        overrides["scales"] = args.scales
+    if args.crop_size is not None:
+        overrides["crop_size"] = args.crop_size
+    if args.no_flip:
+        overrides["flip"] = False
+    return overrides
+
+
+def default_model_taxonomy(num_classes: int, recorded: str | None = None) -> str:
+    """The taxonomy of a model's outputs when the user did not say: recorded > 194/316 > unique test taxonomy."""
+    if recorded:
+        return get_taxonomy(recorded).name
+    if num_classes == NUM_UNIVERSAL_CLASSES:
+        return UNIVERSAL
+    if num_classes == NUM_NAIVE_CLASSES:
+        return NAIVE
+    candidates = [t for t in taxonomy_names("test") if get_taxonomy(t).num_classes == num_classes]
+    if len(candidates) == 1:
+        return candidates[0]
+    others = [t for t in taxonomy_names() if get_taxonomy(t).num_classes == num_classes]
+    hint = f"; taxonomies with {num_classes} classes: {', '.join(others)}" if others else ""
+    raise TaxonomyError(f"cannot tell the taxonomy of a model with {num_classes} outputs: pass --model-taxonomy{hint}")
+
+
+def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str]:
+    """The model named by ``--model`` (and ``--arch``/``--num-classes``) and its taxonomy."""
+    from mseg_semantic.models import load_model, read_metadata
+
+    path = Path(args.model)
+    if not path.is_file():
+        raise InputError(f"{path}: model file does not exist")
+    model = load_model(path, arch=args.arch, num_classes=args.num_classes, device=args.device)
+    recorded = read_metadata(path).get("taxonomy") if path.suffix == ".safetensors" else None
+    taxonomy = args.model_taxonomy or default_model_taxonomy(model.num_classes, recorded)
+    expected = get_taxonomy(taxonomy).num_classes
+    if model.num_classes != expected:
+        raise TaxonomyError(
+            f"{path}: the model has {model.num_classes} output classes but taxonomy {taxonomy!r} has {expected}"
+        )
+    return model, taxonomy

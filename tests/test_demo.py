@@ -1,0 +1,160 @@
+"""`mseg demo` end to end on real images and video, and every bad input it must report clearly."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mseg_semantic.cli import main
+from mseg_semantic.fileio import read_label
+from mseg_semantic.taxonomy import class_names
+from mseg_semantic.visualize import colorize
+
+FAST = ["--config", "360_ss", "--base-size", "96", "--crop-size", "97", "--quiet"]
+
+
+def demo(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["demo", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def demo_dir(shared: Path) -> Path:
+    path = shared / "data" / "demo"
+    if not (path / "3dogs.jpg").exists():
+        pytest.skip("demo images not available")
+    return path
+
+
+def test_demo_on_real_images(demo_dir, tiny_checkpoint, tmp_path, capsys):
+    images = [demo_dir / "3dogs.jpg", demo_dir / "mmseg_demo_street.png"]
+    code, out, err = demo(capsys, *map(str, images), "--model", str(tiny_checkpoint), "--out", str(tmp_path), *FAST)
+    assert code == 0, err
+    assert "2 image(s)" in out and "universal" in err
+    for image in images:
+        rgb = cv2.imread(str(image))
+        gray = read_label(tmp_path / f"{image.stem}_gray.png")
+        assert gray.shape == rgb.shape[:2] and gray.dtype == np.uint8 and gray.max() < 194
+        color = cv2.imread(str(tmp_path / f"{image.stem}_color.png"))[:, :, ::-1]
+        assert (color == colorize(gray, 194)).all()
+        overlay = cv2.imread(str(tmp_path / f"{image.stem}_overlay.jpg"))
+        assert overlay.shape == rgb.shape
+    # A second run finds everything done; --overwrite recomputes.
+    code, out, _ = demo(capsys, *map(str, images), "--model", str(tiny_checkpoint), "--out", str(tmp_path), *FAST)
+    assert code == 0 and "0 image(s)" in out and "2 already done" in out
+    code, out, _ = demo(capsys, str(images[0]), "--model", str(tiny_checkpoint), "--out", str(tmp_path),
+                        "--overwrite", *FAST)  # fmt: skip
+    assert code == 0 and "1 image(s)" in out
+
+
+def test_demo_folder_mirrors_subfolders_and_reports_bad_files(demo_dir, tiny_checkpoint, tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(demo_dir / "3dogs.jpg", src / "a.JPG")
+    shutil.copy(demo_dir / "3dogs.jpg", src / "sub" / "b.jpeg")
+    (src / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "notes.txt").write_text("ignored: not an image")
+    out = tmp_path / "out"
+    code, stdout, err = demo(capsys, str(src), "--model", str(tiny_checkpoint), "--out", str(out),
+                             "--taxonomy", "camvid-11", *FAST)  # fmt: skip
+    assert code == 1
+    assert "2 image(s)" in stdout
+    assert "broken.png: not a readable image" in err and "empty.jpg: empty file" in err and "Traceback" not in err
+    assert read_label(out / "a_gray.png").max() < 11
+    assert (out / "sub" / "b_overlay.jpg").exists()
+    assert not list(out.rglob("broken*")) and not list(out.rglob(".*"))
+
+
+def test_demo_on_real_video(demo_dir, tiny_checkpoint, tmp_path, capsys):
+    video = demo_dir / "car-detection.mp4"
+    code, out, err = demo(capsys, str(video), "--model", str(tiny_checkpoint), "--out", str(tmp_path),
+                          "--max-frames", "3", "--save-frames", *FAST)  # fmt: skip
+    assert code == 0, err
+    assert "3 video frame(s)" in out
+    result = cv2.VideoCapture(str(tmp_path / "car-detection_overlay.mp4"))
+    assert result.isOpened()
+    assert int(result.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and result.get(cv2.CAP_PROP_FPS) == pytest.approx(12.5)
+    ok, frame = result.read()
+    assert ok and frame.shape == (432, 768, 3)
+    frames = sorted((tmp_path / "car-detection_frames").glob("*_gray.png"))
+    assert [f.name for f in frames] == ["000000_gray.png", "000001_gray.png", "000002_gray.png"]
+
+
+def test_unreadable_video_is_reported(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "clip.mp4").write_bytes(b"not a video at all" * 10)
+    code, _, err = demo(capsys, str(tmp_path / "clip.mp4"), "--model", str(tiny_checkpoint), "--out",
+                        str(tmp_path / "o"), *FAST)  # fmt: skip
+    assert code == 1 and "clip.mp4" in err and "Traceback" not in err
+    assert not list((tmp_path / "o").glob("*.mp4"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{tmp}/missing.jpg"], "missing.jpg: no such file or folder"),
+        (["{tmp}/emptydir"], "emptydir: folder contains no images or videos"),
+        (["{tmp}/notes.txt"], "notes.txt: not an image or video file"),
+        (["{img}", "--taxonomy", "camvid11"], "unknown taxonomy 'camvid11'"),
+        (["{img}", "--model-taxonomy", "camvid-11"], "194 output classes but taxonomy 'camvid-11' has 11"),
+        (["{img}", "--taxonomy", "ade20k-150"], "test taxonomies"),
+        (["{img}", "--out", "{tmp}/notes.txt"], "cannot create the output folder"),
+        (["{img}", "--config", "999_ms"], "unknown inference preset '999_ms'"),
+    ],
+)
+def test_user_mistakes_give_one_clear_line(args, message, tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.zeros((20, 30, 3), np.uint8))
+    argv = [a.format(tmp=tmp_path, img=image) for a in args]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    code, _, err = demo(capsys, *FAST, *argv, "--model", str(tiny_checkpoint))  # later options win
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_or_bad_model_file(tmp_path, capsys):
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.zeros((20, 30, 3), np.uint8))
+    code, _, err = demo(capsys, str(image), "--model", str(tmp_path / "nope.pth"), "--arch", "hrnet_w48", *FAST)
+    assert code == 2 and "nope.pth" in err
+    (tmp_path / "page.pth").write_text("<!DOCTYPE html><html>Google Drive</html>")
+    code, _, err = demo(capsys, str(image), "--model", str(tmp_path / "page.pth"), "--arch", "hrnet_w48", *FAST)
+    assert code == 2 and "page.pth" in err and "Traceback" not in err
+
+
+def test_original_command_line_still_works(demo_dir, tiny_checkpoint, tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "mseg_semantic" / "tool" / "universal_demo.py"
+    config = repo / "mseg_semantic" / "config" / "test" / "default_config_360_ms.yaml"
+    cmd = [sys.executable, "-u", str(script), f"--config={config}", "model_name", "tiny", "model_path",
+           str(tiny_checkpoint), "input_file", str(demo_dir / "3dogs.jpg"), "scales", "[1.0]", "base_size", "96",
+           "test_h", "97", "test_w", "97"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "temp_files" / "tiny_universal_ss" / "96" / "3dogs_gray.png").exists()
+    bad = subprocess.run([*cmd[:4], "not_a_key", "1"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown config key 'not_a_key'" in bad.stderr
+
+
+def test_class_names_in_overlay_come_from_the_output_taxonomy():
+    from mseg_semantic.visualize import label_points
+
+    labels = np.zeros((60, 80), np.uint8)
+    labels[:, 40:] = 2
+    labels[20:30, 5:15] = 10  # a small region inside class 0
+    points = label_points(labels, min_area=50)
+    assert [p.class_id for p in points] == [2, 0, 10]  # biggest region first
+    for p in points:
+        assert labels[p.y, p.x] == p.class_id  # the name goes inside its own region
+    assert class_names("camvid-11")[points[2].class_id] == "Bicyclist"
