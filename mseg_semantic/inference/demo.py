@@ -21,8 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mseg_semantic.errors import InputError, MsegError
-from mseg_semantic.fileio import atomic_path, write_bytes_atomic, write_label
-from mseg_semantic.inference.images import is_image_path, is_video_path, read_image
+from mseg_semantic.fileio import atomic_path, is_image_path, is_video_path, read_image, write_bytes_atomic, write_label
 from mseg_semantic.inference.segmenter import Segmenter
 from mseg_semantic.visualize import colorize, overlay
 

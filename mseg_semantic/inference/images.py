@@ -3,43 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from mseg_semantic.errors import InputError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
-
-
-def is_image_path(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def is_video_path(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as (H, W, 3) RGB uint8 (grey and palette images are expanded, alpha dropped)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image")
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    if data.size == 0:
-        raise InputError(f"{path}: empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(f"{path}: not a readable image (corrupt, truncated, or not an image format)")
-    return np.ascontiguousarray(image[:, :, ::-1])
+from mseg_semantic.fileio import read_image
 
 
 def as_rgb_array(image: Any) -> np.ndarray:
