@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny test models gain nothing from several threads, and OpenMP threads that wait on each other slow down by
+# orders of magnitude when other processes load the cores. MSEG_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("MSEG_TEST_THREADS", "1")))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -140,10 +141,11 @@ def test_original_command_line_still_works(demo_dir, tiny_checkpoint, tmp_path):
     cmd = [sys.executable, "-u", str(script), f"--config={config}", "model_name", "tiny", "model_path",
            str(tiny_checkpoint), "input_file", str(demo_dir / "3dogs.jpg"), "scales", "[1.0]", "base_size", "96",
            "test_h", "97", "test_w", "97"]  # fmt: skip
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "temp_files" / "tiny_universal_ss" / "96" / "3dogs_gray.png").exists()
-    bad = subprocess.run([*cmd[:4], "not_a_key", "1"], cwd=tmp_path, capture_output=True, text=True)
+    bad = subprocess.run([*cmd[:4], "not_a_key", "1"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown config key 'not_a_key'" in bad.stderr
 
 
