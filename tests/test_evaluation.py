@@ -236,3 +236,57 @@ def test_results_table_with_harmonic_mean(tmp_path, capsys):
     (tmp_path / "junk" / "metrics.json").write_text("{}")
     assert main(["results", str(tmp_path / "junk")]) == 2
     assert "not a metrics.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- relabeled evaluation
+def test_relabeled_rules_like_the_original():
+    from mseg_semantic.evaluation.plan import apply_relabeled_rules
+    from mseg_semantic.taxonomy import class_names as names
+
+    uid = names("universal").index
+    person, motorcyclist = uid("person"), uid("motorcyclist")
+    gt = np.full((2, 2), person)
+    relabeled = np.array([[motorcyclist, motorcyclist], [person, 255]])
+    pred, new_gt = apply_relabeled_rules(np.full((2, 2), motorcyclist), gt, relabeled)
+    assert pred.tolist() == [[person, person], [motorcyclist, 255]]  # reward: becomes the original class
+    assert new_gt.tolist() == [[person, person], [person, 255]]  # relabeled-to-unlabeled pixels are ignored
+    pred, _ = apply_relabeled_rules(np.full((2, 2), person), gt, relabeled)
+    assert pred.tolist() == [[255, 255], [person, 255]]  # penalty: a miss, but no false positive
+
+
+def test_relabeled_eval_checks_the_lists_correspond(camvid, tiny_checkpoint, tmp_path, capsys):
+    # Two copies of a tiny "cityscapes-19" dataset made from CamVid frames: a plain one and a relabeled one.
+    root = tmp_path / "cs"
+    (root / "img").mkdir(parents=True)
+    (root / "lab").mkdir()
+    (root / "rel").mkdir()
+    for i, name in enumerate(sorted(p.name for p in (camvid / "images").iterdir())[:2]):
+        shutil.copy(camvid / "images" / name, root / "img" / name)
+        label = np.full((360, 480), 11, np.uint8)  # cityscapes-19 'person'
+        cv2.imwrite(str(root / "lab" / name), label)
+        rel = np.full((360, 480), class_names("cityscapes-19-relabeled").index("bicyclist"), np.uint8)
+        rel[:10] = 255
+        same = np.full((360, 480), class_names("cityscapes-19-relabeled").index("person"), np.uint8)
+        cv2.imwrite(str(root / "rel" / name), rel if i == 0 else same)
+    names = sorted(p.name for p in (root / "img").iterdir())
+    (root / "list.txt").write_text("".join(f"img/{n} lab/{n}\n" for n in names))
+    (root / "rel.txt").write_text("".join(f"img/{n} rel/{n}\n" for n in names))
+    args = ["--model", str(tiny_checkpoint), "--dataset", "cityscapes-19", "--data-root", str(root), "--list",
+            str(root / "list.txt"), *FAST]  # fmt: skip
+    code, _, err = run_eval(capsys, *args, "--relabeled", "--out", str(tmp_path / "a"))
+    assert code == 2 and "--relabeled-list" in err
+    code, _, err = run_eval(capsys, *args, "--relabeled", "--relabeled-list", str(root / "rel.txt"), "--out",
+                            str(tmp_path / "b"))  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["regime"] == "universal-on-training-relabeled" and metrics["taxonomy"] == "universal"
+    matrix = np.array(metrics["confusion_matrix"])
+    # Ignored: the 10 relabeled-to-unlabeled rows of image 0; every other pixel's ground truth is person.
+    outside = np.array(metrics["predictions_outside_taxonomy"])  # penalised relabeled pixels
+    assert matrix.sum() + outside.sum() == 2 * 360 * 480 - 10 * 480
+    person = class_names("universal").index("person")
+    assert matrix.sum(axis=1)[person] + outside[person] == matrix.sum() + outside.sum()
+    (root / "bad.txt").write_text("".join(f"img/{n} rel/{n}\n" for n in names[::-1]))
+    code, _, err = run_eval(capsys, *args, "--relabeled", "--relabeled-list", str(root / "bad.txt"), "--out",
+                            str(tmp_path / "c"))  # fmt: skip
+    assert code == 2 and "bad.txt:1: names image" in err

@@ -15,6 +15,7 @@ from mseg_semantic.cli.modelargs import (
     load_model_from_args,
 )
 from mseg_semantic.data import read_list
+from mseg_semantic.errors import InputError
 from mseg_semantic.evaluation import evaluate, plan_evaluation
 from mseg_semantic.inference import Segmenter, load_config
 from mseg_semantic.taxonomy import get_taxonomy
@@ -46,6 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="DIR", help="output folder (default: mseg_eval/<model>/<dataset>/<config>)")
     parser.add_argument("--name", help="model name in the results (default: the checkpoint's file name)")
     parser.add_argument("--resume", action="store_true", help="reuse predictions already in OUT/gray")
+    parser.add_argument(
+        "--relabeled",
+        action="store_true",
+        help="relabeled evaluation of a universal model on an unrelabeled training dataset, as the "
+        "original did for MSeg models: the relabeled ground truth of the same images decides "
+        "relabeled pixels",
+    )
+    parser.add_argument(
+        "--relabeled-list",
+        metavar="FILE",
+        help="with --relabeled and --list: the relabeled list of the same images (same order)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_arguments(parser)
     add_config_arguments(parser, default="360_ss")
@@ -66,7 +79,12 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, **config_overrides(args))
     args.device = str(distributed.local_device(args.device))
     model, model_taxonomy = load_model_from_args(args)
-    plan = plan_evaluation(args.dataset, model_taxonomy)
+    plan = plan_evaluation(args.dataset, model_taxonomy, relabeled=args.relabeled)
+    relabeled_entries = None
+    if plan.relabeled is not None:
+        if args.list and not args.relabeled_list:
+            raise InputError("--relabeled with --list needs --relabeled-list (the relabeled labels of those images)")
+        relabeled_entries = read_list(args.relabeled_list, args.data_root, dataset=plan.relabeled, split=args.split)
     name = args.name or Path(args.model).stem
     out = Path(args.out) if args.out else Path("mseg_eval") / name / args.dataset / config.name
     segmenter = Segmenter(model, config=config, model_taxonomy=model_taxonomy, output_taxonomy=plan.eval_taxonomy,
@@ -87,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         "mseg_semantic_version": __version__,
     }
     result = evaluate(segmenter.predict, entries, plan, out, resume=args.resume, progress=main and not args.quiet,
-                      info=info)  # fmt: skip
+                      info=info, relabeled_entries=relabeled_entries)  # fmt: skip
     if not main:
         return 1 if result.failures else 0
     if result.failures:

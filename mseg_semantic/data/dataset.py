@@ -26,6 +26,11 @@ def read_sample(entry: ListEntry, taxonomy: str | None = None) -> tuple[np.ndarr
         image = read_image(entry.image)
     except InputError as exc:
         raise InputError(f"{entry.source}: {exc}") from None
+    return image, read_entry_label(entry, image.shape[:2], taxonomy)
+
+
+def read_entry_label(entry: ListEntry, shape: tuple[int, ...], taxonomy: str | None = None) -> np.ndarray:
+    """The label map of an entry as int64, checked to be single-channel, of ``shape`` (H, W), and in ``taxonomy``."""
     if entry.label is None:
         raise InputError(f"{entry.source}: the list gives no label for {entry.image}")
     try:
@@ -34,17 +39,17 @@ def read_sample(entry: ListEntry, taxonomy: str | None = None) -> tuple[np.ndarr
         raise InputError(f"{entry.source}: {exc}") from None
     if label.ndim != 2:
         raise InputError(f"{entry.source}: {entry.label} is a colour image; expected a single-channel label map")
-    if label.shape != image.shape[:2]:
+    if label.shape != tuple(shape):
         raise InputError(
             f"{entry.source}: label {entry.label} is {label.shape[1]}x{label.shape[0]} but image {entry.image} is "
-            f"{image.shape[1]}x{image.shape[0]}"
+            f"{shape[1]}x{shape[0]}"
         )
     if taxonomy is not None:
         try:
             TaxonomyConverter().convert_labels(label, taxonomy, taxonomy)  # identity map: validates the values
         except TaxonomyError as exc:
             raise InputError(f"{entry.source}: {entry.label}: {exc}") from None
-    return image, label.astype(np.int64)
+    return label.astype(np.int64)
 
 
 class SegmentationDataset(Dataset):

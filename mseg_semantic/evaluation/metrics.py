@@ -37,6 +37,11 @@ class ConfusionMatrix:
         """(K, K) counts: entry [g, p] = pixels of ground-truth class g predicted as class p."""
         return self._counts[:, : self.num_classes].copy()
 
+    @property
+    def outside(self) -> np.ndarray:
+        """(K,) pixels of each ground-truth class predicted as no class (e.g. a relabeled-evaluation penalty)."""
+        return self._counts[:, self.num_classes].copy()
+
     def update(self, pred, target) -> None:
         """Add one prediction/ground-truth pair of the same shape (ground truth 255 = ignored)."""
         pred_np = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)

@@ -7,14 +7,23 @@
 | the dataset's  | that dataset       | its own taxonomy     | as is                   | nothing (oracle)             |
 | naive          | test dataset       | the test taxonomy    | as is                   | nothing (naive merge)        |
 | naive          | unrelabeled train  | naive                | mapped to naive ids     | naive classes it lacks       |
+
+Relabeled evaluation (optional, universal models on an unrelabeled training dataset): the original compares
+models trained on MSeg's relabeled data with baselines on the *unrelabeled* ground truth, using the relabeled
+ground truth of the same images to decide each relabeled pixel: a prediction equal to the relabeled class counts
+as correct (it becomes the unrelabeled class), any other prediction there counts as wrong (it becomes 255, a miss
+that is no class's false positive); pixels the relabeling marked unlabeled are ignored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
 from mseg_semantic.errors import TaxonomyError
-from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy
+from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy, taxonomy_names
 from mseg_semantic.taxonomy.tables import IGNORE_LABEL, NAIVE, UNIVERSAL
 
 
@@ -25,15 +34,25 @@ class EvaluationPlan:
     eval_taxonomy: str  # the taxonomy predictions are made and scored in
     regime: str  # zero-shot | oracle | naive | universal-on-training
     excluded: tuple[int, ...]  # class ids of eval_taxonomy left out of the means
+    relabeled: str | None = None  # relabeled taxonomy whose ground truth decides relabeled pixels
 
     @property
     def maps_labels(self) -> bool:
         return self.eval_taxonomy != self.dataset
 
 
-def plan_evaluation(dataset: str, model_taxonomy: str) -> EvaluationPlan:
+def plan_evaluation(dataset: str, model_taxonomy: str, relabeled: bool = False) -> EvaluationPlan:
     """The regime for a model of ``model_taxonomy`` scored on labels of ``dataset``; raises when none applies."""
     data, model = get_taxonomy(dataset), get_taxonomy(model_taxonomy)
+    if relabeled:
+        partner = f"{data.name}-relabeled"
+        if model.name != UNIVERSAL or data.kind != "train" or partner not in taxonomy_names():
+            raise TaxonomyError(
+                f"relabeled evaluation needs a universal model and an unrelabeled training dataset with a relabeled "
+                f"version (e.g. ade20k-150, cityscapes-19); got a {model.name!r} model on {data.name!r}"
+            )
+        plain = plan_evaluation(dataset, model_taxonomy)
+        return dataclasses.replace(plain, regime="universal-on-training-relabeled", relabeled=partner)
     converter = TaxonomyConverter()
     if model.name == data.name:
         return EvaluationPlan(data.name, model.name, data.name, "oracle", ())
@@ -53,3 +72,15 @@ def plan_evaluation(dataset: str, model_taxonomy: str) -> EvaluationPlan:
         f"cannot score a {model.name!r} model on {data.name!r} labels: a universal or naive model is scored on test "
         f"datasets (zero-shot) or on training datasets (in its own taxonomy); an oracle model only on its own dataset"
     )
+
+
+def apply_relabeled_rules(pred: np.ndarray, gt: np.ndarray, gt_relabeled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The original's relabeled-evaluation rules on universal-id maps; returns the new (prediction, ground truth)."""
+    changed = gt_relabeled != gt
+    correct = pred == gt_relabeled
+    pred = pred.copy()
+    pred[changed & correct] = gt[changed & correct]
+    pred[changed & ~correct] = IGNORE_LABEL
+    gt = gt.copy()
+    gt[gt_relabeled == IGNORE_LABEL] = IGNORE_LABEL
+    return pred, gt

@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from mseg_semantic import distributed
 from mseg_semantic.data import ListEntry, read_sample
+from mseg_semantic.data.dataset import read_entry_label
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.evaluation.metrics import ConfusionMatrix
-from mseg_semantic.evaluation.plan import EvaluationPlan
+from mseg_semantic.evaluation.plan import EvaluationPlan, apply_relabeled_rules
 from mseg_semantic.evaluation.plots import confusion_matrix_image, per_class_iou_chart
 from mseg_semantic.fileio import read_label, write_bytes_atomic, write_label
 from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy
@@ -76,13 +77,19 @@ def evaluate(
     resume: bool = False,
     progress: bool = True,
     info: dict[str, Any] | None = None,
+    relabeled_entries: Sequence[ListEntry] | None = None,
 ) -> EvaluationResult:
     """Predict (or reuse) every entry's label map, score it against the ground truth, write the results.
 
     ``predict`` maps an RGB uint8 image to a label map in ``plan.eval_taxonomy`` (e.g. ``Segmenter.predict``).
-    ``info`` is recorded in metrics.json (model, config, ...). Returns the metrics dict (rank 0, or None on
-    failures) and what was done.
+    ``info`` is recorded in metrics.json (model, config, ...). ``relabeled_entries`` (relabeled evaluation) is the
+    relabeled list of the same images, in the same order. Returns the metrics dict (rank 0, or None on failures)
+    and what was done.
     """
+    if (relabeled_entries is None) != (plan.relabeled is None):
+        raise InputError("relabeled evaluation needs both a relabeled plan and the relabeled list")
+    if relabeled_entries is not None:
+        _check_same_images(entries, relabeled_entries)
     out = Path(out_dir)
     gray = out / "gray"
     names = prediction_names(entries)
@@ -115,6 +122,10 @@ def evaluate(
                 label = converter.convert_labels(label, plan.dataset, plan.eval_taxonomy)
             if pred.shape != label.shape:
                 raise InputError(f"{entry.source}: prediction {pred.shape} and label {label.shape} differ in size")
+            if relabeled_entries is not None and plan.relabeled is not None:
+                relabeled = read_entry_label(relabeled_entries[index], label.shape, plan.relabeled)
+                relabeled = converter.convert_labels(relabeled, plan.relabeled, plan.eval_taxonomy)
+                pred, label = apply_relabeled_rules(pred, label, relabeled)
             cm.update(pred, label)
         except MsegError as exc:
             message = str(exc) if entry.source in str(exc) else f"{entry.source}: {exc}"
@@ -131,6 +142,15 @@ def evaluate(
     result.metrics = metrics_dict(cm, plan, len(entries), info or {})
     write_reports(out, result.metrics, cm, plan)
     return result
+
+
+def _check_same_images(entries: Sequence[ListEntry], relabeled: Sequence[ListEntry]) -> None:
+    """The original zips the two lists blindly; we check that line i names the same image in both."""
+    if len(entries) != len(relabeled):
+        raise InputError(f"the relabeled list has {len(relabeled)} entries, the list {len(entries)}")
+    for a, b in zip(entries, relabeled, strict=True):
+        if a.image.name != b.image.name:
+            raise InputError(f"{b.source}: names image {b.image.name} but {a.source} names {a.image.name}")
 
 
 def _reuse(path: Path, shape: tuple[int, ...], num_classes: int) -> np.ndarray | None:
@@ -169,6 +189,7 @@ def metrics_dict(cm: ConfusionMatrix, plan: EvaluationPlan, num_images: int, inf
         "excluded_classes": [names[i] for i in plan.excluded],
         "class_names": list(names),
         "confusion_matrix": matrix.tolist(),
+        "predictions_outside_taxonomy": cm.outside.tolist(),
         "metric_notes": "mIoU: mean over all scored classes, absent classes count as 0 (the original convention); "
         "mIoU_present_classes: mean over classes present in the ground truth; percentages",
         **info,
