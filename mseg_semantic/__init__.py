@@ -16,21 +16,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mseg_semantic.errors import CheckpointError, InputError, MsegError, TaxonomyError
+from mseg_semantic.errors import CheckpointError, DownloadError, InputError, MsegError, TaxonomyError
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "build_model": "mseg_semantic.models",
     "list_models": "mseg_semantic.models",
-    "load_model": "mseg_semantic.models",
+    "load_model": "mseg_semantic.zoo",
     "Segmenter": "mseg_semantic.inference",
     "TaxonomyConverter": "mseg_semantic.taxonomy",
     "class_names": "mseg_semantic.taxonomy",
     "taxonomy_names": "mseg_semantic.taxonomy",
 }
 
-__all__ = ["CheckpointError", "InputError", "MsegError", "TaxonomyError", "__version__", *_LAZY]
+__all__ = ["CheckpointError", "DownloadError", "InputError", "MsegError", "TaxonomyError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,3 +21,7 @@ class CheckpointError(MsegError):
 
 class InputError(MsegError):
     """A user-supplied file, folder or argument that is missing, unreadable or malformed."""
+
+
+class DownloadError(MsegError):
+    """A model could not be downloaded or the download was not a valid checkpoint; the message says what to do."""

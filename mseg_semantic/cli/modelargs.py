@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from torch import nn
 
-from mseg_semantic.errors import InputError, TaxonomyError
+from mseg_semantic.errors import TaxonomyError
 from mseg_semantic.inference.config import preset_names
 from mseg_semantic.taxonomy import get_taxonomy, taxonomy_names
 from mseg_semantic.taxonomy.tables import NAIVE, NUM_NAIVE_CLASSES, NUM_UNIVERSAL_CLASSES, UNIVERSAL
@@ -18,8 +17,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         required=True,
-        metavar="PATH",
-        help="checkpoint: an original MSeg .pth (needs --arch) or a .safetensors from 'mseg convert'",
+        metavar="PATH|NAME",
+        help="checkpoint: an original MSeg .pth (needs --arch), a .safetensors from 'mseg convert', or a model name "
+        "from 'mseg zoo list' (downloaded and cached on first use)",
     )
     group.add_argument(
         "--arch", help="architecture of an original .pth: hrnet_w48 (all released models), pspnet50, ..."
@@ -81,11 +81,12 @@ def default_model_taxonomy(num_classes: int, recorded: str | None = None) -> str
 
 def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str]:
     """The model named by ``--model`` (and ``--arch``/``--num-classes``) and its taxonomy."""
+    from mseg_semantic import zoo
     from mseg_semantic.models import load_model, read_metadata
 
-    path = Path(args.model)
-    if not path.is_file():
-        raise InputError(f"{path}: model file does not exist")
+    path, entry = zoo.resolve(args.model)  # a checkpoint path, or a zoo name downloaded and cached on first use
+    if entry is not None:
+        args.arch, args.num_classes = None, None  # the cached copy records them
     model = load_model(path, arch=args.arch, num_classes=args.num_classes, device=args.device)
     recorded = read_metadata(path).get("taxonomy") if path.suffix == ".safetensors" else None
     taxonomy = args.model_taxonomy or default_model_taxonomy(model.num_classes, recorded)

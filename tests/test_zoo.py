@@ -1,0 +1,202 @@
+"""The model zoo against a local HTTP mirror on 127.0.0.1: download, cache, resume, refusal, offline; torch.hub."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import threading
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+
+from mseg_semantic import CheckpointError, DownloadError, InputError
+from mseg_semantic.cli import main
+from mseg_semantic.models import build_model
+from mseg_semantic.zoo import fetch, get_model_info, load_model, model_names
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "camvid-11-1m"  # HRNet-W48 with 11 classes
+
+
+class MirrorHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files from ``root``; honours Range; can cut the next response short to simulate a broken link."""
+
+    root: Path
+    cut_next_at: int | None = None
+    ranges: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        path = self.root / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        if "Range" in self.headers:
+            type(self).ranges.append(self.headers["Range"])
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        if type(self).cut_next_at is not None:
+            body, type(self).cut_next_at = body[: type(self).cut_next_at], None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def w48_checkpoint(tmp_path_factory) -> Path:
+    """An HRNet-W48 (11 classes) checkpoint in the original layout, as the released files are."""
+    torch.manual_seed(0)
+    model = build_model("hrnet_w48", 11)
+    path = tmp_path_factory.mktemp("weights") / f"{NAME}.pth"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    root = tmp_path / "mirror"
+    root.mkdir()
+    handler = type("Handler", (MirrorHandler,), {"root": root, "cut_next_at": None, "ranges": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("MSEG_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("MSEG_MODEL_MIRROR", f"http://127.0.0.1:{server.server_address[1]}")
+    yield root, handler
+    server.shutdown()
+
+
+def test_registry_covers_every_released_model():
+    names = set(model_names())
+    for name in ["mseg-1m", "mseg-3m-480p", "mseg-3m-720p", "mseg-3m", "mseg-unrelabeled-1m", "mseg-mgda-1m",
+                 "mseg-naive-1m", "ade20k-150-1m", "bdd-1m", "cityscapes-19-1m", "coco-panoptic-133-1m", "idd-39-1m",
+                 "mapillary-65-1m", "sunrgbd-37-1m", "voc2012-1m", "pascal-context-60-1m", "camvid-11-1m",
+                 "kitti-19-1m", "scannet-20-1m"]:  # fmt: skip
+        assert name in names
+    assert get_model_info("mseg-3m-1080p").name == "mseg-3m"
+    assert get_model_info("mseg-naive-baseline-1m").num_classes == 316
+    assert get_model_info("voc2012-1m").num_classes == 21
+    assert get_model_info("mseg-3m").published["camvid-11"] == 84.5
+    with pytest.raises(InputError, match="Did you mean 'mseg-3m'"):
+        get_model_info("mseg-3n")
+
+
+def test_download_cache_hit_and_demo(mirror, w48_checkpoint, tmp_path, monkeypatch, capsys):
+    root, _ = mirror
+    (root / f"{NAME}.pth").symlink_to(w48_checkpoint)
+    slim = fetch(NAME, progress=False)
+    assert slim.suffix == ".safetensors" and slim.exists()
+    folder = slim.parent
+    assert (folder / f"{NAME}.pth.sha256").exists() and (folder / f"{NAME}.safetensors.sha256").exists()
+    assert not list(folder.glob("*.part"))
+    model = load_model(NAME)
+    assert model.num_classes == 11 and not model.training
+    reference = build_model("hrnet_w48", 11)
+    reference.load_state_dict({k.removeprefix("module."): v for k, v in
+                               torch.load(w48_checkpoint, weights_only=True)["state_dict"].items()})  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(),
+                                                 strict=True))  # fmt: skip
+    # Cache hit: works with the mirror gone.
+    monkeypatch.setenv("MSEG_MODEL_MIRROR", "http://127.0.0.1:9")
+    assert fetch(NAME, progress=False) == slim
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "street.png"
+    cv2.imwrite(str(image), np.full((40, 60, 3), 120, np.uint8))
+    code = main(["demo", str(image), "--model", NAME, "--out", str(tmp_path / "out"), "--config", "360_ss",
+                 "--base-size", "40", "--crop-size", "41", "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "street_gray.png").exists()
+    # A changed file is detected through its recorded sha256.
+    with open(slim, "r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x01\x02\x03")
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        fetch(NAME, progress=False)
+
+
+def test_interrupted_download_resumes(mirror, w48_checkpoint):
+    root, handler = mirror
+    (root / f"{NAME}.pth").symlink_to(w48_checkpoint)
+    handler.cut_next_at = w48_checkpoint.stat().st_size // 3
+    with pytest.raises(DownloadError, match="run again to resume"):
+        fetch(NAME, progress=False)
+    part = get_model_info(NAME)
+    from mseg_semantic.zoo import model_dir
+
+    partial = model_dir(part) / f"{NAME}.pth.part"
+    assert partial.stat().st_size == w48_checkpoint.stat().st_size // 3
+    fetch(NAME, progress=False)
+    assert handler.ranges == [f"bytes={w48_checkpoint.stat().st_size // 3}-"]
+    assert (model_dir(part) / f"{NAME}.pth").read_bytes() == w48_checkpoint.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"<!DOCTYPE html><html><body>Google Drive - Virus scan warning</body></html>", "HTML"),
+        (b"\x00garbage bytes that are not a checkpoint" * 100, "not a PyTorch or safetensors checkpoint"),
+    ],
+    ids=["html-page", "garbage"],
+)
+def test_bad_downloads_are_refused_and_not_cached(mirror, content, message):
+    root, _ = mirror
+    (root / f"{NAME}.pth").write_bytes(content)
+    with pytest.raises(DownloadError, match=message):
+        fetch(NAME, progress=False)
+    from mseg_semantic.zoo import model_dir
+
+    assert not any(model_dir(get_model_info(NAME)).glob("*"))  # nothing cached, no .part left to resume
+
+
+def test_wrong_model_is_refused_with_its_class_count(mirror, tmp_path):
+    root, _ = mirror
+    model = build_model("hrnet_w48", 19)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, root / f"{NAME}.pth")
+    with pytest.raises(DownloadError, match="19"):
+        fetch(NAME, progress=False)
+
+
+def test_offline_failure_explains_the_manual_steps(mirror, monkeypatch, capsys):
+    monkeypatch.setenv("MSEG_MODEL_MIRROR", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(DownloadError) as exc:
+        fetch(NAME, progress=False)
+    message = str(exc.value)
+    assert "drive.google.com/file/d/1023eornZ2LP5NjDqIeunCIH35Ue38W8d" in message
+    assert f"{NAME}.pth" in message and "MSEG_MODEL_MIRROR" in message
+    assert main(["zoo", "download", NAME, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "mseg zoo: error:" in err and "Traceback" not in err
+
+
+def test_zoo_cli(capsys):
+    assert main(["zoo", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == len(model_names()) and rows[0]["name"] == "mseg-3m"
+    assert main(["zoo", "info", "mseg-3m-720p", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["filename"] == "mseg-3m-720p.pth" and info["num_classes"] == 194 and info["arch"] == "hrnet_w48"
+    assert main(["zoo", "info", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_torch_hub_entry_points(mirror, w48_checkpoint):
+    root, _ = mirror
+    (root / f"{NAME}.pth").symlink_to(w48_checkpoint)
+    model = torch.hub.load(str(REPO), "camvid_11_1m", source="local")
+    assert model.num_classes == 11 and not model.training
+    bare = torch.hub.load(str(REPO), "mseg_3m", source="local", pretrained=False)
+    assert bare.num_classes == 194
