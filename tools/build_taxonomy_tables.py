@@ -25,6 +25,13 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mseg_semantic.taxonomy.tables import (
+    RELABELED_TRAIN_DATASETS,
+    TEST_DATASETS,
+    UNRELABELED_TRAIN_DATASETS,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "mseg_semantic" / "taxonomy" / "tables"
 DEFAULT_REFERENCE = REPO.parent / "shared" / "reference" / "mseg-api"
@@ -32,28 +39,12 @@ DEFAULT_REFERENCE = REPO.parent / "shared" / "reference" / "mseg-api"
 IGNORE = 255
 UNLABELED = "unlabeled"
 
-UNRELABELED_TRAIN = [
-    "ade20k-150",
-    "bdd",
-    "cityscapes-19",
-    "coco-panoptic-133",
-    "idd-39",
-    "mapillary-public65",
-    "sunrgbd-37",
-]
-RELABELED_TRAIN = [
-    "ade20k-150-relabeled",
-    "bdd-relabeled",
-    "cityscapes-19-relabeled",
-    "cityscapes-34-relabeled",
-    "coco-panoptic-133-relabeled",
-    "idd-39-relabeled",
-    "mapillary-public65-relabeled",
-    "sunrgbd-37-relabeled",
-]
+# The dataset lists are the package's own constants (plain tuples; importing them reads no table).
+UNRELABELED_TRAIN = list(UNRELABELED_TRAIN_DATASETS)
+RELABELED_TRAIN = list(RELABELED_TRAIN_DATASETS)
 # cityscapes-34 has a master-table column but is not one of the default training datasets.
 EXTRA_TRAIN = ["cityscapes-34"]
-TEST = ["camvid-11", "kitti-19", "pascal-context-60", "scannet-20", "voc2012", "wilddash-19"]
+TEST = list(TEST_DATASETS)
 RAW = [
     "ade20k-151",
     "camvid-32",
