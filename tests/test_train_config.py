@@ -1,0 +1,123 @@
+"""Training configs: the shipped ones give the original iteration counts; bad keys and values are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from mseg_semantic.cli import main
+from mseg_semantic.errors import InputError
+from mseg_semantic.training import iteration_count, list_train_configs, load_train_config, poly_lr
+
+
+@pytest.mark.parametrize(
+    ("name", "iterations", "classes"),
+    [
+        ("1080_release/mseg-relabeled-1m", 500_000, 194),
+        ("1080_release/mseg-relabeled-3m", 600_000, 194),
+        ("1080_release/mseg-unrelabeled", 200_000, 194),
+        ("1080_release/mseg-naive-baseline", 250_000, 316),
+        ("720_release/mseg-3m", 428_571, 194),
+        ("480_release/mseg-3m", 250_000, 194),
+    ],
+)
+def test_release_configs_give_the_original_iteration_counts(name, iterations, classes):
+    _, config = load_train_config(name)
+    assert config.total_iters() == iterations
+    assert config.num_classes == classes
+    assert len(config.datasets) == 7 and config.dataset_layout == "per_rank"
+    assert (config.optim.base_lr, config.optim.momentum, config.optim.weight_decay, config.optim.power) == (
+        0.01, 0.9, 1e-4, 0.9,
+    )  # fmt: skip
+
+
+def test_single_dataset_configs_take_the_dataset_from_the_command_line():
+    with pytest.raises(InputError, match=r"datasets: no dataset given.*--set datasets="):
+        load_train_config("1080_release/single_universal")
+    _, universal = load_train_config("1080_release/single_universal", ["datasets=[cityscapes-19-relabeled]"])
+    assert (universal.total_iters(), universal.num_classes) == (31_250, 194)
+    _, oracle = load_train_config("1080_release/single_oracle", ["datasets=[cityscapes-19]"])
+    assert (oracle.num_classes, oracle.model_taxonomy) == (19, "cityscapes-19")
+
+
+def test_camvid11_config_and_list(capsys):
+    names = dict(list_train_configs())
+    assert {"camvid11", "1080_release/mseg-relabeled-3m", "480_release/mseg-3m"} <= set(names)
+    _, config = load_train_config("camvid11")
+    assert (config.num_classes, config.model.arch, config.precision) == (11, "hrnet", "bf16")
+    assert config.total_iters() == iteration_count(config.num_examples, config.batch_size, 1)
+    assert main(["train", "--list-configs"]) == 0
+    assert "camvid11" in capsys.readouterr().out
+
+
+def test_overrides_use_dotted_keys_and_yaml_values():
+    _, config = load_train_config(
+        "camvid11",
+        ["transform.crop=97", "optim.weight_decay=1e-4", "num_examples=1e3", "datasets.0.root=/data", "val.every=0"],
+        max_iters=7,
+    )
+    assert config.transform.crop == (97, 97)
+    assert config.optim.weight_decay == pytest.approx(1e-4)
+    assert (config.num_examples, config.max_iters, config.total_iters()) == (1000, 7, 7)
+    assert config.datasets[0].root == "/data" and config.datasets[0].train_list == "train.txt"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.bse_lr=0.1"], r"--set optim.bse_lr: unknown key 'optim.bse_lr' \(did you mean 'base_lr'\?\)"),
+        (["batchsize=4"], r"unknown key 'batchsize' \(did you mean 'batch_size'\?\)"),
+        (["datasets.3.root=/x"], r"datasets.3: index out of range"),
+        (["batch_size=four"], r"batch_size: expected a number, got 'four'"),
+        (["batch_size=2.5"], r"batch_size: expected an integer"),
+        (["precision=fp8"], r"precision: must be one of"),
+        (["transform.scale=[2, 1]"], r"transform.scale: must be \[min, max\]"),
+        (["taxonomy=universal"], r"cannot train camvid-11 in the universal taxonomy"),
+        (["model.arch=pspnet50"], r"model.hrnet: is only for arch 'hrnet'"),
+        (["model.arch=pspnet50", "model.hrnet=null"], r"PSPNet needs crop sizes of the form 8k\+1"),
+        (["datasets=[camvid-11, cityscapes-19]", "taxonomy=own"], r"'own' trains one dataset"),
+        (["optim=3"], r"optim: expected a mapping"),
+        (["seed"], r"--set expects KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_are_named(overrides, message):
+    with pytest.raises(InputError, match=message):
+        load_train_config("camvid11", overrides)
+
+
+def test_unknown_key_in_a_yaml_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("datasets: [camvid-11]\ntaxonomy: own\noptim:\n  base_lr: 0.1\n  momentun: 0.9\n")
+    with pytest.raises(InputError, match=r"mine.yaml: unknown key 'optim.momentun' \(did you mean 'momentum'\?\)"):
+        load_train_config(path)
+    with pytest.raises(InputError, match=r"camvid1: unknown config; did you mean 'camvid11'"):
+        load_train_config("camvid1")
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path):
+    assert main(["train", "camvid11", "--set", "optim.bse_lr=1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "optim.bse_lr" in err and len(err.splitlines()) == 1
+    missing = tmp_path / "no-such-folder"
+    assert main(["train", "camvid11", "--data-root", str(missing), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"mseg train: error: dataset camvid-11: {missing}: data root does not exist"
+    assert main(["train", "camvid11", "--out", str(tmp_path / "run")]) == 2
+    assert "pass --data-root DIR" in capsys.readouterr().err
+
+
+def test_poly_schedule_is_per_iteration():
+    assert poly_lr(0.01, 0, 100, 0.9) == 0.01  # the first step uses base_lr
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
+
+
+def test_pspnet_head_gets_ten_times_the_lr():
+    from mseg_semantic.models import build_model
+    from mseg_semantic.training.optim import build_optimizer, set_lr
+
+    optimizer = build_optimizer(build_model("pspnet50", 2), 0.01, 0.9, 1e-4, head_lr_mult=10.0)
+    set_lr(optimizer, 0.005)
+    groups = [(g["name"], g["lr"]) for g in optimizer.param_groups]
+    assert groups == [(f"layer{i}", 0.005) for i in range(5)] + [
+        (n, pytest.approx(0.05)) for n in ("ppm", "cls", "aux")
+    ]
