@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"model: {args.model} ({model_taxonomy}, {segmenter.num_classes} output classes in "
-        f"{segmenter.output_taxonomy}); settings: {segmenter.config.name}",
+        f"{segmenter.output_taxonomy}); settings: {segmenter.config.name}, {segmenter.precision}",
         file=sys.stderr,
     )
     report = run_demo(

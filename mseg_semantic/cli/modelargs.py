@@ -7,7 +7,7 @@ import argparse
 from torch import nn
 
 from mseg_semantic.errors import TaxonomyError
-from mseg_semantic.inference.config import preset_names
+from mseg_semantic.inference.config import HEADS, PADS, PRECISIONS, SPEED_FIELDS, preset_names
 from mseg_semantic.taxonomy import get_taxonomy, taxonomy_names
 from mseg_semantic.taxonomy.tables import NAIVE, NUM_NAIVE_CLASSES, NUM_UNIVERSAL_CLASSES, UNIVERSAL
 
@@ -48,10 +48,41 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     group.add_argument("--scales", type=float, nargs="+", metavar="S", help="override: scale multipliers")
     group.add_argument("--crop-size", type=int, metavar="N", help="override: square sliding-window size")
     group.add_argument("--no-flip", action="store_true", help="override: no flip averaging (faster, not the original)")
+    speed = parser.add_argument_group(
+        "speed-ups",
+        "Defaults reproduce the original numerics. --fast turns on every speed-up below (label maps agree with the "
+        "original ones on >= 99% of pixels, not exactly); an explicit option still wins: --fast --precision fp32.",
+    )
+    speed.add_argument("--fast", action="store_true", default=None, help="all speed-ups at once")
+    speed.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="network arithmetic: fp32 (original), bf16/fp16 autocast, auto = bf16 where the hardware has it",
+    )
+    speed.add_argument(
+        "--pad", choices=PADS, help="crop: pad small images to the full crop (original); minimal: to the next 8k+1"
+    )
+    speed.add_argument(
+        "--max-window", type=int, metavar="N", help="with --pad minimal: run images up to N pixels a side whole"
+    )
+    speed.add_argument(
+        "--head",
+        choices=HEADS,
+        help="full: softmax at full resolution (original); low_res: softmax and flip average at 1/4, then upsample",
+    )
+    speed.add_argument("--batch-windows", type=int, metavar="N", help="windows (and video frames) per forward pass")
+    speed.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC layout for convolutions"
+    )
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
-    overrides: dict = {}
+    """The inference settings given on the command line, for ``load_config``/``Segmenter`` keyword arguments."""
+    overrides: dict = {
+        key: getattr(args, key)
+        for key in ("fast", *SPEED_FIELDS)
+        if getattr(args, key, None) is not None
+    }
     if args.base_size is not None:
         overrides["base_size"] = args.base_size
     if args.scales:

@@ -1,7 +1,12 @@
-"""Test-time settings: the original presets (``360_ms`` ...) and YAML files in the original layout.
+"""Test-time settings: the original presets (``360_ms`` ...), YAML files in the original layout, speed-ups.
 
 A preset name maps to a YAML file shipped in ``mseg_semantic/config/test/`` (the same files the original
 ``universal_demo.py --config=...`` command line reads), so there is one source for the values.
+
+The speed-up settings (``precision``, ``pad``, ``max_window``, ``head``, ``batch_windows``, ``channels_last``) live
+in the same object, so whatever carries a config (the demo, the evaluation, its results file) also carries how it
+was run. Their defaults are the original algorithm; ``fast=True`` switches on those that keep >= 99% of the labels
+(:data:`FAST`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,24 @@ import yaml
 from mseg_semantic.errors import InputError
 
 MULTI_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+PADS = ("crop", "minimal")
+HEADS = ("full", "low_res")
+
+#: What ``fast=True`` changes: the speed-ups whose label maps agree with the faithful fp32 ones on >= 99% of the
+#: pixels of real images (a trained HRNet on the demo photos and CamVid val: 99.5%; see benchmarks/inference.py and
+#: the README). ``precision="auto"`` is bf16 where the device computes it natively (AVX512-BF16/AMX CPUs, Ampere+
+#: GPUs), fp16 on older GPUs, else fp32. Not included, because they change more pixels: ``pad="minimal"``,
+#: ``max_window`` and ``flip=False`` (each about 95% with the same network).
+FAST: dict[str, Any] = {
+    "precision": "auto",
+    "head": "low_res",
+    "channels_last": True,
+}
+
+# Settings that change speed, not the algorithm's definition; they are not part of the original YAML files.
+SPEED_FIELDS = ("precision", "pad", "max_window", "head", "batch_windows", "channels_last")
 
 PRESET_FILES: dict[str, str] = {
     "360_ss": "default_config_360_ss.yaml",
@@ -50,6 +73,19 @@ class InferenceConfig:
     - ``crop_h``, ``crop_w``: sliding-window size (images are padded with the mean pixel up to it);
     - ``flip``: average each window with its horizontally flipped copy (always on in the original);
     - ``batched``: the original batched variant (one padded crop per image, no sliding window).
+
+    Speed-ups (defaults = the original numerics):
+
+    - ``precision``: the network's arithmetic, ``fp32``, ``bf16`` or ``fp16`` autocast, or ``auto`` (see :data:`FAST`);
+    - ``pad``: ``crop`` pads an image smaller than the crop up to the full crop (original); ``minimal`` shrinks the
+      window to the image, padding only as far as the network's stride-32 alignment needs (HRNet accepts any size);
+    - ``max_window``: with ``pad="minimal"``, windows may grow up to this many pixels per side (default: the
+      crop), so a resized image that fits is run whole in one forward instead of in overlapping crops;
+    - ``head``: ``full`` upsamples logits to the window and takes the softmax there (original); ``low_res`` takes
+      softmax, projection and flip average at the network's output resolution (1/4) and upsamples probabilities;
+    - ``batch_windows``: windows (each with its flip) per forward pass, also across the frames of
+      :meth:`Segmenter.predict_batch`;
+    - ``channels_last``: NHWC memory layout for the convolutions.
     """
 
     base_size: int | None = 360
@@ -58,6 +94,12 @@ class InferenceConfig:
     crop_w: int = 713
     flip: bool = True
     batched: bool = False
+    precision: str = "fp32"
+    pad: str = "crop"
+    max_window: int | None = None
+    head: str = "full"
+    batch_windows: int = 1
+    channels_last: bool = False
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -71,9 +113,32 @@ class InferenceConfig:
             raise InputError(f"crop size must be positive, got {self.crop_h}x{self.crop_w}")
         if self.batched and tuple(self.scales) != (1.0,):
             raise InputError("batched inference is single-scale: scales must be [1.0]")
+        for key, allowed in (("precision", PRECISIONS), ("pad", PADS), ("head", HEADS)):
+            if getattr(self, key) not in allowed:
+                raise InputError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        if not isinstance(self.batch_windows, int) or self.batch_windows < 1:
+            raise InputError(f"batch_windows must be a positive integer, got {self.batch_windows!r}")
+        if self.max_window is not None:
+            if not isinstance(self.max_window, int) or self.max_window < 33:
+                raise InputError(f"max_window must be an integer of at least 33 pixels, got {self.max_window!r}")
+            if self.pad != "minimal":
+                raise InputError("max_window needs pad='minimal' (with pad='crop' every window is the crop)")
+
+    @property
+    def faithful(self) -> bool:
+        """True when every speed-up is off: the original numerics (batching windows does not change them)."""
+        return (self.precision, self.pad, self.head, self.channels_last) == ("fp32", "crop", "full", False)
+
 
     def replace(self, **overrides: Any) -> InferenceConfig:
-        """A copy with some values changed (``crop_size=N`` sets both crop sides)."""
+        """A copy with some values changed (``crop_size=N`` sets both crop sides, ``fast=True`` applies :data:`FAST`).
+
+        Explicit values win over ``fast``: ``replace(fast=True, precision="fp32")`` is fast without bf16.
+        """
+        suffix = "+custom"
+        if overrides.pop("fast", False):
+            overrides = {**FAST, **overrides}
+            suffix = "+fast"
         if "crop_size" in overrides:
             size = overrides.pop("crop_size")
             overrides["crop_h"], overrides["crop_w"] = (size, size) if isinstance(size, int) else tuple(size)
@@ -84,7 +149,7 @@ class InferenceConfig:
         if "scales" in overrides:
             overrides["scales"] = tuple(float(s) for s in overrides["scales"])
         if overrides and "name" not in overrides:
-            overrides["name"] = f"{self.name}+custom"
+            overrides["name"] = self.name + suffix
         return dataclasses.replace(self, **overrides)
 
 
@@ -93,7 +158,10 @@ def preset_names() -> list[str]:
 
 
 def load_config(config: str | os.PathLike | InferenceConfig = "360_ms", **overrides: Any) -> InferenceConfig:
-    """An :class:`InferenceConfig` from a preset name, a YAML path (ours or the original layout) or a config."""
+    """An :class:`InferenceConfig` from a preset name, a YAML path (ours or the original layout) or a config.
+
+    ``overrides`` are :class:`InferenceConfig` values, ``crop_size`` and ``fast``.
+    """
     if isinstance(config, InferenceConfig):
         return config.replace(**overrides) if overrides else config
     name = str(config)
@@ -126,6 +194,7 @@ def _from_mapping(data: Any, name: str, source: str) -> InferenceConfig:
             flat[key] = value
     flat = {("crop_h" if k == "test_h" else "crop_w" if k == "test_w" else k): v for k, v in flat.items()}
     is_batched = "native_img_h" in flat or bool(flat.get("batched", False))
+    fast = bool(flat.pop("fast", False))
     fields = {f.name for f in dataclasses.fields(InferenceConfig)}
     unknown = sorted(k for k in flat if k not in fields and k not in _IGNORED_ORIGINAL_KEYS)
     if unknown:
@@ -133,6 +202,8 @@ def _from_mapping(data: Any, name: str, source: str) -> InferenceConfig:
     values = {k: v for k, v in flat.items() if k in fields}
     values["batched"] = is_batched
     values.setdefault("name", name)
+    if fast:
+        values = {**FAST, **values}
     if "scales" in values:
         values["scales"] = tuple(float(s) for s in values["scales"])
     try:

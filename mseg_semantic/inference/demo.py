@@ -10,9 +10,10 @@ cannot be read is reported and skipped, the others are still processed.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.fileio import atomic_path, is_image_path, is_video_path, read_image, write_bytes_atomic, write_label
+from mseg_semantic.inference.background import WriteBehind, read_ahead
 from mseg_semantic.inference.segmenter import Segmenter
 from mseg_semantic.visualize import colorize, overlay
 
@@ -125,8 +127,14 @@ def run_demo(
     max_frames: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    background_io: bool = True,
 ) -> DemoReport:
-    """Segment every input and write its outputs below ``out_dir``; returns what was done and what failed."""
+    """Segment every input and write its outputs below ``out_dir``; returns what was done and what failed.
+
+    With ``background_io`` (default) images and frames are decoded ahead and outputs encoded and written behind in
+    background threads while the model runs; the outputs are the same as without. Frames of a video go through
+    :meth:`Segmenter.predict_batch` ``batch_windows`` at a time.
+    """
     out = Path(out_dir)
     items = collect_inputs(inputs, out)
     prepare_output_dir(out)
@@ -134,32 +142,95 @@ def run_demo(
     start = time.perf_counter()
     images = [i for i in items if not i.is_video]
     videos = [i for i in items if i.is_video]
-    bar = tqdm(images, desc="images", unit="img", disable=not progress or not images)
-    for item in bar:
-        outputs = image_outputs(item.out_stem)
-        if not overwrite and all(p.exists() for p in outputs):
+    todo = []
+    for item in images:
+        if not overwrite and all(p.exists() for p in image_outputs(item.out_stem)):
             report.skipped += 1
-            continue
-        try:
-            rgb = read_image(item.path)
-            labels = segmenter.predict(rgb)
-            report.outputs += write_image_outputs(item.out_stem, rgb, labels, segmenter.class_names)
+        else:
+            todo.append(item)
+    bar = tqdm(total=len(todo), desc="images", unit="img", disable=not progress or not todo)
+    say = bar.write if progress else log
+
+    def failed(error: Exception) -> None:
+        if not isinstance(error, MsegError):
+            raise error
+        report.failures.append(str(error))
+        say(f"skipped: {error}")
+
+    def written(outputs: list[Path] | None, error: Exception | None) -> None:
+        if error is not None:
+            failed(error)
+        else:
+            assert outputs is not None
+            report.outputs.extend(outputs)
             report.images += 1
-        except MsegError as exc:
-            report.failures.append(str(exc))
-            (bar.write if progress else log)(f"skipped: {exc}")
+        bar.update(1)
+
+    with WriteBehind(threaded=background_io) as writer:
+        for item, rgb, error in read_ahead(lambda i: read_image(i.path), todo, threaded=background_io):
+            if error is not None:
+                failed(error)
+                bar.update(1)
+                continue
+            assert rgb is not None
+            try:
+                labels = segmenter.predict(rgb)
+            except MsegError as exc:
+                failed(exc)
+                bar.update(1)
+                continue
+            task = functools.partial(write_image_outputs, item.out_stem, rgb, labels, segmenter.class_names)
+            writer.submit(task, written)
+    bar.close()
     for item in videos:
         target = video_output(item.out_stem)
         if not overwrite and target.exists():
             report.skipped += 1
             continue
         try:
-            report.frames += _run_video(segmenter, item, target, save_frames, max_frames, progress, report)
+            report.frames += _run_video(segmenter, item, target, save_frames, max_frames, progress, report,
+                                        background_io)  # fmt: skip
         except MsegError as exc:
             report.failures.append(str(exc))
             log(f"skipped: {exc}")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _frames(capture: cv2.VideoCapture, max_frames: int | None) -> Iterator[np.ndarray]:
+    """Decoded RGB frames (read in the read-ahead thread when background I/O is on)."""
+    count = 0
+    while max_frames is None or count < max_frames:
+        ok, bgr = capture.read()
+        if not ok:
+            return
+        count += 1
+        yield np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+class _VideoSink:
+    """Writes overlay frames (and label maps) of one video; used from the write-behind thread only."""
+
+    def __init__(self, item: DemoItem, partial: Path, target: Path, fps: float, save_frames: bool,
+                 class_names: list[str]) -> None:  # fmt: skip
+        self.item, self.partial, self.target, self.fps = item, partial, target, fps
+        self.save_frames, self.class_names = save_frames, class_names
+        self.writer: cv2.VideoWriter | None = None
+
+    def write(self, index: int, rgb: np.ndarray, labels: np.ndarray) -> None:
+        if self.writer is None:
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self.writer = cv2.VideoWriter(str(self.partial), fourcc, self.fps, (rgb.shape[1], rgb.shape[0]))
+            if not self.writer.isOpened():
+                raise InputError(f"{self.target}: cannot write the video")
+        self.writer.write(np.ascontiguousarray(overlay(rgb, labels, self.class_names)[:, :, ::-1]))
+        if self.save_frames:
+            stem = self.item.out_stem
+            write_label(stem.with_name(stem.name + "_frames") / f"{index:06d}_gray.png", labels)
+
+    def release(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
 
 
 def _run_video(
@@ -170,6 +241,7 @@ def _run_video(
     max_frames: int | None,
     progress: bool,
     report: DemoReport,
+    background_io: bool = True,
 ) -> int:
     capture = cv2.VideoCapture(str(item.path))
     if not capture.isOpened():
@@ -180,37 +252,48 @@ def _run_video(
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     if max_frames is not None:
         total = min(total, max_frames) if total > 0 else max_frames
-    frames = 0
-    writer = None
     target.parent.mkdir(parents=True, exist_ok=True)
     # OpenCV picks the container from the suffix, so the temporary file keeps ".mp4".
     partial = target.with_name(f".{target.stem}.partial{target.suffix}")
+    sink = _VideoSink(item, partial, target, fps, save_frames, segmenter.class_names)
     bar = tqdm(total=total or None, desc=item.path.name, unit="frame", disable=not progress)
+    errors: list[Exception] = []
+    frames = 0
+    batch = segmenter.config.batch_windows  # frames per predict_batch call
+
+    def written(result: None, error: Exception | None) -> None:
+        if error is not None:
+            errors.append(error)
+        else:
+            bar.update(1)
+
+    def run(chunk: list[np.ndarray]) -> None:
+        nonlocal frames
+        for rgb, labels in zip(chunk, segmenter.predict_batch(chunk), strict=True):
+            writer.submit(functools.partial(sink.write, frames, rgb, labels), written)
+            frames += 1
+
     finished = False
     try:
-        while max_frames is None or frames < max_frames:
-            ok, bgr = capture.read()
-            if not ok:
-                break
-            rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-            labels = segmenter.predict(rgb)
-            if writer is None:
-                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-                writer = cv2.VideoWriter(str(partial), fourcc, fps, (rgb.shape[1], rgb.shape[0]))
-                if not writer.isOpened():
-                    raise InputError(f"{target}: cannot write the video")
-            writer.write(np.ascontiguousarray(overlay(rgb, labels, segmenter.class_names)[:, :, ::-1]))
-            if save_frames:
-                frame_path = item.out_stem.with_name(item.out_stem.name + "_frames") / f"{frames:06d}_gray.png"
-                write_label(frame_path, labels)
-            frames += 1
-            bar.update(1)
+        with WriteBehind(threaded=background_io) as writer:
+            chunk: list[np.ndarray] = []
+            for _, rgb, _ in read_ahead(lambda f: f, _frames(capture, max_frames), depth=2 * batch,
+                                        threaded=background_io):  # fmt: skip
+                if errors:
+                    break
+                chunk.append(rgb)
+                if len(chunk) == batch:
+                    run(chunk)
+                    chunk = []
+            if chunk and not errors:
+                run(chunk)
+        if errors:
+            raise errors[0]
         finished = frames > 0
     finally:
         bar.close()
         capture.release()
-        if writer is not None:
-            writer.release()
+        sink.release()
         if not finished:
             partial.unlink(missing_ok=True)
     if frames == 0:

@@ -65,31 +65,97 @@ def window_starts(size: int, crop: int) -> list[int]:
     return [min(i * stride + crop, size) - crop for i in range(count)]
 
 
-def _linear_taps(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices (i0, i1) and weight of i1 for each output pixel, with half-pixel centres as in OpenCV."""
-    scale = in_size / out_size
-    pos = (torch.arange(out_size, dtype=torch.float64, device=device) + 0.5) * scale - 0.5
-    pos = pos.clamp(min=0)
+def linear_taps(
+    in_size: int,
+    out_size: int,
+    align_corners: bool = False,
+    start: int = 0,
+    end: int | None = None,
+    mirror: bool = False,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices (i0, i1) and the weight of i1 for output pixels ``start:end`` of a 1-D bilinear resize.
+
+    ``align_corners=False``: half-pixel centres with edge clamping (OpenCV ``INTER_LINEAR``). ``align_corners=True``:
+    corners map to corners, computed in float32 exactly as PyTorch's ``F.interpolate`` does, so results match it
+    to rounding. ``mirror=True`` gives the taps of output pixel ``out_size - 1 - i`` for each ``i``: the pixels of a
+    horizontally flipped window, read back in the unflipped order.
+    """
+    end = out_size if end is None else min(end, out_size)
+    index = torch.arange(start, end, device=device)
+    if mirror:
+        index = out_size - 1 - index
+    if align_corners:
+        ratio = torch.tensor(float(in_size - 1) if out_size > 1 else 0.0, dtype=torch.float32, device=device)
+        pos = ratio / max(out_size - 1, 1) * index.to(torch.float32)
+    else:
+        pos = ((index.to(torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
     i0 = pos.floor().long().clamp(max=in_size - 1)
     i1 = (i0 + 1).clamp(max=in_size - 1)
-    return i0, i1, (pos - i0).to(torch.float32)
+    return i0, i1, (pos - i0).clamp(0, 1).to(torch.float32)
+
+
+def source_span(
+    in_size: int, out_size: int, start: int, end: int, align_corners: bool = False, mirror: bool = False
+) -> tuple[int, int]:
+    """The source pixels ``[lo, hi)`` that output pixels ``start:end`` of a 1-D bilinear resize read."""
+    i0, i1, _ = linear_taps(in_size, out_size, align_corners, start, end, mirror)
+    return int(i0.min()), int(i1.max()) + 1
+
+
+def source_rows(in_h: int, out_h: int, row_start: int, row_end: int, align_corners: bool = False) -> tuple[int, int]:
+    """The rows ``[lo, hi)`` of an ``in_h``-row map that rows ``row_start:row_end`` of its resize read."""
+    return source_span(in_h, out_h, row_start, row_end, align_corners)
+
+
+def resize_block(
+    maps: torch.Tensor,
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    offset: tuple[int, int] = (0, 0),
+    align_corners: bool = False,
+    mirror: bool = False,
+) -> torch.Tensor:
+    """Output pixels ``rows x cols`` of the bilinear resize of an (..., in_h, in_w) map to ``out_size``.
+
+    ``maps`` may hold only the block of the source map starting at ``offset`` (it must contain what
+    :func:`source_span` names). ``mirror=True`` reads the resize of a horizontally flipped window back in unflipped
+    column order (the source itself is not flipped). The width is interpolated first, then the rows, as PyTorch
+    does. Float32 in, float32 out.
+    """
+    (in_h, in_w), (out_h, out_w) = in_size, out_size
+    y0, y1, wy = linear_taps(in_h, out_h, align_corners, rows[0], rows[1], device=maps.device)
+    x0, x1, wx = linear_taps(in_w, out_w, align_corners, cols[0], cols[1], mirror, device=maps.device)
+    lo, hi = int(y0.min()), int(y1.max()) + 1
+    band = maps.narrow(-2, lo - offset[0], hi - lo)
+    x0, x1 = x0 - offset[1], x1 - offset[1]
+    across = band.index_select(-1, x0).mul_(1 - wx).add_(band.index_select(-1, x1).mul_(wx))
+    top = across.index_select(-2, y0 - lo).mul_((1 - wy)[:, None])
+    return top.add_(across.index_select(-2, y1 - lo).mul_(wy[:, None]))
 
 
 def resize_rows(
-    maps: torch.Tensor, out_h: int, out_w: int, row_start: int = 0, row_end: int | None = None
+    maps: torch.Tensor,
+    out_h: int,
+    out_w: int,
+    row_start: int = 0,
+    row_end: int | None = None,
+    *,
+    in_h: int | None = None,
+    row_offset: int = 0,
+    align_corners: bool = False,
 ) -> torch.Tensor:
-    """Rows ``row_start:row_end`` of the bilinear resize of ``maps`` (C, h, w) to (C, out_h, out_w).
+    """Rows ``row_start:row_end`` of the bilinear resize of ``maps`` (..., h, w) to (..., out_h, out_w).
 
     Same sampling as ``cv2.resize(..., INTER_LINEAR)`` and ``F.interpolate(..., mode="bilinear",
-    align_corners=False)`` (half-pixel centres, edge clamping), computed for a band of output rows only so
-    that full-resolution multi-channel maps never need to exist at once. Float32 in, float32 out.
+    align_corners=False)`` (half-pixel centres, edge clamping), or ``align_corners=True``, computed for a band of
+    output rows only so that full-resolution multi-channel maps never need to exist at once. ``maps`` may hold
+    only rows ``row_offset:row_offset + maps.shape[-2]`` of an ``in_h``-row map (those :func:`source_rows` names).
+    Float32 in, float32 out.
     """
-    row_end = out_h if row_end is None else row_end
-    _, in_h, in_w = maps.shape
-    y0, y1, wy = _linear_taps(in_h, out_h, maps.device)
-    x0, x1, wx = _linear_taps(in_w, out_w, maps.device)
-    y0, y1, wy = y0[row_start:row_end], y1[row_start:row_end], wy[row_start:row_end]
-    top, bottom = maps.index_select(1, y0), maps.index_select(1, y1)
-    rows = top + (bottom - top) * wy[None, :, None]
-    left, right = rows.index_select(2, x0), rows.index_select(2, x1)
-    return left + (right - left) * wx[None, None, :]
+    row_end = out_h if row_end is None else min(row_end, out_h)
+    in_h = maps.shape[-2] if in_h is None else in_h
+    in_size = (in_h, maps.shape[-1])
+    return resize_block(maps, in_size, (out_h, out_w), (row_start, row_end), (0, out_w), (row_offset, 0), align_corners)

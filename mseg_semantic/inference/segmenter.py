@@ -7,37 +7,53 @@ probabilities (softmax, then the linear map onto a test taxonomy when asked), an
 overlapping windows are averaged, the padding cut off. Per-scale maps are resized back to the image
 (bilinear, half-pixel centres as OpenCV) and averaged over scales; the label map is their argmax.
 
-Memory stays bounded: per-scale maps are kept at their own resolution and combined into the output in bands
-of rows, so no full-resolution (C, H, W) buffer exists unless :meth:`Segmenter.predict_proba` asks for it.
+How it is computed (same numbers, less work and memory): windows of all scales (and of several images with
+:meth:`Segmenter.predict_batch`) are batched into forward passes; HRNet stops before its final upsample and only
+the image part of each window is upsampled (:mod:`.network`); per-scale maps are never stored at full resolution
+but evaluated lazily in bands of rows from the windows' outputs (:mod:`.windows`) while the scales are combined.
+The speed-ups that do change the numbers (precision, minimal padding, low-resolution head, ...) are settings of
+:class:`InferenceConfig`, off by default; ``fast=True`` turns them all on.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mseg_semantic.errors import InputError, TaxonomyError
 from mseg_semantic.inference.config import InferenceConfig, load_config
 from mseg_semantic.inference.geometry import (
     max_base_size,
-    pad_to_crop,
     resize_rows,
-    resize_short_side,
+    scaled_short_side_size,
+    source_rows,
     truncated_short_side_size,
-    window_starts,
 )
 from mseg_semantic.inference.images import as_rgb_array
+from mseg_semantic.inference.network import Network, resolve_precision
+from mseg_semantic.inference.windows import ScaleMap, WindowGrid, WindowOutput, crop_output, window_grid
 from mseg_semantic.normalization import MEAN_RGB, STD_RGB
 from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy
 from mseg_semantic.taxonomy.tables import NAIVE, UNIVERSAL
 
 _BAND_BYTES = 64 * 2**20  # size of one band of output rows while combining scales
+
+
+@dataclass
+class _Job:
+    """One resized image of one input: its windows are cut from ``canvas`` (normalised, padded)."""
+
+    image: int
+    grid: WindowGrid
+    canvas: torch.Tensor | None
+    outputs: list[WindowOutput] = field(default_factory=list)
 
 
 class Segmenter:
@@ -53,7 +69,11 @@ class Segmenter:
         output_taxonomy: the taxonomy of the results; default: the model's. A universal or naive model can
             output any test taxonomy (probabilities are summed onto it before averaging).
         device: where the model runs (``"cpu"``, ``"cuda"``, ...).
-        **overrides: any :class:`InferenceConfig` value (``base_size``, ``scales``, ``crop_size``, ``flip``, ...).
+        fast: turn on every speed-up of :data:`mseg_semantic.inference.config.FAST` (label maps agree with the
+            faithful ones on >= 99% of pixels, not exactly); explicit keywords below still win.
+        **overrides: any :class:`InferenceConfig` value: the algorithm's (``base_size``, ``scales``, ``crop_size``,
+            ``flip``, ...) and the speed-ups' (``precision``, ``pad``, ``head``, ``batch_windows``,
+            ``channels_last``).
     """
 
     def __init__(
@@ -63,8 +83,11 @@ class Segmenter:
         model_taxonomy: str = UNIVERSAL,
         output_taxonomy: str | None = None,
         device: str | torch.device = "cpu",
+        fast: bool = False,
         **overrides: Any,
     ) -> None:
+        if fast:
+            overrides["fast"] = True
         self.config = load_config(config, **overrides)
         self.device = torch.device(device)
         if not isinstance(model, nn.Module):
@@ -93,6 +116,9 @@ class Segmenter:
         self.class_names: list[str] = list(get_taxonomy(self.output_taxonomy).classes)
         self._mean = torch.tensor(MEAN_RGB, dtype=torch.float32, device=self.device).view(3, 1, 1)
         self._std = torch.tensor(STD_RGB, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        #: The arithmetic the network runs in (``precision="auto"`` resolved for this device).
+        self.precision = resolve_precision(self.config.precision, self.device)
+        self.network = Network(self.model, self.device, self.precision, self.config.channels_last)
 
     @property
     def num_classes(self) -> int:
@@ -106,21 +132,30 @@ class Segmenter:
     # ------------------------------------------------------------------ public API
     def predict(self, image: Any) -> np.ndarray:
         """(H, W) label map at the input resolution, uint8 (uint16 for taxonomies with more than 256 classes)."""
-        rgb = as_rgb_array(image)
-        maps = self._scale_maps(rgb)
-        h, w = rgb.shape[:2]
-        labels = np.empty((h, w), dtype=self.label_dtype)
+        return self.predict_batch([image])[0]
 
-        def sink(r0: int, r1: int, band: torch.Tensor) -> None:
-            labels[r0:r1] = band.argmax(dim=0).to(torch.int32).cpu().numpy()
+    def predict_batch(self, images: Sequence[Any]) -> list[np.ndarray]:
+        """:meth:`predict` for several images, their windows sharing forward passes (``batch_windows`` at a time).
 
-        self._combine(maps, h, w, sink)
-        return labels
+        The label maps are those :meth:`predict` gives each image (up to the rounding of batched convolutions).
+        """
+        rgbs = [as_rgb_array(image) for image in images]
+        results = []
+        for rgb, maps in zip(rgbs, self._scale_maps(rgbs), strict=True):
+            h, w = rgb.shape[:2]
+            labels = np.empty((h, w), dtype=self.label_dtype)
+
+            def sink(r0: int, r1: int, band: torch.Tensor, labels: np.ndarray = labels) -> None:
+                labels[r0:r1] = band.argmax(dim=0).to(torch.int32).cpu().numpy()
+
+            self._combine(maps, h, w, sink)
+            results.append(labels)
+        return results
 
     def predict_proba(self, image: Any) -> np.ndarray:
         """(C, H, W) float32 class probabilities at the input resolution (the label map is their argmax)."""
         rgb = as_rgb_array(image)
-        maps = self._scale_maps(rgb)
+        maps = self._scale_maps([rgb])[0]
         h, w = rgb.shape[:2]
         probs = np.empty((self.num_classes, h, w), dtype=np.float32)
 
@@ -133,88 +168,122 @@ class Segmenter:
     __call__ = predict
 
     # ------------------------------------------------------------------ the algorithm
-    @torch.inference_mode()
-    def _scale_maps(self, rgb: np.ndarray) -> list[torch.Tensor]:
-        """Per-scale probability maps (C, h_s, w_s), each the size of the image resized for that scale."""
-        image = rgb.astype(np.float32)
+    def window_grids(self, height: int, width: int) -> list[WindowGrid]:
+        """The windows an ``height`` x ``width`` image is cut into, one grid per scale (each window is one forward
+        pass, two with ``flip``)."""
+        return [grid for _, grid in self._scale_sizes(height, width)]
+
+    def _scale_sizes(self, h: int, w: int) -> list[tuple[tuple[int, int], WindowGrid]]:
+        """Each scale's resized image size and windows."""
         cfg = self.config
         if cfg.batched:
-            return [self._batched_map(image)]
-        maps = []
-        for scale in cfg.scales:
-            resized = resize_short_side(image, round(scale * cfg.base_size))
-            maps.append(self._sliding_window_map(resized))
+            base = max_base_size(h, w, min(cfg.crop_h, cfg.crop_w))
+            if base < 1:
+                raise InputError(f"image of size {w}x{h} is too elongated for a {cfg.crop_w}x{cfg.crop_h} crop")
+            sizes = [truncated_short_side_size(h, w, base)]
+        else:
+            assert cfg.base_size is not None
+            sizes = [scaled_short_side_size(h, w, round(scale * cfg.base_size)) for scale in cfg.scales]
+        return [
+            (size, window_grid(size[0], size[1], cfg.crop_h, cfg.crop_w, cfg.pad, cfg.max_window)) for size in sizes
+        ]
+
+    def _resized_images(self, rgb: np.ndarray) -> list[tuple[np.ndarray, WindowGrid]]:
+        """Each scale's resized float32 image (OpenCV INTER_LINEAR, as the original) and its windows."""
+        image = rgb.astype(np.float32)
+        out = []
+        for (new_h, new_w), grid in self._scale_sizes(*image.shape[:2]):
+            resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+            out.append((resized, grid))
+        return out
+
+    def _canvas(self, resized: np.ndarray, grid: WindowGrid) -> torch.Tensor:
+        """The normalised image padded to the windows; the padding is 0, i.e. the mean pixel as the original."""
+        x = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).to(self.device)
+        x = (x - self._mean) / self._std
+        canvas = torch.zeros((3, *grid.canvas), dtype=torch.float32, device=self.device)
+        canvas[:, grid.pad_top : grid.pad_top + grid.height, grid.pad_left : grid.pad_left + grid.width] = x
+        return canvas
+
+    @torch.inference_mode()
+    def _scale_maps(self, rgbs: list[np.ndarray]) -> list[list[ScaleMap]]:
+        """Per image, the per-scale probability maps, every window of every image run in shared batches."""
+        jobs = [
+            _Job(index, grid, self._canvas(resized, grid))
+            for index, rgb in enumerate(rgbs)
+            for resized, grid in self._resized_images(rgb)
+        ]
+        windows = [(job, y, x) for job in jobs for y, x in job.grid.windows()]
+        by_shape: dict[tuple[int, int], list[tuple[_Job, int, int]]] = {}
+        for window in windows:
+            by_shape.setdefault((window[0].grid.win_h, window[0].grid.win_w), []).append(window)
+        step = self.config.batch_windows
+        for group in by_shape.values():
+            for start in range(0, len(group), step):
+                self._run_windows(group[start : start + step])
+            for job, _, _ in group:  # a job's windows all have one shape: its canvas is no longer needed
+                job.canvas = None
+        maps: list[list[ScaleMap]] = [[] for _ in rgbs]
+        for job in jobs:
+            maps[job.image].append(ScaleMap(job.grid, job.outputs, self.num_classes, self._to_probs))
         return maps
 
-    def _sliding_window_map(self, image: np.ndarray) -> torch.Tensor:
-        cfg = self.config
-        h, w = image.shape[:2]
-        padded, top, left = pad_to_crop(image, cfg.crop_h, cfg.crop_w)
-        new_h, new_w = padded.shape[:2]
-        acc = torch.zeros((self.num_classes, new_h, new_w), dtype=torch.float32, device=self.device)
-        count = torch.zeros((new_h, new_w), dtype=torch.float32, device=self.device)
-        for y in window_starts(new_h, cfg.crop_h):
-            for x in window_starts(new_w, cfg.crop_w):
-                crop = padded[y : y + cfg.crop_h, x : x + cfg.crop_w]
-                acc[:, y : y + cfg.crop_h, x : x + cfg.crop_w] += self._window_probs(crop)
-                count[y : y + cfg.crop_h, x : x + cfg.crop_w] += 1
-        acc /= count
-        return acc[:, top : top + h, left : left + w]
-
-    def _window_probs(self, crop: np.ndarray) -> torch.Tensor:
-        """Probabilities (C, h, w) of one window, averaged with its flipped copy when ``flip`` is on."""
-        x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).to(self.device)
-        x = (x - self._mean) / self._std
-        batch = torch.stack([x, x.flip(2)]) if self.config.flip else x[None]
-        probs = self._probs(batch, crop.shape[:2])
-        if self.config.flip:
-            return (probs[0] + probs[1].flip(2)) / 2
-        return probs[0]
-
-    def _probs(self, batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Model logits -> probabilities in the output taxonomy, at ``size``."""
-        logits = self.model(batch)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
+    def _run_windows(self, windows: list[tuple[_Job, int, int]]) -> None:
+        """One forward pass over some windows (each followed by its flip); outputs go to their jobs."""
+        flip = self.config.flip
+        crops = []
+        for job, y, x in windows:
+            g = job.grid
+            assert job.canvas is not None
+            crop = job.canvas[:, y + g.pad_top : y + g.pad_top + g.win_h, x + g.pad_left : x + g.pad_left + g.win_w]
+            crops += [crop, crop.flip(-1)] if flip else [crop]
+        logits = self.network(torch.stack(crops))
         if logits.shape[1] != self.num_model_classes:
             raise TaxonomyError(
                 f"the model outputs {logits.shape[1]} classes but taxonomy {self.model_taxonomy!r} has "
                 f"{self.num_model_classes}"
             )
-        if tuple(logits.shape[-2:]) != tuple(size):
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
-        probs = logits.float().softmax(dim=1)
+        passes = 2 if flip else 1
+        low_res_head = self.config.head == "low_res"
+        for i, (job, y, x) in enumerate(windows):
+            out = logits[i * passes : (i + 1) * passes]
+            if low_res_head:
+                probs = self._to_probs(out.float())
+                out = ((probs[0] + probs[1].flip(-1)) / 2 if flip else probs[0])[None]
+            planes, offsets = crop_output(out, job.grid, y, x, mirror_second=flip and not low_res_head)
+            job.outputs.append(
+                WindowOutput(y, x, planes, offsets, out.shape[-2], out.shape[-1], probabilities=low_res_head)
+            )
+
+    def _to_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (P, K, h, w) -> probabilities in the output taxonomy (P, C, h, w): softmax, then the linear map."""
+        probs = logits.softmax(dim=1)
         if self._projection is not None:
             probs = torch.einsum("tc,nchw->nthw", self._projection, probs)
         return probs
 
-    def _batched_map(self, image: np.ndarray) -> torch.Tensor:
-        """The original batched variant: the whole image in one padded crop, one forward with its flip."""
-        import cv2
-
-        cfg = self.config
-        h, w = image.shape[:2]
-        base = max_base_size(h, w, min(cfg.crop_h, cfg.crop_w))
-        if base < 1:
-            raise InputError(f"image of size {w}x{h} is too elongated for a {cfg.crop_w}x{cfg.crop_h} crop")
-        new_h, new_w = truncated_short_side_size(h, w, base)
-        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        padded, top, left = pad_to_crop(resized, cfg.crop_h, cfg.crop_w)
-        probs = self._window_probs(padded)[:, top : top + new_h, left : left + new_w]
-        # The original resizes the batched result with align_corners=True; return it at the native size.
-        return F.interpolate(probs[None], size=(h, w), mode="bilinear", align_corners=True)[0]
-
     @torch.inference_mode()
     def _combine(
-        self, maps: list[torch.Tensor], h: int, w: int, sink: Callable[[int, int, torch.Tensor], None]
+        self, maps: list[ScaleMap], h: int, w: int, sink: Callable[[int, int, torch.Tensor], None]
     ) -> None:
-        """Mean over scales of the maps resized to (h, w), handed to ``sink`` one band of rows at a time."""
+        """Mean over scales of the maps resized to (h, w), handed to ``sink`` one band of rows at a time.
+
+        Maps are resized with half-pixel centres (OpenCV), except in the batched variant, which the original
+        resizes with ``align_corners=True``.
+        """
+        align_corners = self.config.batched
         rows = max(1, _BAND_BYTES // (4 * self.num_classes * w * 2))
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             acc = None
             for m in maps:
-                band = m[:, r0:r1] if m.shape[-2:] == (h, w) else resize_rows(m, h, w, r0, r1)
+                if (m.height, m.width) == (h, w):
+                    band = m.rows(r0, r1)
+                else:
+                    lo, hi = source_rows(m.height, h, r0, r1, align_corners)
+                    band = resize_rows(
+                        m.rows(lo, hi), h, w, r0, r1, in_h=m.height, row_offset=lo, align_corners=align_corners
+                    )
                 acc = band.clone() if acc is None else acc.add_(band)
             assert acc is not None
             acc /= len(maps)

@@ -1,0 +1,171 @@
+"""Running the network on a batch of windows: arithmetic precision, memory layout, and stopping early.
+
+HRNet (like PSPNet) ends with a bilinear ``align_corners=True`` resize of its stride-4 logits to the input size,
+the same resize the original test code applies to any model whose output is smaller than its input. The network
+is traced with ``torch.fx`` and that last resize cut off, so :class:`Network` returns the stride-4 logits and the
+caller upsamples only the pixels it keeps (the padding is cut away, rows are evaluated in bands): the same
+arithmetic on fewer pixels, and a 713x713 window's 194-channel logits (394 MB per image) never exist at once. The
+cut is checked numerically once, on a small input; a model that cannot be traced, or whose output differs from the
+upsampled cut, runs whole.
+
+For ``precision="bf16"`` the network runs as a copy with every BatchNorm folded into the convolution before it,
+stored in bfloat16 (half the fp32 weights' memory): no per-layer casts as under autocast and one pass less over
+every feature map per BatchNorm. fp16 runs under autocast (its narrow range makes folded weights riskier).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from mseg_semantic.errors import InputError
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> what the device runs fastest without giving up range: bf16, else fp16 (GPU), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def cut_final_resize(module: nn.Module | fx.GraphModule) -> fx.GraphModule | None:
+    """The model without its final ``F.interpolate(..., mode="bilinear", align_corners=True)``, or None.
+
+    The result shares the model's parameters. None when the model cannot be traced with ``torch.fx`` or does
+    something else last.
+    """
+    try:
+        graph_module = module if isinstance(module, fx.GraphModule) else fx.symbolic_trace(module)
+    except Exception:  # tracing fails on data-dependent control flow; such a model simply runs whole
+        return None
+    output = next(node for node in graph_module.graph.nodes if node.op == "output")
+    last = output.args[0]
+    if not (
+        isinstance(last, fx.Node)
+        and last.op == "call_function"
+        and last.target is F.interpolate
+        and last.kwargs.get("mode") == "bilinear"
+        and last.kwargs.get("align_corners") is True
+    ):
+        return None
+    output.args = (last.args[0],)
+    graph_module.graph.eliminate_dead_code()
+    graph_module.recompile()
+    return graph_module
+
+
+def fold_batch_norms(module: nn.Module) -> fx.GraphModule:
+    """A traced copy of an eval-mode model with each BatchNorm2d that only follows a Conv2d folded into it."""
+    graph_module = fx.symbolic_trace(copy.deepcopy(module))
+    modules = dict(graph_module.named_modules())
+    for node in list(graph_module.graph.nodes):
+        source = node.args[0] if node.args else None
+        if not (
+            node.op == "call_module"
+            and isinstance(modules[node.target], nn.BatchNorm2d)
+            and isinstance(source, fx.Node)
+            and source.op == "call_module"
+            and isinstance(modules[source.target], nn.Conv2d)
+            and len(source.users) == 1
+        ):
+            continue
+        conv = modules[source.target]
+        folded = fuse_conv_bn_eval(conv, modules[node.target])
+        parent, _, name = source.target.rpartition(".")
+        setattr(graph_module.get_submodule(parent) if parent else graph_module, name, folded)
+        modules[source.target] = folded
+        node.replace_all_uses_with(source)
+        graph_module.graph.erase_node(node)
+    graph_module.graph.eliminate_dead_code()
+    graph_module.recompile()
+    graph_module.delete_all_unused_submodules()
+    return graph_module
+
+
+class Network:
+    """A segmentation model called on normalised windows (N, 3, h, w); returns logits (N, K, h', w').
+
+    ``(h', w')`` is the input size, or the model's own output resolution when its final resize could be cut off
+    (:attr:`early_exit`): the caller resizes those logits to the window with ``align_corners=True`` as the original
+    does. Logits are float32 for ``precision="fp32"``, else in the low-precision dtype.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        early_exit: bool = True,
+    ) -> None:
+        if precision not in _DTYPES:
+            raise InputError(f"precision must be one of {', '.join(_DTYPES)}; got {precision!r}")
+        self.model = model
+        self.device = device
+        self.precision = precision
+        self.channels_last = channels_last
+        self._dtype = _DTYPES[precision]
+        self._module: nn.Module = model
+        self.early_exit = False
+        if early_exit:
+            cut = cut_final_resize(model)
+            if cut is not None and self._matches(cut):
+                self._module, self.early_exit = cut, True
+        if precision == "bf16":
+            folded = fold_batch_norms(self._module).to(self._dtype)
+            # Only our own copy changes layout; the caller's model keeps its weights (inputs are NHWC either way).
+            self._module = folded.to(memory_format=torch.channels_last) if channels_last else folded
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        if self.precision == "bf16":
+            return self._output(self._module(batch.to(self._dtype)))
+        context = torch.autocast(self.device.type, dtype=self._dtype) if self._dtype else contextlib.nullcontext()
+        with context:
+            return self._output(self._module(batch))
+
+    @staticmethod
+    def _output(out: torch.Tensor | tuple | list) -> torch.Tensor:
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    @torch.inference_mode()
+    def _matches(self, cut: nn.Module) -> bool:
+        """Does upsampling the cut model's output reproduce the model's output? Checked in fp32 on 37x50."""
+        x = torch.randn(1, 3, 37, 50, generator=torch.Generator().manual_seed(0)).to(self.device)
+        full = self._output(self.model(x))
+        try:
+            low = self._output(cut(x))
+        except Exception:
+            return False
+        if low.dim() != 4 or low.shape[:2] != full.shape[:2]:
+            return False
+        up = F.interpolate(low, size=full.shape[-2:], mode="bilinear", align_corners=True)
+        return bool(torch.allclose(up, full, rtol=1e-4, atol=1e-4 * float(full.abs().max()) + 1e-6))

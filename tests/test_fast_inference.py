@@ -1,0 +1,331 @@
+"""Fast inference: the speed-up settings, their agreement with the faithful path on real images, the faithful
+path's own restructuring (same numbers), and background I/O in the demo (same files)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_hrnet
+from test_inference import PixelModel, random_image, reference_predict_proba
+
+from mseg_semantic import InputError
+from mseg_semantic.cli import main
+from mseg_semantic.fileio import read_image, read_label
+from mseg_semantic.inference import Segmenter, load_config, run_demo
+from mseg_semantic.inference import segmenter as segmenter_module
+from mseg_semantic.inference.background import WriteBehind, read_ahead
+from mseg_semantic.inference.config import FAST
+from mseg_semantic.inference.geometry import resize_short_side
+from mseg_semantic.inference.network import Network, cpu_has_native_bf16, resolve_precision
+from mseg_semantic.inference.windows import PAD_PHASE, window_grid
+from mseg_semantic.models.hrnet import HRNet
+from mseg_semantic.normalization import MEAN_RGB, STD_RGB
+from mseg_semantic.taxonomy import class_names, get_taxonomy
+
+# Small versions of the real geometry: a short side of 96 in a 161 crop puts 32 rows of padding above the image,
+# as 360 in 713 puts 176, so pad="minimal" and max_window really change the windows.
+SMALL = {"config": "360_ss", "base_size": 96, "crop_size": 161}
+
+
+# ---------------------------------------------------------------------------- a tiny HRNet that predicts something
+@pytest.fixture(scope="module")
+def camvid(shared: Path) -> Path:
+    path = shared / "data" / "camvid11"
+    if not (path / "train.txt").exists():
+        pytest.skip("CamVid images not available")
+    return path
+
+
+def _normalised(image: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+    return (x - torch.tensor(MEAN_RGB).view(3, 1, 1)) / torch.tensor(STD_RGB).view(3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def probe_model(camvid: Path) -> HRNet:
+    """The tiny HRNet with BN statistics of two CamVid train images and its classifier fitted to their labels.
+
+    A randomly initialised network predicts near-uniform probabilities, where any rounding flips the argmax; this
+    one predicts 5-10 CamVid classes with top-1 probabilities around 0.5, so agreement figures mean something.
+    """
+    model = tiny_hrnet(194)
+    names = [line.split()[0] for line in (camvid / "train.txt").read_text().splitlines()][::180]
+    images = [cv2.resize(read_image(camvid / n), (240, 180), interpolation=cv2.INTER_AREA) for n in names]
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.stack([_normalised(i.astype(np.float32)) for i in images]))
+    model.eval()
+    universal = class_names("universal")
+    to_universal = np.full(256, 255, np.int64)
+    for index, targets in enumerate(get_taxonomy("camvid-11").universal):
+        to_universal[index] = universal.index(targets[0])
+    captured = {}
+    hook = model.last_layer[2].register_forward_hook(lambda m, i, o: captured.__setitem__("x", o))
+    features, labels = [], []
+    with torch.no_grad():
+        for name, image in zip(names, images, strict=True):
+            model(_normalised(image.astype(np.float32))[None])
+            feats = captured["x"][0]
+            label = read_label(camvid / name.replace("images/", "labels/"))
+            label = to_universal[cv2.resize(label, feats.shape[:0:-1], interpolation=cv2.INTER_NEAREST)].ravel()
+            keep = label != 255
+            features.append(feats.reshape(feats.shape[0], -1).T[torch.from_numpy(keep)])
+            labels.append(torch.from_numpy(label[keep]))
+    hook.remove()
+    x, y = torch.cat(features), torch.cat(labels)
+    weight = torch.zeros(194, x.shape[1], requires_grad=True)
+    bias = torch.zeros(194, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=0.05)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        model.last_layer[3].weight.copy_(weight[:, :, None, None])
+        model.last_layer[3].bias.copy_(bias)
+    return model
+
+
+@pytest.fixture(scope="module")
+def real_images(shared: Path, camvid: Path) -> list[np.ndarray]:
+    return [read_image(shared / "data" / "demo" / "3dogs.jpg"), read_image(camvid / "images" / "0016E5_07959.png")]
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return 100.0 * float((a == b).mean())
+
+
+# ---------------------------------------------------------------------------- settings
+def test_fast_switch_turns_on_every_speed_up_and_explicit_values_win():
+    cfg = load_config("360_ss", fast=True)
+    assert {k: getattr(cfg, k) for k in FAST} == FAST and cfg.name == "360_ss+fast" and not cfg.faithful
+    assert load_config("360_ss").faithful and load_config("360_ss", batch_windows=4).faithful
+    cfg = load_config("360_ms", fast=True, precision="fp32", scales=[1.0])
+    assert cfg.precision == "fp32" and cfg.head == FAST["head"] and cfg.scales == (1.0,)
+    seg = Segmenter(PixelModel(11), config="360_ss", model_taxonomy="camvid-11", fast=True, head="full")
+    assert seg.config.head == "full" and seg.config.channels_last
+    assert seg.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+
+
+def test_speed_settings_are_validated(tmp_path):
+    for key, value in [("precision", "fp64"), ("pad", "none"), ("head", "half"), ("batch_windows", 0)]:
+        with pytest.raises(InputError, match=key):
+            load_config("360_ss", **{key: value})
+    with pytest.raises(InputError, match="max_window needs pad='minimal'"):
+        load_config("360_ss", max_window=1025)
+    path = tmp_path / "quick.yaml"
+    path.write_text("base_size: 360\nscales: [1.0]\nfast: true\nprecision: fp32\n")
+    cfg = load_config(path)
+    assert cfg.head == "low_res" and cfg.precision == "fp32"
+
+
+def test_auto_precision_follows_the_device():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("fp16", cpu) == "fp16" and resolve_precision("fp32", cpu) == "fp32"
+
+
+def test_minimal_padding_keeps_the_stride_32_alignment():
+    # The original: 360 rows centred in 713 (176 above); minimal: 16 above (176 mod 32), 393 in all (713 mod 32).
+    faithful, minimal = window_grid(360, 713, 713, 713), window_grid(360, 713, 713, 713, "minimal")
+    assert (faithful.win_h, faithful.ys) == (713, (-176,)) and (minimal.win_h, minimal.ys) == (393, (-16,))
+    for h, w in [(180, 356), (270, 535), (630, 1247), (500, 990), (1080, 1920), (713, 713), (5, 700)]:
+        f, m = window_grid(h, w, 713, 713), window_grid(h, w, 713, 713, "minimal", max_window=2049)
+        for fs, ms, fw, mw, size in [(f.ys, m.ys, f.win_h, m.win_h, h), (f.xs, m.xs, f.win_w, m.win_w, w)]:
+            assert (fs[0] - ms[0]) % PAD_PHASE == 0 and (fw - mw) % PAD_PHASE == 0
+            assert mw <= max(fw, size + PAD_PHASE) and ms[0] <= 0 and ms[-1] + mw >= size
+    whole = window_grid(1080, 1920, 713, 713, "minimal", max_window=2049)
+    assert (whole.win_h, whole.win_w, whole.ys, whole.xs) == (1097, 1929, (0,), (0,))
+    tiles = window_grid(1080, 1920, 713, 713, "minimal", max_window=1200)
+    assert tiles.win_w == 1193 and tiles.xs == (0, 727)  # 1193 = 713 + 15 * 32; stride ceil(2/3 * 1193)
+
+
+# ---------------------------------------------------------------------------- agreement on real images
+@pytest.mark.parametrize(
+    ("settings", "threshold"),
+    [
+        ({"precision": "bf16"}, 95.0),
+        ({"precision": "fp16"}, 95.0),
+        ({"channels_last": True}, 99.5),
+        ({"head": "low_res"}, 95.0),
+        ({"batch_windows": 3}, 99.9),
+        ({"fast": True}, 95.0),
+    ],
+)
+def test_speed_ups_agree_with_the_faithful_path_on_real_images(probe_model, real_images, settings, threshold):
+    # Thresholds fit this tiny, barely trained network (its top-1 probability is about 0.5, so rounding flips more
+    # labels than with a trained W48; see benchmarks/inference.py for those figures). The same check applied to
+    # a result misaligned by 3 pixels, or left mirrored, fails: it can catch an offset or flip bug.
+    for image in real_images:
+        faithful = Segmenter(probe_model, **SMALL).predict(image)
+        assert len(np.unique(faithful)) >= 4  # not a one-class map that anything would agree with
+        labels = Segmenter(probe_model, **SMALL, **settings).predict(image)
+        assert labels.shape == faithful.shape and labels.dtype == np.uint8
+        assert agreement(labels, faithful) >= threshold, settings
+        shifted = Segmenter(probe_model, **SMALL, **settings).predict(np.roll(image, 3, axis=1))
+        assert agreement(np.roll(shifted, -3, axis=1), faithful) < threshold
+        assert agreement(np.fliplr(labels), faithful) < threshold
+
+
+def direct_window_proba(model, image: np.ndarray, short: int, canvas: tuple[int, int], top: int, left: int):
+    """One window by hand: resize, place at (top, left) in a zero (mean) canvas, forward with the flip, crop back."""
+    resized = resize_short_side(image.astype(np.float32), short)
+    h, w = resized.shape[:2]
+    x = torch.zeros(3, *canvas)
+    x[:, top : top + h, left : left + w] = _normalised(resized)
+    with torch.no_grad():
+        probs = model(torch.stack([x, x.flip(-1)])).softmax(1)
+    probs = ((probs[0] + probs[1].flip(-1)) / 2)[:, top : top + h, left : left + w].numpy()
+    return np.stack([cv2.resize(c, image.shape[1::-1], interpolation=cv2.INTER_LINEAR) for c in probs])
+
+
+def test_geometric_speed_ups_equal_a_direct_computation(real_images):
+    # Minimal padding and whole-image windows change what the network sees, so their agreement is a property of the
+    # network (measured in the benchmark); here the bookkeeping is checked exactly on one window of each kind.
+    model = tiny_hrnet(194)
+    image = real_images[1]  # 480x360 CamVid frame
+    # 96 x 128 in a 161 crop: the original pads 32 rows above and 16 columns left; minimal keeps 32 % 32 = 0 rows
+    # and 16 columns, in a 97 x 161 window (sizes equal to the crop's modulo 32).
+    seg = Segmenter(model, **SMALL, pad="minimal")
+    assert [(g.win_h, g.win_w, g.ys, g.xs) for g in seg.window_grids(360, 480)] == [(97, 161, (0,), (-16,))]
+    np.testing.assert_allclose(seg.predict_proba(image), direct_window_proba(model, image, 96, (97, 161), 0, 16),
+                               atol=1e-5)  # fmt: skip
+    # 224 x 299 with a 161 crop would slide 2 x 2 windows; max_window=320 runs it whole in 225 x 321 (161 + 32k).
+    seg = Segmenter(model, config="360_ss", base_size=224, crop_size=161, pad="minimal", max_window=320)
+    assert [(g.win_h, g.win_w, g.ys, g.xs) for g in seg.window_grids(360, 480)] == [(225, 321, (0,), (0,))]
+    np.testing.assert_allclose(seg.predict_proba(image), direct_window_proba(model, image, 224, (225, 321), 0, 0),
+                               atol=1e-5)  # fmt: skip
+
+
+def test_fast_path_outputs(probe_model, real_images):
+    image = real_images[1]
+    probs = Segmenter(probe_model, **SMALL, fast=True).predict_proba(image)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)  # averages of softmax outputs, resized bilinearly
+    seg = Segmenter(probe_model, **SMALL, fast=True, output_taxonomy="camvid-11")
+    probs = seg.predict_proba(image)
+    assert probs.shape == (11, *image.shape[:2]) and probs.dtype == np.float32 and probs.max() <= 1 + 1e-5
+    assert (seg.predict(image) == probs.argmax(0)).all()
+    big = Segmenter(probe_model, config="360_ms", base_size=96, crop_size=161, fast=True, pad="minimal", max_window=257)
+    assert big.predict(real_images[0]).shape == real_images[0].shape[:2]
+
+
+# ---------------------------------------------------------------------------- the faithful path, restructured
+def test_faithful_path_equals_the_literal_algorithm_with_batching_and_bands(monkeypatch):
+    model = tiny_hrnet(194)
+    image = random_image(90, 140, seed=7)
+    expected = reference_predict_proba(model, image, 70, (0.5, 1.25), 49)  # several windows per scale, padding
+    gap = np.sort(expected, axis=0)
+    decided = (gap[-1] - gap[-2]) > 1e-5
+    monkeypatch.setattr(segmenter_module, "_BAND_BYTES", 4 * 194 * 140 * 2 * 3)  # 3-row bands: exercise the cache
+    for batch in (1, 3, 16):
+        seg = Segmenter(model, config="360_ms", base_size=70, scales=(0.5, 1.25), crop_size=49, batch_windows=batch)
+        assert seg.network.early_exit
+        np.testing.assert_allclose(seg.predict_proba(image), expected, atol=1e-5)
+        assert (seg.predict(image)[decided] == expected.argmax(0)[decided]).all()
+
+
+def test_predict_batch_equals_predict():
+    model = tiny_hrnet(194)
+    images = [random_image(60, 90, seed=1), random_image(60, 90, seed=2), random_image(80, 50, seed=3)]
+    seg = Segmenter(model, config="360_ms", base_size=40, scales=(1.0, 1.5), crop_size=49, batch_windows=5)
+    batch = seg.predict_batch(images)
+    for image, labels in zip(images, batch, strict=True):
+        single = seg.predict(image)
+        assert labels.shape == image.shape[:2] and (labels == single).mean() > 0.999
+
+
+class DoubledHRNet(HRNet):
+    """An HRNet whose forward does more after its head: the early exit must notice and not be used."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+def test_early_exit_is_verified_numerically():
+    model = tiny_hrnet(11)
+    assert Network(model, torch.device("cpu")).early_exit
+    doubled = DoubledHRNet(model.config, 11)
+    doubled.load_state_dict(model.state_dict())
+    doubled.eval()
+    assert not Network(doubled, torch.device("cpu")).early_exit
+    image = random_image(40, 60, seed=4)
+    seg = Segmenter(doubled, config="360_ss", base_size=40, crop_size=49, model_taxonomy="camvid-11")
+    np.testing.assert_allclose(seg.predict_proba(image), reference_predict_proba(doubled, image, 40, (1.0,), 49),
+                               atol=2e-6)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- background I/O
+def test_read_ahead_and_write_behind_keep_order_and_report_errors():
+    def read(i: int) -> int:
+        if i == 3:
+            raise InputError("item 3 is broken")
+        return i * i
+
+    for threaded in (True, False):
+        got = [(i, r, str(e) if e else None) for i, r, e in read_ahead(read, range(6), depth=2, threaded=threaded)]
+        assert got == [(0, 0, None), (1, 1, None), (2, 4, None), (3, None, "item 3 is broken"), (4, 16, None),
+                       (5, 25, None)]  # fmt: skip
+        before = threading.active_count()
+        for i, _, _ in read_ahead(read, range(1000), threaded=threaded):
+            if i == 2:
+                break
+        assert threading.active_count() == before  # leaving early stops the reader
+        assert write_all(threaded) == [-5, -10, ZeroDivisionError, 10, 5]
+
+
+def write_all(threaded: bool) -> list:
+    done: list = []
+    with WriteBehind(depth=1, threaded=threaded) as writer:
+        for i in range(5):
+            writer.submit(lambda i=i: 10 // (i - 2), lambda r, e: done.append(r if e is None else type(e)))
+    return done
+
+
+def test_background_io_writes_the_same_files(shared, tiny_checkpoint, tmp_path):
+    demo = shared / "data" / "demo"
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("3dogs.jpg", "mmseg_demo_street.png"):
+        (src / name).write_bytes((demo / name).read_bytes())
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    (src / "clip.mp4").write_bytes((demo / "car-detection.mp4").read_bytes())
+    seg = Segmenter(tiny_checkpoint, config="360_ss", base_size=64, crop_size=97, batch_windows=2)
+    reports = {}
+    for mode in (False, True):
+        reports[mode] = run_demo(seg, [src], tmp_path / str(mode), max_frames=3, save_frames=True, progress=False,
+                                 log=lambda m: None, background_io=mode)  # fmt: skip
+    assert reports[True].images == reports[False].images == 2 and reports[True].frames == 3
+    assert reports[True].failures == reports[False].failures and "broken.jpg" in reports[True].failures[0]
+    files = sorted(p.relative_to(tmp_path / "False") for p in (tmp_path / "False").rglob("*") if p.is_file())
+    assert len(files) == 2 * 3 + 1 + 3
+    for name in files:
+        a, b = tmp_path / "False" / name, tmp_path / "True" / name
+        if name.suffix == ".mp4":
+            ca, cb = cv2.VideoCapture(str(a)), cv2.VideoCapture(str(b))
+            for _ in range(3):
+                assert (ca.read()[1] == cb.read()[1]).all()
+        else:
+            assert a.read_bytes() == b.read_bytes(), name
+
+
+def test_demo_fast_flags(shared, tiny_checkpoint, tmp_path, capsys):
+    image = str(shared / "data" / "demo" / "3dogs.jpg")
+    small = ["--config", "360_ss", "--base-size", "64", "--crop-size", "97", "--quiet", "--out", str(tmp_path)]
+    code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--fast", "--precision", "fp32"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "settings: 360_ss+fast, fp32" in err and "1 image(s)" in out
+    assert read_label(tmp_path / "3dogs_gray.png").shape == (427, 640)
+    code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--max-window", "500"])
+    err = capsys.readouterr().err
+    assert code == 2 and "max_window needs pad='minimal'" in err and "Traceback" not in err
