@@ -200,3 +200,21 @@ def test_torch_hub_entry_points(mirror, w48_checkpoint):
     assert model.num_classes == 11 and not model.training
     bare = torch.hub.load(str(REPO), "mseg_3m", source="local", pretrained=False)
     assert bare.num_classes == 194
+
+
+def test_fine_tuning_from_a_zoo_name(mirror, w48_checkpoint, shared, tmp_path, capsys):
+    root, _ = mirror
+    (root / f"{NAME}.pth").symlink_to(w48_checkpoint)
+    camvid = shared / "data" / "camvid11"
+    out = tmp_path / "run"
+    code = main(["train", "camvid11", "--data-root", str(camvid), "--out", str(out), "--max-iters", "1", "--quiet",
+                 "--set", "model.arch=hrnet_w48", "model.hrnet=null", f"model.weights={NAME}", "batch_size=2",
+                 "transform.short_size=65", "transform.crop=[65,65]", "val.every=0", "workers=0",
+                 "precision=fp32", "channels_last=false"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    tuned = load_model(out / "model.safetensors")
+    start = torch.load(w48_checkpoint, weights_only=True)["state_dict"]
+    # One SGD step from the zoo weights: close to them, not equal (and far from a random initialisation).
+    name = "last_layer.3.weight"
+    delta = (tuned.state_dict()[name] - start[f"module.{name}"]).abs().max().item()
+    assert 0 < delta < 0.05

@@ -44,7 +44,7 @@ class ModelConfig:
     arch: str = "hrnet_w48"  # see mseg_semantic.models.list_models()
     hrnet: dict[str, Any] | None = None  # stage config (original YAML layout) for arch "hrnet"
     backbone_weights: str | None = None  # ImageNet classification weights to initialise the backbone from
-    weights: str | None = None  # a whole segmentation checkpoint to start from (fine-tuning; the original `weight`)
+    weights: str | None = None  # a whole checkpoint (path or zoo name) to fine-tune from (the original `weight`)
 
 
 @dataclass

@@ -261,7 +261,10 @@ def _build_model(config: TrainConfig, ctx: ProcessContext, state: dict | None) -
         weights = {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
         load_state_dict_strictly(model, weights, source="the checkpoint")
     elif config.model.weights:
-        load_checkpoint(model, config.model.weights)
+        from mseg_semantic import zoo
+
+        # A checkpoint path, or a zoo name (downloaded and cached on first use) for fine-tuning a released model.
+        load_checkpoint(model, zoo.resolve(config.model.weights)[0])
     if ctx.distributed and ctx.device.type == "cuda" and config.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(ctx.device)
