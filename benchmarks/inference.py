@@ -12,8 +12,9 @@ and everything else were free).
     python benchmarks/inference.py --model mseg-3m.pth      # a real checkpoint: agreement then means something
     python benchmarks/inference.py --reference              # also the straightforward implementation (slow)
 
-Paths: ``faithful`` (the default Segmenter), ``fast`` (``fast=True``), ``reference`` (one forward per crop and per
-flip, full-resolution float64 accumulation, the original's structure; for the faithful speed-up).
+Paths: ``faithful`` (the default Segmenter), ``fast`` (``fast=True``), ``fastest`` (``fast=True`` with minimal
+padding, whole-image windows and no flip: below 99% agreement), ``reference`` (one forward per crop and per flip,
+full-resolution float64 accumulation, the original's structure; for the faithful speed-up).
 
 The model: without ``--model``, a stand-in whose predictions are not degenerate. Weights made by the project's
 ``make_weights.py`` alone give 1-2 classes per image with saturated probabilities (its random BN statistics do not
@@ -57,7 +58,13 @@ DEFAULT_IMAGES = [
     SHARED / "data" / "demo" / "bike_horses.jpg",
     SHARED / "data" / "demo" / "PrivateLakefrontResidenceWoodstockGA_0000893.jpg",
 ]
-PATHS = ("reference", "faithful", "fast")
+#: The paths of the main table (``reference`` is the straightforward implementation below).
+PATH_SETTINGS: dict[str, dict] = {
+    "faithful": {},
+    "fast": {"fast": True},
+    "fastest": {"fast": True, "pad": "minimal", "max_window": 2049, "flip": False},
+}
+PATHS = ("reference", *PATH_SETTINGS)
 #: Each speed-up alone, then the fast switch, then the fast switch without flip averaging.
 SETTINGS: dict[str, dict] = {
     "precision=bf16": {"precision": "bf16"},
@@ -68,6 +75,7 @@ SETTINGS: dict[str, dict] = {
     "flip=False": {"flip": False},
     "fast=True": {"fast": True},
     "fast=True, flip=False": {"fast": True, "flip": False},
+    "fast=True, pad=minimal, max_window=2049, flip=False": PATH_SETTINGS["fastest"],
 }
 
 
@@ -140,8 +148,8 @@ def get_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
         return load_model(args.model, arch=args.arch), f"{args.model}"
     cache = Path(args.cache)
     model = build_model("hrnet_w48", 194)
-    if cache.exists():
-        model.load_state_dict(torch.load(cache, weights_only=True))
+    if cache.exists():  # mmap: no second copy of the weights in memory while loading
+        model.load_state_dict(torch.load(cache, weights_only=True, mmap=True))
     else:
         print(f"building the stand-in model (cached in {cache}) ...", file=sys.stderr, flush=True)
         model = build_stand_in(Path(args.shared))
@@ -270,7 +278,7 @@ def predictor(model: nn.Module, preset: str, path: str, device: str):
         cfg = seg.config
         return functools.partial(straightforward_labels, model, base=cfg.base_size, scales=cfg.scales,
                                  crop=cfg.crop_h)  # fmt: skip
-    return Segmenter(model, config=preset, device=device, fast=path == "fast").predict
+    return Segmenter(model, config=preset, device=device, **PATH_SETTINGS[path]).predict
 
 
 def sync(device: str) -> None:
@@ -347,7 +355,7 @@ def window_macs(height: int, width: int) -> int:
 
 def path_macs(model: nn.Module, preset: str, path: str, h: int, w: int) -> tuple[int, int]:
     """(forward passes, MACs) of one prediction; the reference runs the faithful windows one pass at a time."""
-    seg = Segmenter(model, config=preset, fast=path == "fast")
+    seg = Segmenter(model, config=preset, **PATH_SETTINGS[path])
     passes = 2 if seg.config.flip else 1
     forwards = macs = 0
     for grid in seg.window_grids(h, w):
@@ -411,6 +419,17 @@ def settings_table(args: argparse.Namespace, model: nn.Module) -> None:
               flush=True)  # fmt: skip
 
 
+def cpu_description() -> str:
+    """The CPU model and its bf16 hardware (from /proc/cpuinfo on Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = [f for f in ("avx512_bf16", "amx_bf16") if f" {f}" in info]
+    return f"{name or platform.machine()} ({', '.join(flags) or 'no bf16 hardware'})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a checkpoint (default: the stand-in described above)")
@@ -419,7 +438,7 @@ def main() -> None:
     parser.add_argument("--shared", default=str(SHARED), help="the shared/ folder (make_weights.py, CamVid)")
     parser.add_argument("--images", nargs="+", default=[str(p) for p in DEFAULT_IMAGES])
     parser.add_argument("--presets", nargs="+", default=["360_ss", "360_ms", "1080_ss"])
-    parser.add_argument("--paths", nargs="+", default=["faithful", "fast"], choices=PATHS)
+    parser.add_argument("--paths", nargs="+", default=list(PATH_SETTINGS), choices=PATHS)
     parser.add_argument("--reference", action="store_true", help="add the straightforward path (990x500, 360_*)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -442,7 +461,7 @@ def main() -> None:
         "bf16": matmul_macs_per_second(torch.bfloat16, args.device),
     }
     print(f"model: {description}")
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_description()
     print(
         f"machine: {cpu}, {os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}, "
         f"device {args.device}; matmul {rates['fp32'] / 1e9:.0f} GMAC/s fp32, {rates['bf16'] / 1e9:.0f} GMAC/s bf16"
@@ -484,7 +503,7 @@ def paths_table(args: argparse.Namespace, model: nn.Module, rates: dict[str, flo
                 speedup = f"{faithful_seconds / seconds:.2f}x" if faithful_seconds else "-"
                 memory = None if args.no_memory else peak_memory_mb(args, Path(image_path), preset, path)
                 forwards, macs = path_macs(model, preset, "faithful" if path == "reference" else path, h, w)
-                precision = Segmenter(model, config=preset, fast=path == "fast").precision
+                precision = Segmenter(model, config=preset, **PATH_SETTINGS.get(path, {})).precision
                 floor = macs / rates.get(precision, rates["fp32"])
                 print(
                     f"| {Path(image_path).name[:24]} {w}x{h} | {preset} | {path} | {seconds:.2f} | {speedup} | "

@@ -209,8 +209,11 @@ def test_geometric_speed_ups_equal_a_direct_computation(real_images):
 
 def test_fast_path_outputs(probe_model, real_images):
     image = real_images[1]
-    probs = Segmenter(probe_model, **SMALL, fast=True).predict_proba(image)
-    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)  # averages of softmax outputs, resized bilinearly
+    seg = Segmenter(probe_model, config="360_ms", base_size=96, crop_size=161, scales=(0.5, 1.0, 1.75), fast=True)
+    probs = seg.predict_proba(image)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-3)  # softmax outputs (kept in float16), averaged
+    # predict() evaluates only a few candidate classes per band, with a bound on the others: the same labels.
+    assert (seg.predict(image) == probs.argmax(0)).all()
     seg = Segmenter(probe_model, **SMALL, fast=True, output_taxonomy="camvid-11")
     probs = seg.predict_proba(image)
     assert probs.shape == (11, *image.shape[:2]) and probs.dtype == np.float32 and probs.max() <= 1 + 1e-5

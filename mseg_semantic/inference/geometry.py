@@ -71,20 +71,16 @@ def linear_taps(
     align_corners: bool = False,
     start: int = 0,
     end: int | None = None,
-    mirror: bool = False,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices (i0, i1) and the weight of i1 for output pixels ``start:end`` of a 1-D bilinear resize.
 
     ``align_corners=False``: half-pixel centres with edge clamping (OpenCV ``INTER_LINEAR``). ``align_corners=True``:
     corners map to corners, computed in float32 exactly as PyTorch's ``F.interpolate`` does, so results match it
-    to rounding. ``mirror=True`` gives the taps of output pixel ``out_size - 1 - i`` for each ``i``: the pixels of a
-    horizontally flipped window, read back in the unflipped order.
+    to rounding.
     """
     end = out_size if end is None else min(end, out_size)
     index = torch.arange(start, end, device=device)
-    if mirror:
-        index = out_size - 1 - index
     if align_corners:
         ratio = torch.tensor(float(in_size - 1) if out_size > 1 else 0.0, dtype=torch.float32, device=device)
         pos = ratio / max(out_size - 1, 1) * index.to(torch.float32)
@@ -95,11 +91,9 @@ def linear_taps(
     return i0, i1, (pos - i0).clamp(0, 1).to(torch.float32)
 
 
-def source_span(
-    in_size: int, out_size: int, start: int, end: int, align_corners: bool = False, mirror: bool = False
-) -> tuple[int, int]:
+def source_span(in_size: int, out_size: int, start: int, end: int, align_corners: bool = False) -> tuple[int, int]:
     """The source pixels ``[lo, hi)`` that output pixels ``start:end`` of a 1-D bilinear resize read."""
-    i0, i1, _ = linear_taps(in_size, out_size, align_corners, start, end, mirror)
+    i0, i1, _ = linear_taps(in_size, out_size, align_corners, start, end)
     return int(i0.min()), int(i1.max()) + 1
 
 
@@ -116,22 +110,21 @@ def resize_block(
     cols: tuple[int, int],
     offset: tuple[int, int] = (0, 0),
     align_corners: bool = False,
-    mirror: bool = False,
 ) -> torch.Tensor:
     """Output pixels ``rows x cols`` of the bilinear resize of an (..., in_h, in_w) map to ``out_size``.
 
     ``maps`` may hold only the block of the source map starting at ``offset`` (it must contain what
-    :func:`source_span` names). ``mirror=True`` reads the resize of a horizontally flipped window back in unflipped
-    column order (the source itself is not flipped). The width is interpolated first, then the rows, as PyTorch
+    :func:`source_span` names). The width is interpolated first, then the rows, as PyTorch
     does. Float32 in, float32 out.
     """
     (in_h, in_w), (out_h, out_w) = in_size, out_size
     y0, y1, wy = linear_taps(in_h, out_h, align_corners, rows[0], rows[1], device=maps.device)
-    x0, x1, wx = linear_taps(in_w, out_w, align_corners, cols[0], cols[1], mirror, device=maps.device)
+    x0, x1, wx = linear_taps(in_w, out_w, align_corners, cols[0], cols[1], device=maps.device)
     lo, hi = int(y0.min()), int(y1.max()) + 1
     band = maps.narrow(-2, lo - offset[0], hi - lo)
-    x0, x1 = x0 - offset[1], x1 - offset[1]
-    across = band.index_select(-1, x0).mul_(1 - wx).add_(band.index_select(-1, x1).mul_(wx))
+    # Both taps of every output column in one gather: several times faster than index_select on the last axis.
+    pairs = band[..., torch.stack([x0 - offset[1], x1 - offset[1]], dim=1)]
+    across = pairs[..., 0].mul_(1 - wx).add_(pairs[..., 1].mul_(wx))
     top = across.index_select(-2, y0 - lo).mul_((1 - wy)[:, None])
     return top.add_(across.index_select(-2, y1 - lo).mul_(wy[:, None]))
 

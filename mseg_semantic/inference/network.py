@@ -80,28 +80,53 @@ def cut_final_resize(module: nn.Module | fx.GraphModule) -> fx.GraphModule | Non
     return graph_module
 
 
-def fold_batch_norms(module: nn.Module) -> fx.GraphModule:
-    """A traced copy of an eval-mode model with each BatchNorm2d that only follows a Conv2d folded into it."""
-    graph_module = fx.symbolic_trace(copy.deepcopy(module))
+def low_precision_copy(module: nn.Module, dtype: torch.dtype) -> fx.GraphModule | None:
+    """A traced version of an eval-mode model for low-precision inference, its weights copied in ``dtype``.
+
+    Each BatchNorm2d that only follows a Conv2d is folded into it; every other module with weights is copied. The
+    caller's model is not modified and no full fp32 copy is ever made (only one layer at a time while folding).
+    None when the model cannot be traced or uses tensors outside its modules.
+    """
+    try:
+        graph_module = module if isinstance(module, fx.GraphModule) else fx.symbolic_trace(module)
+    except Exception:  # see cut_final_resize
+        return None
+    if any(node.op == "get_attr" for node in graph_module.graph.nodes):
+        return None  # tensors used directly by the forward would stay shared and in fp32
     modules = dict(graph_module.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+
+    def replace(target: str, new: nn.Module) -> None:
+        parent, _, name = target.rpartition(".")
+        setattr(graph_module.get_submodule(parent) if parent else graph_module, name, new)
+        modules[target] = new
+
+    copied: set[str] = set()
     for node in list(graph_module.graph.nodes):
         source = node.args[0] if node.args else None
-        if not (
+        if (
             node.op == "call_module"
             and isinstance(modules[node.target], nn.BatchNorm2d)
             and isinstance(source, fx.Node)
             and source.op == "call_module"
             and isinstance(modules[source.target], nn.Conv2d)
             and len(source.users) == 1
+            and calls[source.target] == 1
+            and source.target not in copied
         ):
-            continue
-        conv = modules[source.target]
-        folded = fuse_conv_bn_eval(conv, modules[node.target])
-        parent, _, name = source.target.rpartition(".")
-        setattr(graph_module.get_submodule(parent) if parent else graph_module, name, folded)
-        modules[source.target] = folded
-        node.replace_all_uses_with(source)
-        graph_module.graph.erase_node(node)
+            replace(source.target, fuse_conv_bn_eval(modules[source.target], modules[node.target]).to(dtype))
+            copied.add(source.target)
+            node.replace_all_uses_with(source)
+            graph_module.graph.erase_node(node)
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module" and node.target not in copied:
+            original = modules[node.target]
+            if any(True for _ in original.parameters()) or any(True for _ in original.buffers()):
+                replace(node.target, copy.deepcopy(original).to(dtype))
+            copied.add(node.target)
     graph_module.graph.eliminate_dead_code()
     graph_module.recompile()
     graph_module.delete_all_unused_submodules()
@@ -137,16 +162,19 @@ class Network:
             cut = cut_final_resize(model)
             if cut is not None and self._matches(cut):
                 self._module, self.early_exit = cut, True
+        self._copied = False
         if precision == "bf16":
-            folded = fold_batch_norms(self._module).to(self._dtype)
-            # Only our own copy changes layout; the caller's model keeps its weights (inputs are NHWC either way).
-            self._module = folded.to(memory_format=torch.channels_last) if channels_last else folded
+            folded = low_precision_copy(self._module, self._dtype)
+            if folded is not None:
+                # Only our own copy changes layout; the caller's model keeps its weights (inputs are NHWC anyway).
+                self._module = folded.to(memory_format=torch.channels_last) if channels_last else folded
+                self._copied = True
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        if self.precision == "bf16":
+        if self._copied:
             return self._output(self._module(batch.to(self._dtype)))
         context = torch.autocast(self.device.type, dtype=self._dtype) if self._dtype else contextlib.nullcontext()
         with context:

@@ -1,8 +1,8 @@
 """Sliding windows of one scale, and that scale's probability map evaluated lazily in bands of rows.
 
 The original adds every window's probabilities into a padded (C, H, W) accumulator and divides by a count
-map. Here each window keeps only the network output it needs (HRNet's stride-4 logits, cropped to the part of
-the window that is image, not padding) and :class:`ScaleMap` computes any band of rows on demand with the same
+map. Here each window keeps only the network output it needs (HRNet's stride-4 logits, the rows of them that the
+image, not the padding, reads) and :class:`ScaleMap` computes any band of rows on demand with the same
 arithmetic: upsample (align_corners=True), softmax, projection, flip average, sum over the covering windows in
 the original order, divide by their count. So a full-resolution 194-channel map of a scale never exists, and the
 padding's probabilities, which the original computes and throws away, are never computed.
@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from mseg_semantic.inference.geometry import resize_block, source_span, window_starts
+from mseg_semantic.inference.geometry import linear_taps, source_span, window_starts
 
 
 @dataclass(frozen=True)
@@ -93,21 +94,38 @@ def window_grid(
 
 @dataclass
 class WindowOutput:
-    """The network output of one window, cropped to what the image part of the window needs.
+    """The network output of one window: the rows of it that the image part of the window reads.
 
-    ``planes`` holds one (K, a, b) tensor per pass (the window, then its flip): block ``[row0:row0+a,
-    col0:col0+b]`` of the full (``full_h``, ``full_w``) network output. The flip's plane is the flipped window's
-    output as the network produced it (not flipped back), read with mirrored columns. ``probabilities`` is True
-    when ``planes`` is a single map already turned into flip-averaged probabilities (the low-resolution head).
+    ``values`` (P, K, a, w') is rows ``row0:row0+a`` of the full (P, K, ``full_h``, w') output, one plane per pass:
+    the window, then its flip as the network produced it (flipped back after upsampling, as the original does).
+    With ``probabilities`` (the low-resolution head) ``values`` is one plane (1, C, a, w') of flip-averaged
+    probabilities in the output taxonomy, and ``top`` its ``TOP_K`` most likely classes per pixel
+    (:meth:`ScaleMap.candidates`).
     """
 
     y: int
     x: int
-    planes: list[torch.Tensor]
-    offsets: list[tuple[int, int]]
+    values: torch.Tensor
+    row0: int
     full_h: int
-    full_w: int
     probabilities: bool = False
+    top: torch.Tensor | None = None
+
+
+#: Classes per low-resolution pixel that :meth:`ScaleMap.candidates` keeps.
+TOP_K = 2
+
+
+def window_output(values: torch.Tensor, grid: WindowGrid, y: int, x: int, probabilities: bool) -> WindowOutput:
+    """Keep the rows of a window's network output (P, K, h', w') that the image rows of the window read."""
+    full_h = values.shape[-2]
+    rows = (max(0, -y), min(grid.win_h, grid.height - y))
+    r0, r1 = rows if full_h == grid.win_h else source_span(full_h, grid.win_h, *rows, align_corners=True)
+    values = values[:, :, r0:r1].clone()
+    out = WindowOutput(y, x, values, r0, full_h, probabilities)
+    if probabilities and values.shape[1] > 2 * TOP_K:
+        out.top = values[0].topk(TOP_K, dim=0).indices
+    return out
 
 
 class ScaleMap:
@@ -130,7 +148,7 @@ class ScaleMap:
         self.to_probs = to_probs
         self.height, self.width = grid.height, grid.width
         # The windows form a full grid, so the count of windows covering (y, x) is rows(y) * cols(x).
-        device = outputs[0].planes[0].device
+        device = outputs[0].values.device
         self._row_count = self._coverage(grid.height, grid.ys, grid.win_h).to(device)
         self._col_count = self._coverage(grid.width, grid.xs, grid.win_w).to(device)
         self._cache: tuple[int, int, torch.Tensor] | None = None
@@ -141,6 +159,11 @@ class ScaleMap:
         for s in starts:
             count[max(0, s) : min(size, s + window)] += 1
         return count
+
+    @property
+    def has_candidates(self) -> bool:
+        """True when :meth:`candidates` is available (low-resolution head with many classes)."""
+        return all(out.top is not None for out in self.outputs)
 
     def rows(self, r0: int, r1: int) -> torch.Tensor:
         """Rows ``r0:r1`` of the map, (C, r1 - r0, width) float32; rows shared with the previous call are reused."""
@@ -156,57 +179,91 @@ class ScaleMap:
         self._cache = (r0, r1, band)
         return band
 
-    def _compute(self, r0: int, r1: int) -> torch.Tensor:
+    def candidates(self, r0: int, r1: int) -> torch.Tensor:
+        """The classes that are among the ``TOP_K`` most likely at some low-resolution pixel read by rows r0:r1."""
+        found = [out.top[:, a:b].reshape(-1) for out, (a, b) in self._overlaps(r0, r1) if out.top is not None]
+        return torch.unique(torch.cat(found))
+
+    def bounded_rows(self, r0: int, r1: int, classes: torch.Tensor) -> torch.Tensor:
+        """Rows r0:r1 of the map for ``classes`` only, plus a last channel that no other class exceeds.
+
+        The last channel is, at each low-resolution pixel, the largest probability of the classes left out, resized
+        and averaged like the others: resizing and averaging are convex combinations, so at every output pixel no
+        class outside ``classes`` exceeds it.
+        """
+        return self._compute(r0, r1, classes)
+
+    def _overlaps(self, r0: int, r1: int) -> list[tuple[WindowOutput, tuple[int, int]]]:
+        """Windows that rows r0:r1 touch, with the rows of their stored values those rows read."""
         g = self.grid
-        device = self.outputs[0].planes[0].device
-        acc = torch.zeros((self.num_classes, r1 - r0, g.width), dtype=torch.float32, device=device)
+        found = []
+        for out in self.outputs:
+            y0, y1 = max(r0, out.y), min(r1, out.y + g.win_h)
+            if y0 < y1:
+                lo, hi = (y0 - out.y, y1 - out.y)
+                if out.full_h != g.win_h:
+                    lo, hi = source_span(out.full_h, g.win_h, lo, hi, align_corners=True)
+                found.append((out, (lo - out.row0, hi - out.row0)))
+        return found
+
+    def _compute(self, r0: int, r1: int, classes: torch.Tensor | None = None) -> torch.Tensor:
+        g = self.grid
+        device = self.outputs[0].values.device
+        channels = self.num_classes if classes is None else len(classes) + 1
+        acc = torch.zeros((channels, r1 - r0, g.width), dtype=torch.float32, device=device)
+        left_out = None
+        if classes is not None:
+            left_out = torch.ones(self.num_classes, dtype=torch.bool, device=device)
+            left_out[classes] = False
         for out in self.outputs:  # row-major, as the original adds them
             y0, y1 = max(r0, out.y), min(r1, out.y + g.win_h)
             x0, x1 = max(0, out.x), min(g.width, out.x + g.win_w)
             if y0 >= y1 or x0 >= x1:
                 continue
-            probs = self._window_probs(out, (y0 - out.y, y1 - out.y), (x0 - out.x, x1 - out.x))
-            acc[:, y0 - r0 : y1 - r0, x0:x1] += probs
+            rows = (y0 - out.y, y1 - out.y)
+            values, row0 = out.values, out.row0
+            if classes is not None:  # only the rows read, then the classes and the bound of the others
+                lo, hi = rows if out.full_h == g.win_h else source_span(out.full_h, g.win_h, *rows, align_corners=True)
+                values, row0 = values[:, :, lo - row0 : hi - row0], lo
+                rest = values[:, left_out].amax(dim=1, keepdim=True) if bool(left_out.any()) else values[:, :1] * 0
+                values = torch.cat([values[:, classes], rest], dim=1)
+            acc[:, y0 - r0 : y1 - r0, x0:x1] += self._window_probs(out, values, row0, rows, (x0 - out.x, x1 - out.x))
         return acc.div_(self._row_count[r0:r1, None] * self._col_count[None, :])
 
-    def _window_probs(self, out: WindowOutput, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
-        """Probabilities (C, r, c) of pixels ``rows x cols`` of one window (window coordinates)."""
+    def _window_probs(
+        self, out: WindowOutput, values: torch.Tensor, row0: int, rows: tuple[int, int], cols: tuple[int, int]
+    ) -> torch.Tensor:
+        """Probabilities (C, r, c) of pixels ``rows x cols`` of one window (window coordinates); ``values`` holds
+        rows ``row0:`` of the window's network output."""
         g = self.grid
-        full, size = (out.full_h, out.full_w), (g.win_h, g.win_w)
-        values = []
-        for index, (plane, offset) in enumerate(zip(out.planes, out.offsets, strict=True)):
-            mirror = index == 1
-            if full == size:  # the model's output has the window's size: nothing to resample
-                c = (size[1] - cols[1], size[1] - cols[0]) if mirror else cols
-                block = plane[:, rows[0] - offset[0] : rows[1] - offset[0], c[0] - offset[1] : c[1] - offset[1]]
-                values.append(block.flip(-1) if mirror else block)
-            else:
-                values.append(resize_block(plane, full, size, rows, cols, offset, align_corners=True, mirror=mirror))
+        if out.full_h == g.win_h and values.shape[-1] == g.win_w:  # the output has the window's size
+            block = values[:, :, rows[0] - row0 : rows[1] - row0]
+        else:  # (the low-resolution head stores float16 probabilities: upsampled in float32)
+            block = upsample_rows(values, row0, out.full_h, (g.win_h, g.win_w), rows)
+        if block.shape[0] == 2:  # the flipped window, flipped back
+            block = torch.stack([block[0], block[1].flip(-1)])
+        block = block[..., cols[0] : cols[1]]
         if out.probabilities:
-            return values[0]
-        probs = self.to_probs(torch.stack(values).float())
-        if len(values) == 2:
+            return block[0].float()
+        probs = self.to_probs(block.float())
+        if probs.shape[0] == 2:
             return (probs[0] + probs[1]) / 2
         return probs[0]
 
 
-def crop_output(
-    logits: torch.Tensor, grid: WindowGrid, y: int, x: int, mirror_second: bool
-) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-    """The blocks of a window's network output (P, K, h', w') that its image pixels read (see :class:`WindowOutput`)."""
-    full_h, full_w = logits.shape[-2:]
-    rows = (max(0, -y), min(grid.win_h, grid.height - y))
-    cols = (max(0, -x), min(grid.win_w, grid.width - x))
-    same = (full_h, full_w) == (grid.win_h, grid.win_w)
-    planes, offsets = [], []
-    for index in range(logits.shape[0]):
-        mirror = mirror_second and index == 1
-        if same:
-            ry = rows
-            rx = (grid.win_w - cols[1], grid.win_w - cols[0]) if mirror else cols
-        else:
-            ry = source_span(full_h, grid.win_h, rows[0], rows[1], align_corners=True)
-            rx = source_span(full_w, grid.win_w, cols[0], cols[1], align_corners=True, mirror=mirror)
-        planes.append(logits[index, :, ry[0] : ry[1], rx[0] : rx[1]].clone())
-        offsets.append((ry[0], rx[0]))
-    return planes, offsets
+def upsample_rows(
+    values: torch.Tensor, row0: int, full_h: int, size: tuple[int, int], rows: tuple[int, int]
+) -> torch.Tensor:
+    """Rows ``rows`` of the bilinear ``align_corners=True`` resize of a (P, K, full_h, w') map to ``size``.
+
+    ``values`` holds rows ``row0:`` of the map. The width is resized by ``F.interpolate`` itself (the original's
+    operation, vectorised), then the needed rows are interpolated with PyTorch's own taps.
+    """
+    y0, y1, wy = linear_taps(full_h, size[0], True, rows[0], rows[1], device=values.device)
+    lo, hi = int(y0.min()), int(y1.max()) + 1
+    band = values[:, :, lo - row0 : hi - row0].float()
+    p, k, n, w = band.shape
+    wide = F.interpolate(band.reshape(p * k * n, 1, w), size=size[1], mode="linear", align_corners=True)
+    wide = wide.reshape(p, k, n, size[1])
+    top = wide.index_select(2, y0 - lo).mul_((1 - wy)[:, None])
+    return top.add_(wide.index_select(2, y1 - lo).mul_(wy[:, None]))
