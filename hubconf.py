@@ -20,13 +20,17 @@ def _entry_point(name: str):
     def entry(pretrained: bool = True, device: str = "cpu", mirror: str | None = None):
         if pretrained:
             return _zoo.load_model(name, device=device, mirror=mirror)
-        from mseg_semantic.models import build_model
+        import json
 
-        return build_model(info.arch, info.num_classes).to(device).eval()
+        from mseg_semantic.models import build_model, read_metadata
+
+        options = {"config": json.loads(read_metadata(_zoo.fetch(name))["config"])} if info.bundled else {}
+        return build_model(info.arch, info.num_classes, **options).to(device).eval()
 
     entry.__name__ = name.replace("-", "_")
+    arch = "compact HRNet" if info.bundled else "HRNetV2-W48"
     entry.__doc__ = (
-        f"{info.title}: HRNetV2-W48, {info.num_classes} classes ({info.taxonomy} taxonomy), trained at "
+        f"{info.title}: {arch}, {info.num_classes} classes ({info.taxonomy} taxonomy), trained at "
         f"{info.train_resolution}. pretrained=False returns the architecture with random weights."
     )
     return entry

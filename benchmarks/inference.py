@@ -12,6 +12,8 @@ and everything else were free).
     python benchmarks/inference.py --model mseg-3m.pth      # a real checkpoint: agreement then means something
     python benchmarks/inference.py --reference              # also the straightforward implementation (slow)
 
+Agreement per setting is also measured with the trained model that ships with the package (camvid11-compact).
+
 Paths: ``faithful`` (the default Segmenter), ``fast`` (``fast=True``), ``fastest`` (``fast=True`` with minimal
 padding, whole-image windows and no flip: below 99% agreement), ``reference`` (one forward per crop and per flip,
 full-resolution float64 accumulation, the original's structure; for the faithful speed-up).
@@ -37,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -158,72 +161,16 @@ def get_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
     return model.eval(), "HRNet-W48 stand-in (make_weights.py seed 0, BN re-estimated, linear probe on CamVid train)"
 
 
-def train_tiny(shared: Path, iterations: int = 600, seed: int = 0) -> nn.Module:
-    """A tiny HRNet (widths 8-64) trained end to end on CamVid train, universal outputs (about 8 minutes).
+def get_agreement_model() -> nn.Module:
+    """The trained model that ships with the package (compact HRNet, CamVid-11, trained with ``mseg train``).
 
-    Agreement depends on the model: a random network is chaotic (a bf16 rounding or a one-pixel shift changes much of
-    its output) while a trained one is smooth and nearly shift- and flip-invariant. This small trained network shows
-    what training does to the agreement of each speed-up; only a trained W48 (``--model``) gives the real figure.
+    Agreement depends on the model: a random network is chaotic (a bf16 rounding or a one-pixel shift changes much
+    of its output) while a trained one is smooth. This is the best-trained network available offline; only a real
+    W48 checkpoint (``--model``) gives the W48 figure.
     """
-    camvid = shared / "data" / "camvid11"
-    pairs = [line.split() for line in (camvid / "train.txt").read_text().splitlines() if line.strip()]
-    universal = class_names("universal")
-    to_universal = np.full(256, 255, np.uint8)
-    for index, targets in enumerate(get_taxonomy("camvid-11").universal):
-        to_universal[index] = universal.index(targets[0])
-    images = [read_image(camvid / a) for a, _ in pairs]
-    labels = [to_universal[read_label(camvid / b)] for _, b in pairs]
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = build_model("hrnet", 194, config=shared / "reference" / "tiny_hrnet" / "tiny_hrnet.yaml")
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=4e-3, total_steps=iterations, pct_start=0.1)
-    crop = 193
+    from mseg_semantic import zoo
 
-    def sample() -> tuple[np.ndarray, np.ndarray]:
-        """A random crop at a random scale (0.5-1.25), flipped half the time; padding is ignored by the loss."""
-        i, scale = rng.integers(len(images)), rng.uniform(0.5, 1.25)
-        image = cv2.resize(images[i], None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-        label = cv2.resize(labels[i], None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        y = rng.integers(0, max(1, image.shape[0] - crop + 1))
-        x = rng.integers(0, max(1, image.shape[1] - crop + 1))
-        image_crop = np.empty((crop, crop, 3), np.uint8)
-        image_crop[:] = np.asarray(MEAN_RGB, np.uint8)
-        label_crop = np.full((crop, crop), 255, np.uint8)
-        part = image[y : y + crop, x : x + crop]
-        image_crop[: part.shape[0], : part.shape[1]] = part
-        label_crop[: part.shape[0], : part.shape[1]] = label[y : y + crop, x : x + crop]
-        if rng.random() < 0.5:
-            return image_crop[:, ::-1], label_crop[:, ::-1]
-        return image_crop, label_crop
-
-    model.train()
-    for _ in range(iterations):
-        batch = [sample() for _ in range(8)]
-        x = torch.stack([_normalised(image.astype(np.float32)) for image, _ in batch])
-        y = torch.from_numpy(np.stack([label for _, label in batch]).astype(np.int64))
-        loss = nn.functional.cross_entropy(model(x), y, ignore_index=255)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    return model.eval()
-
-
-def get_agreement_model(args: argparse.Namespace) -> nn.Module:
-    cache = Path(args.cache).with_name("bench_tiny_trained.pth")
-    model = build_model("hrnet", 194, config=Path(args.shared) / "reference" / "tiny_hrnet" / "tiny_hrnet.yaml")
-    if cache.exists():
-        model.load_state_dict(torch.load(cache, weights_only=True))
-        return model.eval()
-    print(f"training the tiny agreement model (cached in {cache}) ...", file=sys.stderr, flush=True)
-    model = train_tiny(Path(args.shared))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), cache)
-    return model
+    return zoo.load_model("camvid11-compact")
 
 
 # ---------------------------------------------------------------------------------- the straightforward reference
@@ -286,18 +233,22 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_path(predict, image: np.ndarray, warmup: int, repeats: int, device: str) -> tuple[float, np.ndarray]:
-    labels = None
-    times = []
-    for i in range(warmup + repeats):
-        sync(device)
-        start = time.perf_counter()
-        labels = predict(image)
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    assert labels is not None
-    return statistics.median(times), labels
+def time_paths(
+    predictors: dict[str, Callable[[np.ndarray], np.ndarray]], image: np.ndarray, warmup: int, repeats: int, device: str
+) -> dict[str, tuple[float, np.ndarray]]:
+    """Median seconds and labels of each predictor. Runs are interleaved (one of each per round), so a change in the
+    machine's load during the measurement slows every path alike instead of one of them."""
+    times: dict[str, list[float]] = {name: [] for name in predictors}
+    labels: dict[str, np.ndarray] = {}
+    for round_ in range(warmup + repeats):
+        for name, predict in predictors.items():
+            sync(device)
+            start = time.perf_counter()
+            labels[name] = predict(image)
+            sync(device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), labels[name]) for name in predictors}
 
 
 def peak_memory_mb(args: argparse.Namespace, image: Path, preset: str, path: str) -> float | None:
@@ -388,34 +339,37 @@ def agreement_images(shared: Path) -> list[Path]:
 
 
 def settings_table(args: argparse.Namespace, model: nn.Module) -> None:
-    """Per speed-up: agreement of the trained tiny HRNet on real images, W48 agreement and time on one photo."""
-    tiny = get_agreement_model(args)
+    """Per speed-up: agreement of the bundled trained model on real images, W48 agreement and time on one photo."""
+    compact = get_agreement_model()
     paths = agreement_images(Path(args.shared))
     images = [read_image(p) for p in paths]
     photo = read_image(args.images[0])
     print()
-    print(f"Each setting against the faithful path; tiny: the trained tiny HRNet on {len(images)} real images "
+    print(f"Each setting against the faithful path; compact: the bundled camvid11-compact on {len(images)} real images "
           f"(mean and worst image); W48: the stand-in on {Path(args.images[0]).name}, 360_ss.")  # fmt: skip
     print()
-    print("| setting | tiny 360_ss % | tiny 360_ms % | W48 360_ss % | W48 360_ss s/img | speed-up |")
+    print("| setting | compact 360_ss % | compact 360_ms % | W48 360_ss % | W48 360_ss s/img | speed-up |")
     print("|---|---|---|---|---|---|")
-    faithful_tiny = {
-        preset: [Segmenter(tiny, config=preset).predict(image) for image in images] for preset in ("360_ss", "360_ms")
+    faithful_compact = {
+        preset: [Segmenter(compact, config=preset, model_taxonomy="camvid-11").predict(image) for image in images]
+        for preset in ("360_ss", "360_ms")
     }
-    base_seconds, base_labels = time_path(Segmenter(model, config="360_ss", device=args.device).predict, photo,
-                                          args.warmup, args.repeats, args.device)  # fmt: skip
+    w48 = {"faithful": Segmenter(model, config="360_ss", device=args.device).predict}
+    w48.update({name: Segmenter(model, config="360_ss", device=args.device, **settings).predict
+                for name, settings in SETTINGS.items()})  # fmt: skip
+    timed = time_paths(w48, photo, args.warmup, args.repeats, args.device)
+    base_seconds, base_labels = timed["faithful"]
     print(f"| faithful | 100 | 100 | 100 | {base_seconds:.2f} | 1.00x |", flush=True)
     for name, settings in SETTINGS.items():
         cells = []
         for preset in ("360_ss", "360_ms"):
-            seg = Segmenter(tiny, config=preset, **settings)
+            seg = Segmenter(compact, config=preset, model_taxonomy="camvid-11", **settings)
             scores = [100.0 * float((seg.predict(image) == ref).mean())
-                      for image, ref in zip(images, faithful_tiny[preset], strict=True)]  # fmt: skip
+                      for image, ref in zip(images, faithful_compact[preset], strict=True)]  # fmt: skip
             cells.append(f"{statistics.mean(scores):.2f} ({min(scores):.2f})")
-        seg = Segmenter(model, config="360_ss", device=args.device, **settings)
-        seconds, labels = time_path(seg.predict, photo, args.warmup, args.repeats, args.device)
-        w48 = 100.0 * float((labels == base_labels).mean())
-        print(f"| {name} | {cells[0]} | {cells[1]} | {w48:.2f} | {seconds:.2f} | {base_seconds / seconds:.2f}x |",
+        seconds, labels = timed[name]
+        agree = 100.0 * float((labels == base_labels).mean())
+        print(f"| {name} | {cells[0]} | {cells[1]} | {agree:.2f} | {seconds:.2f} | {base_seconds / seconds:.2f}x |",
               flush=True)  # fmt: skip
 
 
@@ -479,36 +433,27 @@ def main() -> None:
 def paths_table(args: argparse.Namespace, model: nn.Module, rates: dict[str, float]) -> None:
     print("| image | preset | path | s/img | speed-up | peak MB | agreement % | forwards | GMACs | floor s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    paths = list(dict.fromkeys((["reference"] if args.reference else []) + args.paths))
+    paths = list(dict.fromkeys(["faithful", *(["reference"] if args.reference else []), *args.paths]))
     for image_path in args.images:
         image = read_image(image_path)
         h, w = image.shape[:2]
         for preset in args.presets:
-            faithful_labels = None
-            faithful_seconds = None
-            results = {}
-            for path in sorted(paths, key=lambda p: p != "faithful"):  # faithful first: the baseline
-                if path == "reference" and (h * w > 1e6 or not preset.startswith("360")):
-                    continue  # its full-resolution float64 buffers would need several GB
-                seconds, labels = time_path(predictor(model, preset, path, args.device), image, args.warmup,
-                                            args.repeats, args.device)  # fmt: skip
-                if path == "faithful":
-                    faithful_labels, faithful_seconds = labels, seconds
-                results[path] = (seconds, labels)
-            for path in paths:
-                if path not in results:
-                    continue
+            # The straightforward path's full-resolution float64 buffers would need several GB on large images.
+            active = [p for p in paths if p != "reference" or (h * w < 1e6 and preset.startswith("360"))]
+            predictors = {path: predictor(model, preset, path, args.device) for path in active}
+            results = time_paths(predictors, image, args.warmup, args.repeats, args.device)
+            faithful_seconds, faithful_labels = results["faithful"]
+            for path in active:
                 seconds, labels = results[path]
-                agreement = 100.0 * float((labels == faithful_labels).mean()) if faithful_labels is not None else 0
-                speedup = f"{faithful_seconds / seconds:.2f}x" if faithful_seconds else "-"
+                agreement = 100.0 * float((labels == faithful_labels).mean())
                 memory = None if args.no_memory else peak_memory_mb(args, Path(image_path), preset, path)
                 forwards, macs = path_macs(model, preset, "faithful" if path == "reference" else path, h, w)
                 precision = Segmenter(model, config=preset, **PATH_SETTINGS.get(path, {})).precision
                 floor = macs / rates.get(precision, rates["fp32"])
                 print(
-                    f"| {Path(image_path).name[:24]} {w}x{h} | {preset} | {path} | {seconds:.2f} | {speedup} | "
-                    f"{'-' if memory is None else f'{memory:.0f}'} | {agreement:.2f} | {forwards} | "
-                    f"{macs / 1e9:.0f} | {floor:.2f} |",
+                    f"| {Path(image_path).name[:24]} {w}x{h} | {preset} | {path} | {seconds:.2f} | "
+                    f"{faithful_seconds / seconds:.2f}x | {'-' if memory is None else f'{memory:.0f}'} | "
+                    f"{agreement:.2f} | {forwards} | {macs / 1e9:.0f} | {floor:.2f} |",
                     flush=True,
                 )
 

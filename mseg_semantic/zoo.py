@@ -30,6 +30,7 @@ from mseg_semantic.errors import CheckpointError, DownloadError, InputError
 from mseg_semantic.taxonomy import get_taxonomy
 
 ARCH = "hrnet_w48"  # every released model
+DEFAULT_MODEL = "camvid11-compact"  # shipped inside the package: what `mseg demo` uses without --model
 DRIVE_URL = "https://drive.google.com/file/d/{}/view?usp=sharing"
 _CHUNK = 1 << 20
 
@@ -50,6 +51,7 @@ class ZooModel:
     published: dict[str, float] = field(default_factory=dict)
     published_training: dict[str, float] = field(default_factory=dict)
     bundled: str | None = None  # file shipped inside the package (no download)
+    notes: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -64,6 +66,7 @@ class ZooModel:
             "name": self.name, "aliases": list(self.aliases), "title": self.title, "arch": self.arch,
             "num_classes": self.num_classes, "taxonomy": self.taxonomy, "train_resolution": self.train_resolution,
             "preset": self.preset, "filename": self.filename, "source": self.url or "bundled with the package",
+            "notes": self.notes,
             "published_miou": self.published, "published_miou_training_datasets": self.published_training,
         }  # fmt: skip
 
@@ -142,7 +145,10 @@ def fetch(name: str, *, mirror: str | None = None, progress: bool = True) -> Pat
 
     model = get_model_info(name)
     if model.bundled:
-        return Path(str(resources.files("mseg_semantic").joinpath(model.bundled)))
+        path = Path(str(resources.files("mseg_semantic").joinpath(model.bundled)))
+        if not path.is_file():
+            raise CheckpointError(f"{model.name} should ship with the package at {path} but is missing: reinstall")
+        return path
     folder = model_dir(model)
     slim = folder / f"{model.name}.safetensors"
     if _verified(slim):
@@ -237,7 +243,7 @@ def _check_checkpoint(model: ZooModel, path: Path) -> None:
 
 
 def load_model(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
     arch: str | None = None,
     num_classes: int | None = None,
     device: str = "cpu",
@@ -245,7 +251,9 @@ def load_model(
     mirror: str | None = None,
     **options: Any,
 ) -> nn.Module:
-    """A ready model (eval mode) from a checkpoint path or a zoo name (downloaded and cached on first use)."""
+    """A ready model (eval mode) from a checkpoint path or a zoo name (downloaded and cached on first use).
+
+    Without a name: the compact CamVid-11 model that ships with the package (``camvid11-compact``)."""
     from mseg_semantic.models import load_model as load_file
 
     path, entry = resolve(name_or_path, mirror=mirror)

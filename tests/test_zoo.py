@@ -185,7 +185,7 @@ def test_offline_failure_explains_the_manual_steps(mirror, monkeypatch, capsys):
 def test_zoo_cli(capsys):
     assert main(["zoo", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == len(model_names()) and rows[0]["name"] == "mseg-3m"
+    assert len(rows) == len(model_names()) and rows[0]["name"] == "camvid11-compact" and rows[1]["name"] == "mseg-3m"
     assert main(["zoo", "info", "mseg-3m-720p", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["filename"] == "mseg-3m-720p.pth" and info["num_classes"] == 194 and info["arch"] == "hrnet_w48"

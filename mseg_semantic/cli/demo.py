@@ -10,8 +10,12 @@ from mseg_semantic.cli.modelargs import (
     add_config_arguments,
     add_model_arguments,
     config_overrides,
+    describe_default_model,
     load_model_from_args,
+    resolve_model_args,
 )
+from mseg_semantic.errors import InputError
+from mseg_semantic.examples import EXAMPLES, example_path
 from mseg_semantic.inference import Segmenter, collect_inputs, load_config, run_demo
 from mseg_semantic.inference.demo import prepare_output_dir
 from mseg_semantic.taxonomy import get_taxonomy
@@ -28,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite, so an interrupted run resumes. Unreadable inputs are reported and skipped; the exit status "
         "is then 1.",
         epilog="examples:\n"
+        "  mseg demo --example                    # the bundled dashcam photo with the bundled CamVid-11 model\n"
+        "  mseg demo --example freeway --fast     # the bundled dashcam clip\n"
+        "  mseg demo street.jpg --model mseg-3m   # the MSeg universal model (downloaded once)\n"
         "  mseg demo street.jpg --model mseg-3m.pth --arch hrnet_w48\n"
         "  mseg demo photos/ clip.mp4 --model mseg-3m.safetensors --config 360_ss --taxonomy cityscapes-19 "
         "--out results/\n\n"
@@ -35,7 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "output any test taxonomy: camvid-11, kitti-19, pascal-context-60, scannet-20, voc2012, wilddash-19.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or videos")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or videos")
+    parser.add_argument(
+        "--example",
+        nargs="?",
+        const="dashcam",
+        choices=sorted(EXAMPLES),
+        help="also segment an example that ships with the package: dashcam (a photo, the default) or freeway "
+        "(a 38-frame clip); MIT-licensed, see mseg_semantic/assets/examples/ATTRIBUTION.md",
+    )
     parser.add_argument("--out", default="mseg_demo", metavar="DIR", help="output folder (default: ./mseg_demo)")
     parser.add_argument("--taxonomy", metavar="T", help="taxonomy of the outputs (default: the model's)")
     parser.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
@@ -43,12 +58,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-frames", type=int, metavar="N", help="videos: stop after N frames")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_arguments(parser)
-    add_config_arguments(parser, default="360_ms")
+    add_config_arguments(parser, default="360_ms", zoo_preset=True)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.example:
+        args.inputs = [*args.inputs, str(example_path(args.example))]
+    if not args.inputs:
+        raise InputError("nothing to segment: give image files, folders or videos, or --example")
     # Cheap checks first, so that a typo does not wait for a 500 MB checkpoint to load.
+    resolve_model_args(args)
     collect_inputs(args.inputs, Path(args.out))
     prepare_output_dir(Path(args.out))
     load_config(args.config, **config_overrides(args))
@@ -63,11 +83,11 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         **config_overrides(args),
     )
-    print(
+    described = describe_default_model(args) or (
         f"model: {args.model} ({model_taxonomy}, {segmenter.num_classes} output classes in "
-        f"{segmenter.output_taxonomy}); settings: {segmenter.config.name}, {segmenter.precision}",
-        file=sys.stderr,
+        f"{segmenter.output_taxonomy})"
     )
+    print(f"{described}; settings: {segmenter.config.name}, {segmenter.precision}", file=sys.stderr)
     report = run_demo(
         segmenter,
         args.inputs,

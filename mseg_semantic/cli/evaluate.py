@@ -12,7 +12,9 @@ from mseg_semantic.cli.modelargs import (
     add_config_arguments,
     add_model_arguments,
     config_overrides,
+    describe_default_model,
     load_model_from_args,
+    resolve_model_args,
 )
 from mseg_semantic.data import read_list
 from mseg_semantic.errors import InputError
@@ -32,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in its own taxonomy; the naive model through its own map. Writes OUT/gray/*.png, OUT/metrics.json, "
         "OUT/results.txt, OUT/report.md, OUT/per_class_iou.png and OUT/confusion_matrix.png.",
         epilog="examples:\n"
+        "  mseg eval --dataset camvid-11 --data-root camvid/ --list camvid/val.txt   # the bundled CamVid-11 model\n"
         "  mseg eval --model mseg-3m.safetensors --dataset camvid-11 --data-root /data/mseg_dataset\n"
         "  mseg eval --model camvid.safetensors --dataset camvid-11 --data-root camvid/ --list camvid/val.txt\n"
         "  torchrun --nproc-per-node 4 -m mseg_semantic eval --model m.safetensors --dataset ade20k-150 "
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     get_taxonomy(args.dataset)
+    resolve_model_args(args)
     entries = read_list(args.list, args.data_root, dataset=args.dataset, split=args.split)
     config = load_config(args.config, **config_overrides(args))
     args.device = str(distributed.local_device(args.device))
@@ -91,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
                           device=args.device)  # fmt: skip
     main = distributed.is_main()
     if main:
+        if line := describe_default_model(args):
+            print(line, file=sys.stderr)
         print(
             f"{name} ({model_taxonomy}) on {args.dataset}: {plan.regime}, scored in {plan.eval_taxonomy}; "
             f"{len(entries)} images; settings {config.name}; {distributed.world_size()} process(es)",

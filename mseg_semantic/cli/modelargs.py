@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from torch import nn
 
@@ -16,10 +17,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
-        required=True,
         metavar="PATH|NAME",
         help="checkpoint: an original MSeg .pth (needs --arch), a .safetensors from 'mseg convert', or a model name "
-        "from 'mseg zoo list' (downloaded and cached on first use)",
+        "from 'mseg zoo list' (downloaded and cached on first use). Default: camvid11-compact, a small CamVid-11 "
+        "model that ships with the package (11 street-scene classes; use --model mseg-3m for the 194-class "
+        "universal MSeg model)",
     )
     group.add_argument(
         "--arch", help="architecture of an original .pth: hrnet_w48 (all released models), pspnet50, ..."
@@ -36,14 +38,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_preset: bool = False) -> None:
+    """``--config`` and the speed-up options; ``zoo_preset``: a zoo model's own preset is the default."""
     group = parser.add_argument_group("inference settings")
+    choice = default
+    if zoo_preset:
+        choice = f"the zoo model's own preset ('mseg zoo info NAME'), {default} for other checkpoints"
     group.add_argument(
         "--config",
-        default=default,
         metavar="PRESET|FILE.yaml",
-        help=f"preset ({', '.join(preset_names())}) or a YAML file (default: {default})",
+        help=f"preset ({', '.join(preset_names())}) or a YAML file (default: {choice})",
     )
+    parser.set_defaults(default_config=default, zoo_preset=zoo_preset)
     group.add_argument("--base-size", type=int, metavar="N", help="override: short side at scale 1.0")
     group.add_argument("--scales", type=float, nargs="+", metavar="S", help="override: scale multipliers")
     group.add_argument("--crop-size", type=int, metavar="N", help="override: square sliding-window size")
@@ -117,11 +123,38 @@ def default_model_taxonomy(num_classes: int, recorded: str | None = None) -> str
     raise TaxonomyError(f"cannot tell the taxonomy of a model with {num_classes} outputs: pass --model-taxonomy{hint}")
 
 
+def resolve_model_args(args: argparse.Namespace) -> None:
+    """Fill in ``args.model`` (the bundled default model) and ``args.config`` (the zoo model's preset) when not given.
+
+    Cheap: reads the zoo table only, so commands can check their arguments before loading a checkpoint."""
+    from mseg_semantic import zoo
+
+    if args.model is None:
+        args.model = zoo.DEFAULT_MODEL
+    if args.config is None:
+        path = Path(args.model)
+        name = None if path.is_file() or path.suffix in (".pth", ".pt", ".safetensors", ".tar") else args.model
+        args.config = zoo.get_model_info(name).preset if name and args.zoo_preset else args.default_config
+
+
+def describe_default_model(args: argparse.Namespace) -> str | None:
+    """One line about the bundled default model when the user did not pick a model, else None."""
+    from mseg_semantic import zoo
+
+    if args.model != zoo.DEFAULT_MODEL:
+        return None
+    return (
+        f"model: {zoo.DEFAULT_MODEL}, the small CamVid-11 model shipped with the package (11 street-scene classes); "
+        "for the 194-class MSeg universal model use --model mseg-3m (downloaded once, 528 MB)"
+    )
+
+
 def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str]:
     """The model named by ``--model`` (and ``--arch``/``--num-classes``) and its taxonomy."""
     from mseg_semantic import zoo
     from mseg_semantic.models import load_model, read_metadata
 
+    resolve_model_args(args)
     path, entry = zoo.resolve(args.model)  # a checkpoint path, or a zoo name downloaded and cached on first use
     if entry is not None:
         args.arch, args.num_classes = None, None  # the cached copy records them

@@ -72,5 +72,6 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_download(args: argparse.Namespace) -> int:
     path = zoo.fetch(args.name, mirror=args.mirror, progress=not args.quiet)
-    print(f"{args.name}: verified and cached at {path}")
+    where = "ships with the package" if zoo.get_model_info(args.name).bundled else "verified and cached"
+    print(f"{args.name}: {where} at {path}")
     return 0

@@ -133,6 +133,21 @@ def low_precision_copy(module: nn.Module, dtype: torch.dtype) -> fx.GraphModule 
     return graph_module
 
 
+def release_free_memory() -> None:
+    """Hand memory that the C allocator keeps after large temporaries back to the system (glibc only; else no-op).
+
+    Building the bf16 copy of a 66M-parameter model frees about 100 MB of fp32 temporaries that glibc would keep
+    in its free lists, counted in the process's peak memory from then on."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # musl or another libc
+        pass
+
+
 class Network:
     """A segmentation model called on normalised windows (N, 3, h, w); returns logits (N, K, h', w').
 
@@ -169,6 +184,7 @@ class Network:
                 # Only our own copy changes layout; the caller's model keeps its weights (inputs are NHWC anyway).
                 self._module = folded.to(memory_format=torch.channels_last) if channels_last else folded
                 self._copied = True
+                release_free_memory()  # the fp32 temporaries of the folding
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,57 @@
+"""Package a finished ``mseg train camvid11`` run as the bundled default model (``camvid11-compact``).
+
+Reads RUN/model.safetensors (the final export), RUN/config.yaml (the resolved recipe) and the ``mseg eval`` result
+folder(s) given with --metrics, and writes mseg_semantic/assets/models/camvid11-compact.safetensors with the
+weights in fp32 and metadata that make the file self-describing: arch and HRNet config (written by
+save_checkpoint), taxonomy, the training recipe as YAML, the command that trained it, and the measured metrics.
+
+    python tools/release_compact_model.py runs/camvid11 --metrics mseg_eval/camvid11-val/metrics.json \\
+        --command "torchrun --standalone --nproc-per-node 2 -m mseg_semantic train camvid11 ..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mseg_semantic.models import load_model, read_metadata, save_checkpoint
+
+TARGET = Path(__file__).resolve().parents[1] / "mseg_semantic" / "assets" / "models" / "camvid11-compact.safetensors"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="the training output folder")
+    parser.add_argument("--metrics", type=Path, nargs="+", required=True, help="metrics.json files from mseg eval")
+    parser.add_argument("--command", required=True, help="the training command line, for the record")
+    parser.add_argument("--out", type=Path, default=TARGET)
+    args = parser.parse_args()
+
+    model_file = args.run / "model.safetensors"
+    model = load_model(model_file)
+    saved = read_metadata(model_file)
+    metrics = {}
+    for path in args.metrics:
+        data = json.loads(path.read_text())
+        key = f"{data['dataset']} {Path(data['list']).stem} ({data['config']['name']})"
+        metrics[key] = {
+            "mIoU": round(data["mIoU"], 2),
+            "pixel_accuracy": round(data["pixel_accuracy"], 2),
+            "per_class_iou": {k: None if v is None else round(v, 2) for k, v in data["per_class_iou"].items()},
+        }
+    out = save_checkpoint(
+        model,
+        args.out,
+        taxonomy=saved["taxonomy"],
+        zoo_name="camvid11-compact",
+        trained_iters=saved.get("current_iter", ""),
+        training_recipe=(args.run / "config.yaml").read_text(),
+        training_command=args.command,
+        metrics=metrics,
+    )
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {json.dumps(metrics)}")
+
+
+if __name__ == "__main__":
+    main()
