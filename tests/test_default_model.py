@@ -81,8 +81,8 @@ def test_eval_default_model_reports_the_recorded_val_miou(shared: Path, tmp_path
     assert code == 0, captured.err
     measured = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     recorded = json.loads(read_metadata(zoo.fetch("camvid11-compact"))["metrics"])
-    key = next(k for k in recorded if k.startswith("camvid-11 val") and measured["config"]["name"] in k)
-    assert measured["mIoU"] == pytest.approx(recorded[key]["mIoU"], abs=0.01)
+    assert measured["config"]["name"] == "compact_360_ss"  # the bundled model's own preset
+    assert measured["mIoU"] == pytest.approx(recorded["camvid-11 val (compact_360_ss)"]["mIoU"], abs=0.01)
     assert f"mIoU {measured['mIoU']:.2f}" in captured.out
 
 

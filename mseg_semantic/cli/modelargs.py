@@ -44,6 +44,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_p
     choice = default
     if zoo_preset:
         choice = f"the zoo model's own preset ('mseg zoo info NAME'), {default} for other checkpoints"
+    if not zoo_preset:
+        choice += "; compact_360_ss for the bundled camvid11-compact"
     group.add_argument(
         "--config",
         metavar="PRESET|FILE.yaml",
@@ -134,7 +136,10 @@ def resolve_model_args(args: argparse.Namespace) -> None:
     if args.config is None:
         path = Path(args.model)
         name = None if path.is_file() or path.suffix in (".pth", ".pt", ".safetensors", ".tar") else args.model
-        args.config = zoo.get_model_info(name).preset if name and args.zoo_preset else args.default_config
+        entry = zoo.get_model_info(name) if name else None
+        # A bundled model's preset is part of it (its eval protocol too); other zoo models' presets are for the demo.
+        use_zoo = entry is not None and (args.zoo_preset or entry.bundled is not None)
+        args.config = entry.preset if use_zoo else args.default_config
 
 
 def describe_default_model(args: argparse.Namespace) -> str | None:

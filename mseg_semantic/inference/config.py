@@ -52,6 +52,7 @@ PRESET_FILES: dict[str, str] = {
     "batched_480": "480/default_config_batched_ss.yaml",
     "batched_720": "720/default_config_batched_ss.yaml",
     "batched_1080": "1080/default_config_batched_ss.yaml",
+    "compact_360_ss": "compact_360_ss.yaml",  # the bundled camvid11-compact model's own
 }
 
 # Keys of the original test YAML files that do not change how an image is predicted: accepted and ignored.
