@@ -29,10 +29,11 @@ PADS = ("crop", "minimal")
 HEADS = ("full", "low_res")
 
 #: What ``fast=True`` changes: the speed-ups whose label maps agree with the faithful fp32 ones on >= 99% of the
-#: pixels of real images (a trained HRNet on the demo photos and CamVid val: 99.5%; see benchmarks/inference.py and
-#: the README). ``precision="auto"`` is bf16 where the device computes it natively (AVX512-BF16/AMX CPUs, Ampere+
-#: GPUs), fp16 on older GPUs, else fp32. Not included, because they change more pixels: ``pad="minimal"``,
-#: ``max_window`` and ``flip=False`` (each about 95% with the same network).
+#: pixels of real images (the trained camvid11-compact HRNet on the demo photos and CamVid val: 99.6% on average,
+#: 99.2% on the worst image; see benchmarks/inference.py and the README). ``precision="auto"`` is bf16 where the
+#: device computes it natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs), fp16 on older GPUs, else fp32. Not included,
+#: because they change more pixels: ``pad="minimal"``, ``max_window`` and ``flip=False`` (93-96% with the same
+#: network).
 FAST: dict[str, Any] = {
     "precision": "auto",
     "head": "low_res",
