@@ -262,14 +262,23 @@ def load_model(
     return load_file(path, device=device)
 
 
-def resolve(name_or_path: str | os.PathLike, *, mirror: str | None = None) -> tuple[Path, ZooModel | None]:
-    """A checkpoint path for a path or zoo name, and the zoo entry when it is one."""
+def lookup(name_or_path: str | os.PathLike) -> ZooModel | None:
+    """The zoo entry ``name_or_path`` names, or None for an existing checkpoint file (no download, no loading).
+
+    A path-like value that is not a file, or an unknown name, is an :class:`InputError`."""
     path = Path(name_or_path)
     if path.is_file():
-        return path, None
+        return None
     if str(name_or_path).endswith((".pth", ".pt", ".safetensors", ".tar")) or os.sep in str(name_or_path):
         raise InputError(f"{path}: checkpoint file does not exist")
-    model = get_model_info(str(name_or_path))
+    return get_model_info(str(name_or_path))
+
+
+def resolve(name_or_path: str | os.PathLike, *, mirror: str | None = None) -> tuple[Path, ZooModel | None]:
+    """A checkpoint path for a path or zoo name, and the zoo entry when it is one."""
+    model = lookup(name_or_path)
+    if model is None:
+        return Path(name_or_path), None
     return fetch(model.name, mirror=mirror), model
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from torch import nn
 
@@ -41,11 +40,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_preset: bool = False) -> None:
     """``--config`` and the speed-up options; ``zoo_preset``: a zoo model's own preset is the default."""
     group = parser.add_argument_group("inference settings")
-    choice = default
     if zoo_preset:
         choice = f"the zoo model's own preset ('mseg zoo info NAME'), {default} for other checkpoints"
-    if not zoo_preset:
-        choice += "; compact_360_ss for the bundled camvid11-compact"
+    else:
+        choice = f"{default}; compact_360_ss for the bundled camvid11-compact"
     group.add_argument(
         "--config",
         metavar="PRESET|FILE.yaml",
@@ -135,9 +133,7 @@ def resolve_model_args(args: argparse.Namespace) -> None:
     if args.model is None:
         args.model = zoo.DEFAULT_MODEL
     if args.config is None:
-        path = Path(args.model)
-        name = None if path.is_file() or path.suffix in (".pth", ".pt", ".safetensors", ".tar") else args.model
-        entry = zoo.get_model_info(name) if name else None
+        entry = zoo.lookup(args.model)
         # A bundled model's preset is part of it (its eval protocol too); other zoo models' presets are for the demo.
         use_zoo = entry is not None and (args.zoo_preset or entry.bundled is not None)
         args.config = entry.preset if use_zoo else args.default_config
@@ -156,11 +152,11 @@ def describe_default_model(args: argparse.Namespace) -> str | None:
 
 
 def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str]:
-    """The model named by ``--model`` (and ``--arch``/``--num-classes``) and its taxonomy."""
+    """The model named by ``--model`` (and ``--arch``/``--num-classes``) and its taxonomy; after
+    :func:`resolve_model_args`."""
     from mseg_semantic import zoo
     from mseg_semantic.models import load_model, read_metadata
 
-    resolve_model_args(args)
     path, entry = zoo.resolve(args.model)  # a checkpoint path, or a zoo name downloaded and cached on first use
     if entry is not None:
         args.arch, args.num_classes = None, None  # the cached copy records them
