@@ -255,6 +255,8 @@ def peak_memory_mb(args: argparse.Namespace, image: Path, preset: str, path: str
     """Peak RSS of a fresh process predicting one image (after the model is loaded: weights included)."""
     cmd = [sys.executable, __file__, "--measure-memory", str(image), preset, path, "--cache", args.cache,
            "--device", args.device]  # fmt: skip
+    if args.keep_model:
+        cmd.append("--keep-model")
     if args.model:
         cmd += ["--model", args.model] + (["--arch", args.arch] if args.arch else [])
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -284,9 +286,13 @@ def _peak_rss_mb(reset: bool) -> float:
 
 
 def measure_memory(args: argparse.Namespace) -> None:
+    """Peak RSS as ``mseg demo`` has it: the model is loaded, handed to the Segmenter and not kept otherwise (so
+    with a low-precision copy its fp32 weights are freed; ``--keep-model`` holds them, as a caller's own module)."""
     image_path, preset, path = args.measure_memory
     model, _ = get_model(args)
     predict = predictor(model, preset, path, args.device)
+    if not args.keep_model:
+        del model
     image = read_image(image_path)
     reset = _reset_peak_rss()
     predict(image)
@@ -400,6 +406,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--tables", nargs="+", default=["paths", "settings"], choices=["paths", "settings"])
+    parser.add_argument("--keep-model", action="store_true",
+                        help="memory: keep the fp32 model referenced, as a caller holding its own module does")
     parser.add_argument("--measure-memory", nargs=3, metavar=("IMAGE", "PRESET", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -222,6 +222,30 @@ def test_fast_path_outputs(probe_model, real_images):
     assert big.predict(real_images[0]).shape == real_images[0].shape[:2]
 
 
+
+def test_low_precision_copy_lets_the_fp32_model_go():
+    """With a bf16 copy nothing of ours holds the fp32 model: the caller dropping it frees its weights at once
+    (torch.fx tracing leaves reference cycles that would otherwise keep it until the cyclic collector runs)."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()  # the release must not depend on when the cyclic collector happens to run
+    try:
+        model = tiny_hrnet(194)
+        seg = Segmenter(model, **SMALL, precision="bf16")
+        assert seg.network.early_exit and seg.model is not model
+        alive = weakref.ref(model)
+        del model
+        assert alive() is None
+        fp32 = tiny_hrnet(194)
+        seg32 = Segmenter(fp32, **SMALL)
+        assert seg32.model is not None and weakref.ref(fp32)() is not None
+    finally:
+        gc.enable()
+    image = random_image(80, 120, seed=5)
+    assert seg.predict(image).shape == (80, 120)  # the copy runs on its own
+
 # ---------------------------------------------------------------------------- the faithful path, restructured
 def test_faithful_path_equals_the_literal_algorithm_with_batching_and_bands(monkeypatch):
     model = tiny_hrnet(194)

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         **config_overrides(args),
     )
+    del model  # with a low-precision copy (--fast) the fp32 weights are no longer needed
     described = describe_default_model(args) or (
         f"model: {args.model} ({model_taxonomy}, {segmenter.num_classes} output classes in "
         f"{segmenter.output_taxonomy})"

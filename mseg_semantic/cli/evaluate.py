@@ -93,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("mseg_eval") / name / args.dataset / config.name
     segmenter = Segmenter(model, config=config, model_taxonomy=model_taxonomy, output_taxonomy=plan.eval_taxonomy,
                           device=args.device)  # fmt: skip
+    del model  # with a low-precision copy the fp32 weights are no longer needed
     main = distributed.is_main()
     if main:
         if line := describe_default_model(args):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import gc
 import sys
 from pathlib import Path
 
@@ -166,45 +167,51 @@ class Network:
     ) -> None:
         if precision not in _DTYPES:
             raise InputError(f"precision must be one of {', '.join(_DTYPES)}; got {precision!r}")
-        self.model = model
         self.device = device
         self.precision = precision
         self.channels_last = channels_last
         self._dtype = _DTYPES[precision]
-        self._module: nn.Module = model
+        #: What runs: the model, its traced copy without the final resize, or its low-precision copy. No other
+        #: reference to the caller's model is kept, so with a low-precision copy an fp32 model that nobody else
+        #: holds (one a Segmenter loaded from a path or name) is freed: 264 MB for HRNet-W48.
+        self.module: nn.Module = model
         self.early_exit = False
         if early_exit:
             cut = cut_final_resize(model)
-            if cut is not None and self._matches(cut):
-                self._module, self.early_exit = cut, True
+            if cut is not None and self._matches(model, cut):
+                self.module, self.early_exit = cut, True
         self._copied = False
         if precision == "bf16":
-            folded = low_precision_copy(self._module, self._dtype)
+            folded = low_precision_copy(self.module, self._dtype)
             if folded is not None:
                 # Only our own copy changes layout; the caller's model keeps its weights (inputs are NHWC anyway).
-                self._module = folded.to(memory_format=torch.channels_last) if channels_last else folded
+                self.module = folded.to(memory_format=torch.channels_last) if channels_last else folded
                 self._copied = True
-                release_free_memory()  # the fp32 temporaries of the folding
+                # torch.fx tracing leaves reference cycles (frames inspected by its proxies) that hold the traced
+                # fp32 model until the cyclic collector happens to run; collect them now, so the fp32 model is freed
+                # as soon as the caller drops it, then hand the folding's temporaries back to the system.
+                gc.collect()
+                release_free_memory()
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         if self._copied:
-            return self._output(self._module(batch.to(self._dtype)))
+            return self._output(self.module(batch.to(self._dtype)))
         context = torch.autocast(self.device.type, dtype=self._dtype) if self._dtype else contextlib.nullcontext()
         with context:
-            return self._output(self._module(batch))
+            return self._output(self.module(batch))
 
     @staticmethod
     def _output(out: torch.Tensor | tuple | list) -> torch.Tensor:
         return out[0] if isinstance(out, (tuple, list)) else out
 
     @torch.inference_mode()
-    def _matches(self, cut: nn.Module) -> bool:
+    def _matches(self, model: nn.Module, cut: nn.Module) -> bool:
         """Does upsampling the cut model's output reproduce the model's output? Checked in fp32 on 37x50."""
         x = torch.randn(1, 3, 37, 50, generator=torch.Generator().manual_seed(0)).to(self.device)
-        full = self._output(self.model(x))
+        full = self._output(model(x))
         try:
             low = self._output(cut(x))
         except Exception:

@@ -95,11 +95,11 @@ class Segmenter:
             from mseg_semantic.models import load_model
 
             model = load_model(model, device=self.device)
-        self.model = model.to(self.device).eval()
+        model = model.to(self.device).eval()
         self.model_taxonomy = get_taxonomy(model_taxonomy).name
         self.output_taxonomy = get_taxonomy(output_taxonomy or model_taxonomy).name
         self.num_model_classes = get_taxonomy(self.model_taxonomy).num_classes
-        declared = getattr(self.model, "num_classes", None)
+        declared = getattr(model, "num_classes", None)
         if isinstance(declared, int) and declared != self.num_model_classes:
             raise TaxonomyError(
                 f"the model has {declared} output classes but taxonomy {self.model_taxonomy!r} has "
@@ -119,7 +119,14 @@ class Segmenter:
         self._std = torch.tensor(STD_RGB, dtype=torch.float32, device=self.device).view(3, 1, 1)
         #: The arithmetic the network runs in (``precision="auto"`` resolved for this device).
         self.precision = resolve_precision(self.config.precision, self.device)
-        self.network = Network(self.model, self.device, self.precision, self.config.channels_last)
+        # The Segmenter keeps no reference of its own to ``model``: with a low-precision copy, an fp32 model it
+        # loaded itself (or that the caller drops) is freed.
+        self.network = Network(model, self.device, self.precision, self.config.channels_last)
+
+    @property
+    def model(self) -> nn.Module:
+        """The module that runs: the model, or the low-precision copy of it (``precision="bf16"``)."""
+        return self.network.module
 
     @property
     def num_classes(self) -> int:
