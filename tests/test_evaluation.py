@@ -201,8 +201,9 @@ def test_two_process_gloo_run_equals_one_process(camvid, oracle_checkpoint, tmp_
     single = subprocess.run([sys.executable, "-m", "mseg_semantic", *common, "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, env=env)  # fmt: skip
     assert single.returncode == 0, single.stderr
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", "29531", "-m", "mseg_semantic", *common, "--out", str(tmp_path / "two")],
+    # --standalone: the rendezvous takes a free port (a fixed --master-port clashed now and then).
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "mseg_semantic", *common, "--out", str(tmp_path / "two")],
                             capture_output=True, text=True, env=env)  # fmt: skip
     assert double.returncode == 0, double.stderr
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())

@@ -356,3 +356,18 @@ def test_demo_fast_flags(shared, tiny_checkpoint, tmp_path, capsys):
     code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--max-window", "500"])
     err = capsys.readouterr().err
     assert code == 2 and "max_window needs pad='minimal'" in err and "Traceback" not in err
+
+
+def test_demo_threads_option(shared, tiny_checkpoint, tmp_path, capsys):
+    image = str(shared / "data" / "demo" / "3dogs.jpg")
+    small = ["--config", "360_ss", "--base-size", "64", "--crop-size", "97", "--quiet", "--out", str(tmp_path)]
+    before = torch.get_num_threads()
+    try:
+        code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--threads", "2"])
+        assert code == 0, capsys.readouterr().err
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--threads", "0", "--overwrite"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--threads must be at least 1, got 0" in err and "Traceback" not in err

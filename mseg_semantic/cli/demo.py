@@ -9,6 +9,7 @@ from pathlib import Path
 from mseg_semantic.cli.modelargs import (
     add_config_arguments,
     add_model_arguments,
+    apply_threads,
     config_overrides,
     describe_default_model,
     load_model_from_args,
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("nothing to segment: give image files, folders or videos, or --example")
     # Cheap checks first, so that a typo does not wait for a 500 MB checkpoint to load.
     resolve_model_args(args)
+    apply_threads(args)
     collect_inputs(args.inputs, Path(args.out))
     prepare_output_dir(Path(args.out))
     load_config(args.config, **config_overrides(args))

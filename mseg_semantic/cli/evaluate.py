@@ -11,6 +11,7 @@ from mseg_semantic import __version__, distributed
 from mseg_semantic.cli.modelargs import (
     add_config_arguments,
     add_model_arguments,
+    apply_threads,
     config_overrides,
     describe_default_model,
     load_model_from_args,
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     get_taxonomy(args.dataset)
     resolve_model_args(args)
+    apply_threads(args)
     entries = read_list(args.list, args.data_root, dataset=args.dataset, split=args.split)
     config = load_config(args.config, **config_overrides(args))
     args.device = str(distributed.local_device(args.device))

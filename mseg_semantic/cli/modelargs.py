@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+import torch
 from torch import nn
 
-from mseg_semantic.errors import TaxonomyError
+from mseg_semantic.errors import InputError, TaxonomyError
 from mseg_semantic.inference.config import HEADS, PADS, PRECISIONS, SPEED_FIELDS, preset_names
 from mseg_semantic.taxonomy import get_taxonomy, taxonomy_names
 from mseg_semantic.taxonomy.tables import NAIVE, NUM_NAIVE_CLASSES, NUM_UNIVERSAL_CLASSES, UNIVERSAL
@@ -35,6 +36,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "classes, naive for 316, the test taxonomy with that many classes for oracle models)",
     )
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    group.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for the network (default: PyTorch's, one per core). With several processes on one "
+        "machine (torchrun, parallel jobs) give each its share: oversubscribed cores make PyTorch many times slower",
+    )
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_preset: bool = False) -> None:
@@ -88,6 +96,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_p
     speed.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC layout for convolutions"
     )
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """``--threads N``: the number of CPU threads PyTorch uses in this process."""
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
