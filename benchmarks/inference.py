@@ -7,10 +7,9 @@ label map, the network's multiply-accumulates, and the FLOP floor: those MACs di
 matrix-multiply throughput in the path's precision (how fast the path could be if the network ran at matmul speed
 and everything else were free).
 
-    python benchmarks/inference.py                          # the README table (about 30 minutes on 2 cores)
+    python benchmarks/inference.py --reference              # the README table (about 45 minutes on 2 cores)
     python benchmarks/inference.py --presets 360_ss --images ../shared/data/demo/bike_horses.jpg
     python benchmarks/inference.py --model mseg-3m.pth      # a real checkpoint: agreement then means something
-    python benchmarks/inference.py --reference              # also the straightforward implementation (slow)
 
 Agreement per setting is also measured with the trained model that ships with the package (camvid11-compact).
 
