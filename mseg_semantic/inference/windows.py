@@ -240,15 +240,17 @@ class ScaleMap:
             block = values[:, :, rows[0] - row0 : rows[1] - row0]
         else:  # (the low-resolution head stores float16 probabilities: upsampled in float32)
             block = upsample_rows(values, row0, out.full_h, (g.win_h, g.win_w), rows)
-        if block.shape[0] == 2:  # the flipped window, flipped back
-            block = torch.stack([block[0], block[1].flip(-1)])
-        block = block[..., cols[0] : cols[1]]
-        if out.probabilities:
-            return block[0].float()
-        probs = self.to_probs(block.float())
-        if probs.shape[0] == 2:
-            return (probs[0] + probs[1]) / 2
-        return probs[0]
+        c0, c1 = cols
+        if out.probabilities:  # one plane, already flip-averaged
+            return block[0, ..., c0:c1].float()
+        probs = self.to_probs(block[:1, ..., c0:c1].float())[0]
+        if block.shape[0] == 1:
+            return probs
+        # The flipped window: the mirrored columns, flipped back after the softmax (a per-pixel operation, so the
+        # same numbers as flipping the logits first) without copying the whole plane.
+        width = block.shape[-1]
+        flipped = self.to_probs(block[1:, ..., width - c1 : width - c0].float())[0].flip(-1)
+        return (probs + flipped) / 2
 
 
 def upsample_rows(
