@@ -64,7 +64,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_p
     group.add_argument("--no-flip", action="store_true", help="override: no flip averaging (faster, not the original)")
     speed = parser.add_argument_group(
         "speed-ups",
-        "Defaults reproduce the original numerics. --fast = --precision auto --head low_res --channels-last: 2.8-3.4x "
+        "Defaults reproduce the original numerics. --fast = --precision auto --head low_res --channels-last: 2.4-3.4x "
         "faster for HRNet-W48 on a CPU with AVX512-BF16 (measured; AMX CPUs and GPUs should gain more, not "
         "measured), label maps agreeing with the original ones on >= 99% of pixels. "
         "--pad minimal, --max-window and --no-flip save more but change more labels (README: Fast inference). An "
