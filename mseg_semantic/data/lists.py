@@ -58,13 +58,60 @@ def _list_resource(dataset: str, split: str):
     return resources.files("mseg_semantic.data").joinpath("lists", dataset, f"{split}.txt.gz")
 
 
-def available_splits(dataset: str) -> list[str]:
-    """Splits whose original list ships with the package (e.g. ``['train', 'val']``)."""
+GENERATED_LISTS = "mseg_lists"
+"""Folder (inside a dataset's folder) of the lists ``mseg data prepare`` writes where none ships (COCO train)."""
+
+
+def generated_list_path(dataset: str, data_root: str | os.PathLike) -> Path:
+    """``<data_root>/<dataset folder>/mseg_lists/<dataset>``: the folder of ``dataset``'s generated lists."""
+    return Path(data_root) / DATASET_FOLDERS.get(dataset, "") / GENERATED_LISTS / dataset
+
+
+def _generated(dataset: str, split: str, data_root: str | os.PathLike | None) -> Path | None:
+    if data_root is None:
+        return None
+    for base in (generated_list_path(dataset, data_root), Path(data_root) / GENERATED_LISTS / dataset):
+        if (base / f"{split}.txt").is_file():
+            return base / f"{split}.txt"
+    return None
+
+
+def available_splits(dataset: str, data_root: str | os.PathLike | None = None) -> list[str]:
+    """Splits with a list: the original ones that ship with the package (e.g. ``['train', 'val']``), plus those
+    ``mseg data prepare`` wrote below ``data_root`` (the COCO train lists)."""
     get_taxonomy(dataset)  # unknown names raise with the list of known ones
     folder = resources.files("mseg_semantic.data").joinpath("lists", dataset)
-    if not folder.is_dir():
-        return []
-    return sorted(p.name.removesuffix(".txt.gz") for p in folder.iterdir() if p.name.endswith(".txt.gz"))
+    splits = set()
+    if folder.is_dir():
+        splits |= {p.name.removesuffix(".txt.gz") for p in folder.iterdir() if p.name.endswith(".txt.gz")}
+    if data_root is not None:
+        for base in (generated_list_path(dataset, data_root), Path(data_root) / GENERATED_LISTS / dataset):
+            if base.is_dir():
+                splits |= {p.stem for p in base.glob("*.txt")}
+    return sorted(splits)
+
+
+def list_lines(dataset: str, split: str, data_root: str | os.PathLike | None = None) -> tuple[str, list[list[str]]]:
+    """The original ``split`` list of ``dataset`` as (name for messages, fields of each line; blank lines kept as []).
+
+    A list that does not ship (COCO train) is read from where ``mseg data prepare`` wrote it below ``data_root``.
+    """
+    resource = _list_resource(dataset, split)
+    if resource.is_file():
+        text = gzip.decompress(resource.read_bytes()).decode("utf-8")
+        name = f"{dataset}/{split}.txt"
+    else:
+        path = _generated(dataset, split, data_root)
+        if path is None:
+            splits = available_splits(dataset, data_root)
+            hint = " (run 'mseg data prepare' first: it writes the COCO train lists)" if "coco" in dataset else ""
+            raise InputError(
+                f"no {split!r} list ships for {dataset}{hint}; available: {', '.join(splits) or 'none'} "
+                "(or pass --list FILE)"
+            )
+        text = path.read_text(encoding="utf-8")
+        name = str(path)
+    return name, [line.split() for line in text.splitlines()]
 
 
 def dataset_root(dataset: str, data_root: str | os.PathLike) -> Path:
@@ -95,15 +142,8 @@ def read_list(
     if list_file is None:
         if dataset is None:
             raise InputError("give a list file or a dataset name")
-        resource = _list_resource(dataset, split)
-        if not resource.is_file():
-            splits = available_splits(dataset)
-            raise InputError(
-                f"no {split!r} list ships for {dataset}; available: {', '.join(splits) or 'none'} (or pass --list FILE)"
-            )
-        text = gzip.decompress(resource.read_bytes()).decode("utf-8")
-        name = f"{dataset}/{split}.txt"
         root = dataset_root(dataset, data_root)
+        name, lines = list_lines(dataset, split, data_root)
     else:
         path = Path(list_file)
         if not path.is_file():
@@ -113,12 +153,12 @@ def read_list(
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: cannot read the list file ({exc})") from None
         name = str(path)
+        lines = [line.split() for line in text.splitlines()]
         root = Path(data_root)
         if not root.is_dir():
             raise InputError(f"{root}: data root does not exist")
     entries = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
+    for number, fields in enumerate(lines, start=1):
         if not fields:
             continue
         where = f"{name}:{number}"

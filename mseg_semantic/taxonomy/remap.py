@@ -22,10 +22,11 @@ from mseg_semantic.taxonomy.tables import get_taxonomy
 LABEL_SUFFIXES = (".png",)
 
 
-def rgb_to_ids(rgb: np.ndarray, taxonomy: str, *, strict: bool = True) -> np.ndarray:
+def rgb_to_ids(rgb: np.ndarray, taxonomy: str, *, strict: bool = True, unmatched: int = 255) -> np.ndarray:
     """Colour-coded labels (H, W, 3 RGB) of an RGB-encoded taxonomy -> class ids (H, W) uint8.
 
-    Colours not in the taxonomy's palette raise :class:`TaxonomyError` (``strict=False``: they become 255).
+    Colours not in the taxonomy's palette raise :class:`TaxonomyError` (``strict=False``: they become
+    ``unmatched``; the original data preparation used class 0 there, which ``mseg data prepare`` keeps).
     """
     colors = get_taxonomy(taxonomy).colors
     if colors is None:
@@ -35,7 +36,7 @@ def rgb_to_ids(rgb: np.ndarray, taxonomy: str, *, strict: bool = True) -> np.nda
     order = np.argsort(palette, kind="stable")
     pos = np.clip(np.searchsorted(palette[order], code), 0, len(palette) - 1)
     found = palette[order][pos] == code
-    ids = np.where(found, order[pos], 255)
+    ids = np.where(found, order[pos], unmatched)
     if strict and not found.all():
         bad = np.unique(code[~found])[:5]
         shown = ", ".join(f"({c >> 16},{(c >> 8) & 255},{c & 255})" for c in bad.tolist())

@@ -68,10 +68,11 @@ def prepare_datasets(config: TrainConfig) -> list[PreparedDataset]:
 def _read_entries(list_file: str | None, root: Path, base: str, name: str, split: str, index: int) -> list[ListEntry]:
     key = f"datasets.{index}.{split}_list"
     if list_file is None:
-        if split not in available_splits(name):
-            found = ", ".join(available_splits(name)) or "none"
+        if split not in available_splits(name, base):
+            found = ", ".join(available_splits(name, base)) or "none"
+            hint = " ('mseg data prepare coco-panoptic' writes the COCO train lists)" if "coco" in name else ""
             raise InputError(
-                f"dataset {name}: no {split!r} list ships with the package (shipped: {found}); give one with "
+                f"dataset {name}: no {split!r} list ships with the package (shipped: {found}){hint}; give one with "
                 f"--set {key}=FILE"
             )
         return read_list(None, base, dataset=name, split=split)

@@ -1,0 +1,446 @@
+"""``prepare`` and ``relabel``: build the jobs from the split lists, run them over worker processes, write atomically.
+
+Every output is written to a temporary file and renamed, so a killed run leaves no half-written label; outputs that
+exist are skipped unless ``overwrite``, so a rerun finishes what a killed run left. An exception in any job stops
+the run with the image and the reason named.
+
+``relabel`` works in three phases so that a bad record never leaves a relabeled file behind: (1) all records are
+read and checked; (2) the images that records touch are computed into a staging folder (a segment that is missing,
+or whose pixels do not hold the record's class on a strict dataset, stops the run here and the staging folder is
+removed); (3) staged files are moved into place, then the images without updates are remapped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mseg_semantic.data.lists import GENERATED_LISTS, list_lines
+from mseg_semantic.dataprep import convert
+from mseg_semantic.dataprep.datasets import SPLITS, DatasetSpec, get_dataset, relabeled
+from mseg_semantic.dataprep.masks import MaskJob, MaskReader, ade_instance_paths, mask_job
+from mseg_semantic.dataprep.records import Record, Update, read_manifest, resolve, updates_by_image
+from mseg_semantic.errors import InputError, MsegError, TaxonomyError
+from mseg_semantic.fileio import write_bytes_atomic, write_label
+from mseg_semantic.taxonomy.converter import TaxonomyConverter
+
+STAGING = ".mseg-relabel-staging"
+
+
+class JobError(InputError):
+    """A job failed; the message names the image and the reason."""
+
+
+@dataclass
+class Summary:
+    """What a run did, per split: files written and images skipped because their outputs existed."""
+
+    dataset: str
+    step: str
+    written: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    images: dict[str, int] = field(default_factory=dict)
+    updates: int = 0
+    note: str = ""
+
+    def lines(self) -> list[str]:
+        out = [self.note] if self.note else []
+        for split in self.images:
+            out.append(
+                f"{self.dataset} {split}: {self.images[split]} images, {self.written.get(split, 0)} files written, "
+                f"{self.skipped.get(split, 0)} images already done"
+            )
+        if self.step == "relabel":
+            out.append(f"{self.updates} segments relabeled")
+        return out
+
+
+# ---------------------------------------------------------------------- lists
+def _aligned(taxonomies: Iterable[str], split: str, root: Path) -> list[tuple[str, list[str]]]:
+    """(image path, [label path of each taxonomy]) of ``split``, the lists of all taxonomies paired line by line."""
+    tables = [list_lines(t, split, root) for t in taxonomies]
+    rows = [[f for f in lines if f] for _, lines in tables]
+    first = rows[0]
+    for (name, _), other in zip(tables[1:], rows[1:], strict=True):
+        if len(other) != len(first) or any(a[0] != b[0] for a, b in zip(first, other, strict=True)):
+            raise InputError(f"{name}: its image column does not match {tables[0][0]} line for line")
+    out, seen = [], set()
+    for i, fields in enumerate(first):
+        labels = [r[i][1] if len(r[i]) > 1 else "" for r in rows]
+        if tuple(labels) in seen:
+            continue  # repeated lines (the WildDash train list is the val list 16 times)
+        seen.add(tuple(labels))
+        out.append((fields[0], labels))
+    return out
+
+
+COCO_TRAIN = {
+    "coco-panoptic-inst-201": "annotations/panoptic_train2017/{}.png",
+    "coco-panoptic-201": "semantic_annotations201/train2017/{}.png",
+    "coco-panoptic-133": "semantic_annotations133/train2017/{}.png",
+    "coco-panoptic-133-relabeled": "semantic_relabeled133/train2017/{}.png",
+}
+"""COCO's train lists do not ship (the original's were lost): every annotation of the train JSON, val's pattern."""
+
+
+def write_coco_train_lists(root: Path, stems: Iterable[str]) -> None:
+    """The four COCO train lists, sorted by path, below ``COCOPanoptic/mseg_lists/`` (rewritten only on change)."""
+    stems = sorted(stems)
+    for taxonomy, pattern in COCO_TRAIN.items():
+        text = "".join(f"images/train2017/{s}.jpg {pattern.format(s)}\n" for s in stems)
+        path = root / "COCOPanoptic" / GENERATED_LISTS / taxonomy / "train.txt"
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def selection(list_file: str | os.PathLike | None, images: set[str]) -> set[str] | None:
+    """Images named by ``--list FILE`` (first column); a line naming no image of the dataset is an error."""
+    if list_file is None:
+        return None
+    path = Path(list_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: list file does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the list file ({exc})") from None
+    chosen = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if fields[0] not in images:
+            raise InputError(f"{path}:{number}: {fields[0]} is not an image of the dataset's train/val lists")
+        chosen.add(fields[0])
+    return chosen
+
+
+# ---------------------------------------------------------------------- running jobs
+def _call(item: tuple[Callable, object]):
+    fn, job = item
+    try:
+        return fn(job)
+    except MsegError as exc:
+        raise JobError(f"{job.image}: {exc}") from None
+    except Exception as exc:  # a bug or an unreadable file: still name the image
+        raise JobError(f"{job.image}: {exc.__class__.__name__}: {exc}") from None
+
+
+def run_jobs(fn: Callable, jobs: list, *, workers: int, desc: str, progress: bool = True) -> list:
+    """``fn(job)`` for every job (in worker processes when ``workers`` > 1); results in job order."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress or not jobs, leave=False)
+    results = []
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                results.append(_call((fn, job)))
+                bar.update(1)
+            return results
+        import multiprocessing
+
+        chunk = max(1, min(16, len(jobs) // (workers * 8)))
+        with multiprocessing.get_context().Pool(min(workers, len(jobs))) as pool:
+            for result in pool.imap(_call, ((fn, job) for job in jobs), chunksize=chunk):
+                results.append(result)
+                bar.update(1)
+        return results
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------- prepare
+@dataclass(frozen=True)
+class PrepareJob:
+    image: str
+    kinds: tuple[str, ...]  # stage kinds, in order
+    taxonomies: tuple[str, ...]  # source of the first stage (or None), then each stage's target
+    source: Path  # the first stage's input file
+    outputs: tuple[Path, ...]  # one per stage
+    overwrite: bool
+    segments: convert.Segments | None = None
+
+
+def _first_stage(job: PrepareJob) -> np.ndarray:
+    kind, path = job.kinds[0], job.source
+    if not path.is_file():
+        raise InputError(f"{path}: raw file missing")
+    if kind == "coco":
+        return convert.coco_semantic(path, job.segments)
+    if kind == "idd":
+        return convert.idd_semantic(path)
+    if kind == "mat":
+        return convert.pascal_context_mat(path) if path.suffix == ".mat" else convert.read_grey(path)
+    if kind == "rgb":
+        return convert.decode_rgb(path, job.taxonomies[0])
+    return convert.read_grey(path)
+
+
+def prepare_one(job: PrepareJob) -> int:
+    """Run one image's stages; write the outputs that are missing (or all, with overwrite). Returns files written."""
+    if not job.overwrite and all(p.exists() for p in job.outputs):
+        return 0
+    converter = TaxonomyConverter()
+    label = _first_stage(job)
+    arrays = []
+    stage_source = job.taxonomies[0]
+    for i, kind in enumerate(job.kinds):
+        target = job.taxonomies[i + 1]
+        if kind in ("remap", "rgb"):  # the other kinds produce the target's ids themselves
+            try:
+                label = converter.convert_labels(label, stage_source, target)
+            except TaxonomyError as exc:
+                raise InputError(f"{job.source}: {exc}") from None
+        arrays.append(label)
+        stage_source = target
+    written = 0
+    for path, array in zip(job.outputs, arrays, strict=True):
+        if job.overwrite or not path.exists():
+            write_label(path, array)
+            written += 1
+    return written
+
+
+def prepare(
+    dataset: str,
+    root: str | os.PathLike,
+    *,
+    list_file: str | os.PathLike | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Summary:
+    """Convert the raw labels of ``dataset`` into its semseg taxonomy at the paths the split lists name."""
+    spec = get_dataset(dataset)
+    root = _check_root(root)
+    _extract(spec, root, progress)
+    summary = Summary(spec.name, "prepare")
+    if not spec.stages:
+        summary.note = f"{spec.name}: labels are used as distributed; nothing to convert (run 'mseg data verify')"
+        return summary
+    base = root / spec.list_root
+    per_split = {split: _prepare_entries(spec, root, split) for split in SPLITS}
+    chosen = selection(list_file, {image for entries in per_split.values() for image, _, _ in entries})
+    for split, entries in per_split.items():
+        jobs = [
+            PrepareJob(
+                image,
+                tuple(s.kind for s in spec.stages),
+                (spec.stages[0].source, *(s.target for s in spec.stages)),
+                _source_path(spec, base, labels),
+                tuple(base / p for p in labels[-len(spec.stages) :]),
+                overwrite,
+                segments,
+            )
+            for image, labels, segments in entries
+            if chosen is None or image in chosen
+        ]
+        unlisted = [job.image for job in jobs if "coco" in job.kinds and job.segments is None]
+        if unlisted:
+            raise InputError(f"{unlisted[0]}: not annotated in {_coco_json(root, split)} ({len(unlisted)} in all)")
+        missing = [job.source for job in jobs if not job.source.is_file()]
+        if missing:
+            more = f" ({len(missing)} of {len(jobs)} {split} images' raw files are missing)" if len(missing) > 1 else ""
+            raise InputError(f"{missing[0]}: raw file missing{more}; run 'mseg data download {spec.name}' first")
+        counts = run_jobs(prepare_one, jobs, workers=workers, desc=f"prepare {spec.name} {split}", progress=progress)
+        summary.images[split] = len(jobs)
+        summary.written[split] = sum(counts)
+        summary.skipped[split] = sum(1 for c in counts if c == 0)
+    return summary
+
+
+def _prepare_entries(spec: DatasetSpec, root: Path, split: str) -> list[tuple[str, list[str], object]]:
+    """(image, [label path per chain taxonomy], COCO segments or None) for one split."""
+    if spec.name == "coco-panoptic":
+        index = _coco_index(root, split)
+        if split == "train":
+            write_coco_train_lists(root, index)
+        entries = _aligned(spec.chain, split, root)
+        return [(image, labels, index.get(Path(image).stem)) for image, labels in entries]
+    return [(image, labels, None) for image, labels in _aligned(spec.chain, split, root)]
+
+
+def _coco_json(root: Path, split: str) -> Path:
+    return root / "COCOPanoptic" / "annotations" / f"panoptic_{split}2017.json"
+
+
+def _coco_index(root: Path, split: str) -> dict[str, convert.Segments]:
+    return convert.panoptic_index(_coco_json(root, split))
+
+
+def _source_path(spec: DatasetSpec, base: Path, labels: list[str]) -> Path:
+    kind = spec.stages[0].kind
+    if kind == "idd":
+        return base / labels[0].replace("_gtFine_labelids.png", "_gtFine_polygons.json")
+    if kind == "mat":
+        mat = base / "trainval" / f"{Path(labels[0]).stem}.mat"
+        png = base / labels[0]
+        return png if not mat.is_file() and png.is_file() else mat  # the original deleted trainval/ after use
+    return base / labels[0]
+
+
+def _check_root(root: str | os.PathLike) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{root}: data root does not exist")
+    return root
+
+
+def _extract(spec: DatasetSpec, root: Path, progress: bool) -> None:
+    """Unpack archives of the dataset that lie in its folder (downloaded by hand) before converting."""
+    try:
+        from mseg_semantic.dataprep.download import extract_archives
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return
+    extract_archives(spec.name, root, progress=progress)
+
+
+# ---------------------------------------------------------------------- relabel
+@dataclass(frozen=True)
+class RelabelJob:
+    image: str
+    task: str
+    source: Path  # the X label
+    output: Path  # where to write (the staging file for images with updates)
+    final: Path  # the X-relabeled label path
+    overwrite: bool
+    strict: bool
+    updates: tuple[Update, ...] = ()
+    mask: MaskJob | None = None
+
+
+def relabel_one(job: RelabelJob) -> int:
+    """Remap X -> X-relabeled and overwrite the recorded segments; returns the number of files written."""
+    if not job.overwrite and job.final.exists():
+        return 0
+    if not job.source.is_file():
+        raise InputError(f"{job.source}: label file missing (run 'mseg data prepare' first)")
+    label = convert.read_grey(job.source)
+    try:
+        out = TaxonomyConverter().convert_labels(label, job.task, relabeled(job.task))
+    except TaxonomyError as exc:
+        raise InputError(f"{job.source}: {exc}") from None
+    out = out.astype(np.uint8)
+    if job.updates:
+        reader = MaskReader(job.mask, out, label)
+        for update in job.updates:
+            try:
+                mask = reader.mask(update.segment)
+            except InputError as exc:
+                raise InputError(f"{update.where}: {exc}") from None
+            if mask is None:
+                raise InputError(f"{update.where}: image has no segment {update.segment}")
+            if job.strict:
+                held = np.unique(out[mask])
+                if held.size != 1 or int(held[0]) != update.orig_id:
+                    raise InputError(
+                        f"{update.where}: segment {update.segment} holds class ids {held.tolist()[:8]} in the "
+                        f"{job.task}-relabeled labels, not the record's class {update.orig_id} (a strict dataset)"
+                    )
+            out[mask] = update.new_id
+    write_label(job.output, out)
+    return 1
+
+
+def relabel(
+    dataset: str,
+    root: str | os.PathLike,
+    *,
+    list_file: str | os.PathLike | None = None,
+    records: str | os.PathLike | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Summary]:
+    """Write the ``-relabeled`` labels of a training dataset (both for Cityscapes: 19 and 34 classes)."""
+    spec = get_dataset(dataset)
+    if not spec.relabel:
+        raise InputError(f"{spec.name} is a test dataset; only the training datasets are relabeled")
+    root = _check_root(root)
+    manifest, folder = resolve(records)
+    record_rows = read_manifest(manifest, folder, datasets=spec.relabel)
+    base = root / spec.list_root
+    plans = []
+    for task in spec.relabel:
+        per_split = {split: _aligned((task, relabeled(task)), split, root) for split in SPLITS}
+        chosen = selection(list_file, {image for entries in per_split.values() for image, _ in entries})
+        for split, entries in per_split.items():
+            plans.append(_plan(spec, task, split, entries, chosen, record_rows, root, base, overwrite))
+    summaries = {task: Summary(spec.name if len(spec.relabel) == 1 else task, "relabel") for task in spec.relabel}
+    for _, _, jobs in plans:
+        missing = [job.source for job in jobs if not job.source.is_file() and (overwrite or not job.final.exists())]
+        if missing:
+            more = f" ({len(missing)} in all)" if len(missing) > 1 else ""
+            raise InputError(f"{missing[0]}: label file missing{more}; run 'mseg data prepare {spec.name}' first")
+    # Phase 2: every image with updates, into a staging folder; nothing lands unless all of them succeed.
+    staging = base / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staged: dict[tuple[str, str], list[RelabelJob]] = {}
+    try:
+        for task, split, jobs in plans:
+            updated = [j for j in jobs if j.updates]
+            counts = run_jobs(relabel_one, updated, workers=workers, desc=f"relabel {task} {split} (records)",
+                              progress=progress)  # fmt: skip
+            staged[task, split] = [j for j, c in zip(updated, counts, strict=True) if c]
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for job in (j for jobs in staged.values() for j in jobs):
+        job.final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(job.output, job.final)
+    shutil.rmtree(staging, ignore_errors=True)
+    # Phase 3: the remaining images only need the class-level remap.
+    for task, split, jobs in plans:
+        rest = [j for j in jobs if not j.updates]
+        counts = run_jobs(relabel_one, rest, workers=workers, desc=f"relabel {task} {split}", progress=progress)
+        summary = summaries[task]
+        done = staged[task, split]
+        summary.images[split] = len(jobs)
+        summary.written[split] = sum(counts) + len(done)
+        summary.skipped[split] = len(jobs) - summary.written[split]
+        summary.updates += sum(len(j.updates) for j in done)
+    return list(summaries.values())
+
+
+def _plan(
+    spec: DatasetSpec,
+    task: str,
+    split: str,
+    entries: list[tuple[str, list[str]]],
+    chosen: set[str] | None,
+    record_rows: list[Record],
+    root: Path,
+    base: Path,
+    overwrite: bool,
+) -> tuple[str, str, list[RelabelJob]]:
+    keys = {(Path(labels[0]).parent.name, Path(image).stem): image for image, labels in entries}
+    in_run = None if chosen is None else {k for k, image in keys.items() if image in chosen}
+    updates = updates_by_image(task, record_rows, split, set(keys), in_run)
+    seg_paths = ade_instance_paths(base) if updates and task == "ade20k-150" else {}
+    coco_segments = _coco_index(root, split) if updates and task == "coco-panoptic-133" else {}
+    jobs = []
+    staging = base / STAGING / f"{task}-{split}"
+    for number, (image, labels) in enumerate(entries):
+        if chosen is not None and image not in chosen:
+            continue
+        key = (Path(labels[0]).parent.name, Path(image).stem)
+        todo = updates.get(key, [])
+        final = base / labels[1]
+        mask = None
+        if todo:
+            mask = mask_job(task, base, split, key[0], key[1], seg_paths)
+            if coco_segments:
+                if key[1] not in coco_segments:
+                    raise InputError(f"{image}: not in {_coco_json(root, split)}")
+                mask = MaskJob(mask.kind, mask.path, tuple(coco_segments[key[1]][0].tolist()))
+        output = staging / f"{number}.png" if todo else final
+        jobs.append(
+            RelabelJob(image, task, base / labels[0], output, final, overwrite, spec.strict, tuple(todo), mask)
+        )
+    return task, split, jobs
