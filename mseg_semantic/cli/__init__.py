@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from mseg_semantic import __version__
-from mseg_semantic.cli import convert, demo, evaluate, remap, results, taxonomy, train, zoo
+from mseg_semantic.cli import convert, data, demo, evaluate, remap, results, taxonomy, train, zoo
 from mseg_semantic.errors import MsegError
 
-_COMMANDS = (demo, evaluate, results, train, zoo, taxonomy, remap, convert)
+_COMMANDS = (demo, evaluate, results, train, zoo, data, taxonomy, remap, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -263,3 +263,37 @@ def updates_by_image(
                 raise InputError(f"{where}: segment {segment} of {stem!r} is already relabeled by {first}")
             out[key].append(Update(segment, orig_id, new_id, where))
     return dict(out)
+
+
+def download_records(*, mirror: str | None = None, progress: bool = True) -> Path:
+    """Fetch the original record files named by the shipped manifest into :func:`cache_dir` (gzip-compressed).
+
+    Files already there are kept; each download is checked against the manifest's line count. ``mirror``: fetch
+    ``MIRROR/<folder>/<file>`` instead of the mseg-api repository (for sites without internet access).
+    """
+    from tqdm import tqdm
+
+    from mseg_semantic.downloads import http_download
+    from mseg_semantic.errors import DownloadError
+    from mseg_semantic.fileio import write_bytes_atomic
+
+    manifest = shipped_dir() / "records.tsv"
+    dest = cache_dir()
+    rows = {row[4]: row for row in _manifest_rows(manifest)}  # Cityscapes files are listed twice
+    base = (mirror or RECORDS_URL).rstrip("/")
+    for name, row in tqdm(rows.items(), desc="records", unit="file", disable=not progress):
+        target = dest / f"{name}.gz"
+        if target.is_file():
+            continue
+        part = dest / f"{name}.part"
+        part.unlink(missing_ok=True)
+        http_download(f"{base}/{name}", part, progress=False)
+        text = part.read_bytes()
+        count = sum(1 for line in text.decode("utf-8", errors="replace").splitlines() if line.strip())
+        expected = int(row[5]) if len(row) > 5 and row[5].strip() else None
+        if expected is not None and count != expected:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"{base}/{name}: {count} entries, expected {expected}; not the original record file")
+        write_bytes_atomic(target, gzip.compress(text, mtime=0))
+        part.unlink(missing_ok=True)
+    return dest

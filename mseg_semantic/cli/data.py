@@ -1,0 +1,245 @@
+"""``mseg data status|download|prepare|relabel|verify``: build the MSeg composite dataset, one step per command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from mseg_semantic.cli.text import format_table, print_json
+from mseg_semantic.errors import InputError
+
+DATASET_NAMES = (
+    "ade20k bdd cityscapes coco-panoptic idd mapillary sunrgbd (training); "
+    "camvid kitti pascal-context scannet voc2012 wilddash (test)"
+)
+
+ORDER = """\
+the sequence, for every dataset (ROOT = the MSeg data root, e.g. export MSEG_DATA=/data/mseg):
+  mseg data download ade20k                   # public datasets: fetched and extracted; the others print
+  mseg data prepare ade20k --workers 8        #   what to download by hand and where to put it
+  mseg data download records                  # once: the original relabeling records (6 MB)
+  mseg data relabel ade20k --workers 8        # training datasets only
+  mseg data verify ade20k
+  mseg data status                            # what is present, prepared, relabeled, verified"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data",
+        help="download, prepare, relabel and verify the 13 MSeg datasets",
+        description="Build the MSeg composite dataset below a data ROOT (--root, default $MSEG_DATA) in the "
+        "original mseg-api layout: ROOT/ADE20K, ROOT/BDD, ROOT/Cityscapes, ROOT/COCOPanoptic, ... Label files are "
+        "written at exactly the paths the shipped split lists name, pixel for pixel as the original writes them. "
+        "Every command is resumable (existing outputs are kept unless --overwrite) and writes each file atomically.",
+        epilog=ORDER,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(group_parser=parser)
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser(
+        "status",
+        help="what is present per dataset: raw, prepared, relabeled, verified",
+        description="Counts, per dataset, the raw label files, the prepared and the relabeled label files that the "
+        "train/val lists name, and shows when 'mseg data verify' last passed.",
+    )
+    _root(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_status)
+
+    p = sub.add_parser(
+        "download",
+        help="download and extract a public dataset (others: where to get them); 'records' for the relabel records",
+        description="Public datasets (ade20k, coco-panoptic, camvid, voc2012, pascal-context, sunrgbd) are "
+        "downloaded into ROOT/<folder>/ (resumable: run again after an interruption), checked (size and checksum "
+        "where known) and extracted into the original layout. The registration-gated ones (bdd, cityscapes, idd, "
+        "kitti, mapillary, scannet, wilddash) print what to download by hand, from where, and where to put it; "
+        "'mseg data prepare' then accepts the archives or the extracted folders. DATASET 'records' fetches the "
+        "original relabeling records of mseg-api (381 files, 6 MB) into the cache ($MSEG_HOME, ~/.cache/mseg).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dataset", metavar="DATASET", help=f"{DATASET_NAMES}; or 'records'")
+    _root(p)
+    p.add_argument("--mirror", metavar="URL", help="fetch URL/<archive name> instead of the original host")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_download)
+
+    p = sub.add_parser(
+        "prepare",
+        help="convert a dataset's raw labels into its semseg taxonomy",
+        description="Runs the dataset's converters and remaps, as the original does: COCO panoptic JSON+PNG -> "
+        "semantic labels (201 -> 133 classes), IDD polygons -> label PNGs (40 -> 39), PASCAL-Context .mat -> 460 "
+        "-> 60 classes, colour-coded CamVid-32 / Mapillary-66 decoded, ADE20K 151 -> 150, Cityscapes/KITTI/WildDash "
+        "34 -> 19, ScanNet 41 -> 20, SUN RGB-D 38 -> 37; for the train and val lists. Archives lying in the "
+        "dataset folder are extracted first. BDD and VOC 2012 are used as distributed. COCO's train lists (not "
+        "shipped) are written below ROOT/COCOPanoptic/mseg_lists/ from the train annotation JSON.",
+    )
+    _dataset(p)
+    _root(p)
+    _run_options(p)
+    p.set_defaults(func=run_prepare)
+
+    p = sub.add_parser(
+        "relabel",
+        help="write a training dataset's -relabeled labels (MSeg's 228,776 segment relabels)",
+        description="Remaps the prepared labels X to X-relabeled, then overwrites every segment named by the "
+        "relabeling records, as the original (records in manifest order, lines in file order). ade20k, cityscapes "
+        "(both 19 and 34 classes) and idd overwrite every pixel of a segment; bdd, coco-panoptic, mapillary and "
+        "sunrgbd require each pixel to hold the record's 'from' class and stop naming the record file:line "
+        "otherwise. All records are checked, and every image they touch is computed, before any relabeled file "
+        "is written.",
+        epilog="records: a folder with records.tsv (tab-separated: dataset split from to file) and the record "
+        "files it names, one '<image id>_<segment id>.<ext>' per line; or a copy of mseg-api's mseg/relabeled_data. "
+        "Default: the original records ('mseg data download records').",
+    )
+    _dataset(p, training=True)
+    _root(p)
+    p.add_argument("--records", metavar="DIR", help="use this records folder instead of the original records")
+    _run_options(p)
+    p.set_defaults(func=run_relabel)
+
+    p = sub.add_parser(
+        "verify",
+        help="check every train/val list line: files exist, sizes agree, labels hold only classes",
+        description="Checks every line of the dataset's train/val lists (semseg and -relabeled): the image and "
+        "the label exist, their sizes agree, the label is single-channel 8-bit and holds only classes of its "
+        "taxonomy or 255. Prints a per-split table; exits 1 listing the first problems when anything is wrong.",
+    )
+    _dataset(p)
+    _root(p)
+    p.add_argument("--list", dest="list_file", metavar="FILE", help="check only the images named in FILE")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="processes (default: the CPU count)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_verify)
+
+
+def _dataset(parser: argparse.ArgumentParser, training: bool = False) -> None:
+    names = "ade20k bdd cityscapes coco-panoptic idd mapillary sunrgbd" if training else DATASET_NAMES
+    parser.add_argument("dataset", metavar="DATASET", help=names)
+
+
+def _root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", metavar="ROOT", help="the MSeg data root (default: $MSEG_DATA)")
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--list",
+        dest="list_file",
+        metavar="FILE",
+        help="process only the images whose path (first column, as in the shipped lists) is in FILE",
+    )
+    parser.add_argument("--workers", type=int, default=None, metavar="N", help="processes (default: the CPU count)")
+    parser.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _root_of(args: argparse.Namespace) -> str:
+    root = args.root or os.environ.get("MSEG_DATA")
+    if not root:
+        raise InputError("give the data root with --root ROOT (or set MSEG_DATA)")
+    if not os.path.isdir(os.path.expanduser(root)):
+        raise InputError(f"{root}: data root does not exist")
+    return root
+
+
+def _workers(args: argparse.Namespace) -> int:
+    if args.workers is None:
+        return os.cpu_count() or 1
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    return args.workers
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from mseg_semantic.dataprep.verify import status
+
+    rows = status(_root_of(args))
+    if args.json:
+        print_json(rows)
+        return 0
+
+    def frac(value):
+        return "-" if value is None else f"{value[0]}/{value[1]}"
+
+    table = [
+        [r["dataset"], r["role"], r["folder"] + ("" if r["present"] else " (missing)"), frac(r["raw"]),
+         frac(r["prepared"]), frac(r["relabeled"]) if "relabeled" in r else "", r["verified"] or "no"]
+        for r in rows
+    ]  # fmt: skip
+    print(format_table(["dataset", "role", "folder", "raw", "prepared", "relabeled", "verified"], table))
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    if args.dataset == "records":
+        from mseg_semantic.dataprep.records import download_records
+
+        dest = download_records(mirror=args.mirror, progress=not args.quiet)
+        print(f"relabeling records in {dest}")
+        return 0
+    from mseg_semantic.dataprep.datasets import get_dataset
+    from mseg_semantic.dataprep.download import download_dataset, manual_instructions
+
+    spec = get_dataset(args.dataset)
+    text = manual_instructions(spec.name)
+    if text:
+        print(text)
+        return 1
+    placed = download_dataset(spec.name, _root_of(args), mirror=args.mirror, progress=not args.quiet)
+    print(f"{spec.name}: {len(placed)} archives downloaded and extracted below {_root_of(args)}/{spec.top}")
+    print(f"next: mseg data prepare {spec.name}")
+    return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from mseg_semantic.dataprep.run import prepare
+
+    summary = prepare(
+        args.dataset,
+        _root_of(args),
+        list_file=args.list_file,
+        workers=_workers(args),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def run_relabel(args: argparse.Namespace) -> int:
+    from mseg_semantic.dataprep.run import relabel
+
+    summaries = relabel(
+        args.dataset,
+        _root_of(args),
+        list_file=args.list_file,
+        records=args.records,
+        workers=_workers(args),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    for summary in summaries:
+        print("\n".join(summary.lines()))
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from mseg_semantic.dataprep.verify import MAX_SHOWN, verify
+
+    report = verify(
+        args.dataset, _root_of(args), list_file=args.list_file, workers=_workers(args), progress=not args.quiet
+    )
+    if args.json:
+        print_json(report.as_dict())
+        return 0 if report.passed else 1
+    rows = [[s.taxonomy, s.split, s.entries, s.ok, s.problems] for s in report.splits]
+    print(format_table(["taxonomy", "split", "entries", "ok", "problems"], rows))
+    if report.passed:
+        print(f"{report.dataset}: verified")
+        return 0
+    print(f"{report.dataset}: {len(report.problems)} problems; the first:")
+    for line in report.problems[:MAX_SHOWN]:
+        print(f"  {line}")
+    return 1

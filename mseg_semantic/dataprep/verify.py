@@ -1,0 +1,218 @@
+"""``verify`` and ``status``: is a dataset on disk exactly what the split lists promise?
+
+``verify`` reads every line of the dataset's train/val lists (semseg and ``-relabeled``): the image and the label
+exist, their sizes agree, the label is single-channel and every value is a class of the taxonomy or 255. It
+collects problems instead of stopping at the first, and records a successful check in
+``<dataset folder>/.mseg_verified.json`` (what ``status`` shows). ``status`` only counts which files exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mseg_semantic.data.lists import list_lines
+from mseg_semantic.dataprep.datasets import DATASETS, SPLITS, DatasetSpec, get_dataset, relabeled
+from mseg_semantic.dataprep.run import _coco_json, _source_path, run_jobs, selection
+from mseg_semantic.errors import InputError, MsegError
+from mseg_semantic.fileio import read_label, write_bytes_atomic
+from mseg_semantic.taxonomy import get_taxonomy
+from mseg_semantic.taxonomy.tables import IGNORE_LABEL
+
+MARKER = ".mseg_verified.json"
+MAX_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class CheckJob:
+    image: str  # as in the list, for messages
+    image_path: Path
+    label_path: Path
+    num_classes: int
+    where: str
+
+
+def check_one(job: CheckJob) -> list[str]:
+    """Problems of one list line (empty when it is fine)."""
+    problems = []
+    if not job.image_path.is_file():
+        problems.append(f"{job.where}: image {job.image_path} does not exist")
+    if not job.label_path.is_file():
+        problems.append(f"{job.where}: label {job.label_path} does not exist")
+    if problems:
+        return problems
+    try:
+        from PIL import Image
+
+        with Image.open(job.image_path) as image:
+            width, height = image.size
+    except Exception as exc:
+        return [f"{job.where}: image {job.image_path} cannot be read ({exc.__class__.__name__})"]
+    try:
+        label = read_label(job.label_path)
+    except MsegError as exc:
+        return [f"{job.where}: label {exc}"]
+    if label.ndim != 2 or label.dtype != np.uint8:
+        return [f"{job.where}: label {job.label_path} is not a single-channel 8-bit image"]
+    if label.shape != (height, width):
+        problems.append(
+            f"{job.where}: label {job.label_path} is {label.shape[1]}x{label.shape[0]}, image is {width}x{height}"
+        )
+    values = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+    bad = [int(v) for v in values if v >= job.num_classes and v != IGNORE_LABEL]
+    if bad:
+        problems.append(
+            f"{job.where}: label {job.label_path} holds values {bad[:8]} that are not classes "
+            f"(0..{job.num_classes - 1} or 255)"
+        )
+    return problems
+
+
+@dataclass
+class SplitReport:
+    taxonomy: str
+    split: str
+    entries: int
+    ok: int
+    problems: int
+
+
+@dataclass
+class VerifyReport:
+    dataset: str
+    splits: list[SplitReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and bool(self.splits)
+
+    def as_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "passed": self.passed,
+            "splits": [asdict(s) for s in self.splits],
+            "problems": self.problems[:MAX_SHOWN],
+            "problem_count": len(self.problems),
+        }
+
+
+def taxonomies(spec: DatasetSpec) -> list[str]:
+    """The taxonomies whose lists training/evaluation read for this dataset."""
+    return [spec.semseg, *(relabeled(t) for t in spec.relabel)]
+
+
+def verify(
+    dataset: str,
+    root: str | os.PathLike,
+    *,
+    list_file: str | os.PathLike | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> VerifyReport:
+    """Check every train/val list line of ``dataset`` (only the images of ``list_file`` when given)."""
+    spec = get_dataset(dataset)
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{root}: data root does not exist")
+    base = root / spec.list_root
+    report = VerifyReport(spec.name)
+    listed: dict[tuple[str, str], tuple[str, list[list[str]]]] = {}
+    for taxonomy in taxonomies(spec):
+        for split in SPLITS:
+            try:
+                listed[taxonomy, split] = list_lines(taxonomy, split, root)
+            except InputError as exc:
+                report.problems.append(str(exc))
+                report.splits.append(SplitReport(taxonomy, split, 0, 0, 1))
+    chosen = selection(list_file, {f[0] for _, lines in listed.values() for f in lines if f})
+    for (taxonomy, split), (name, lines) in listed.items():
+        num_classes = get_taxonomy(taxonomy).num_classes
+        jobs: list[CheckJob] = []
+        index: dict[tuple[str, ...], int] = {}
+        line_jobs: list[int] = []
+        for number, fields in enumerate(lines, start=1):
+            if not fields or (chosen is not None and fields[0] not in chosen):
+                continue
+            where = f"{name}:{number}"
+            if len(fields) != 2:
+                report.problems.append(f"{where}: expected 'image_path label_path'")
+                continue
+            if tuple(fields) not in index:
+                index[tuple(fields)] = len(jobs)
+                jobs.append(CheckJob(fields[0], base / fields[0], base / fields[1], num_classes, where))
+            line_jobs.append(index[tuple(fields)])
+        results = run_jobs(check_one, jobs, workers=workers, desc=f"verify {taxonomy} {split}", progress=progress)
+        for problems in results:
+            report.problems.extend(problems)
+        ok = sum(1 for i in line_jobs if not results[i])
+        report.splits.append(SplitReport(taxonomy, split, len(line_jobs), ok, len(line_jobs) - ok))
+    marker = root / spec.top / MARKER
+    if report.passed and chosen is None:
+        record = {
+            "dataset": spec.name,
+            "verified": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "splits": [asdict(s) for s in report.splits],
+        }
+        write_bytes_atomic(marker, (json.dumps(record, indent=1) + "\n").encode())
+    elif not report.passed:
+        marker.unlink(missing_ok=True)
+    return report
+
+
+# ---------------------------------------------------------------------- status
+def status(root: str | os.PathLike) -> list[dict]:
+    """Per dataset: how many raw inputs, prepared and relabeled labels exist, and when it was last verified."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{root}: data root does not exist")
+    return [_status_of(spec, root) for spec in DATASETS.values()]
+
+
+def _count(paths: list[Path]) -> tuple[int, int]:
+    return sum(1 for p in paths if p.exists()), len(paths)
+
+
+def _label_paths(taxonomy: str, root: Path, base: Path) -> list[Path] | None:
+    paths = []
+    for split in SPLITS:
+        try:
+            _, lines = list_lines(taxonomy, split, root)
+        except InputError:
+            return None
+        paths.extend({base / f[1] for f in lines if len(f) == 2})
+    return sorted(paths)
+
+
+def _status_of(spec: DatasetSpec, root: Path) -> dict:
+    base = root / spec.list_root
+    row: dict = {"dataset": spec.name, "role": spec.role, "folder": spec.top, "present": (root / spec.top).is_dir()}
+    if spec.name == "coco-panoptic":
+        raw = [_coco_json(root, s) for s in SPLITS]
+        first = _label_paths(spec.chain[0], root, base)
+        raw += first or []
+    elif spec.stages:
+        first = _label_paths(spec.chain[0], root, base) or []
+        raw = [_source_path(spec, base, [str(p.relative_to(base))]) for p in first]
+    else:
+        raw = _label_paths(spec.semseg, root, base) or []
+    row["raw"] = _count(raw)
+    prepared = _label_paths(spec.semseg, root, base)
+    row["prepared"] = _count(prepared) if prepared is not None else None
+    if spec.relabel:
+        counts = [_label_paths(relabeled(t), root, base) for t in spec.relabel]
+        paths = [p for c in counts if c is not None for p in c]
+        row["relabeled"] = _count(paths) if all(c is not None for c in counts) else None
+    marker = root / spec.top / MARKER
+    row["verified"] = None
+    if marker.is_file():
+        try:
+            row["verified"] = json.loads(marker.read_text(encoding="utf-8")).get("verified")
+        except (OSError, ValueError):
+            row["verified"] = None
+    return row
