@@ -135,6 +135,15 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _check_dataset(name: str, training: bool = False) -> None:
+    """Unknown names (and test datasets given to relabel) fail before anything else is looked at."""
+    from mseg_semantic.dataprep.datasets import get_dataset
+
+    spec = get_dataset(name)
+    if training and not spec.relabel:
+        raise InputError(f"{spec.name} is a test dataset; only the training datasets are relabeled")
+
+
 def _root_of(args: argparse.Namespace) -> str:
     root = args.root or os.environ.get("MSEG_DATA")
     if not root:
@@ -194,6 +203,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    _check_dataset(args.dataset, training="relabel" in "run_prepare")
     from mseg_semantic.dataprep.run import prepare
 
     summary = prepare(
@@ -209,6 +219,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_relabel(args: argparse.Namespace) -> int:
+    _check_dataset(args.dataset, training="relabel" in "run_relabel")
     from mseg_semantic.dataprep.run import relabel
 
     summaries = relabel(
@@ -227,6 +238,8 @@ def run_relabel(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     from mseg_semantic.dataprep.verify import MAX_SHOWN, verify
+
+    _check_dataset(args.dataset)
 
     report = verify(
         args.dataset, _root_of(args), list_file=args.list_file, workers=_workers(args), progress=not args.quiet

@@ -120,6 +120,14 @@ def selection(list_file: str | os.PathLike | None, images: set[str]) -> set[str]
     return chosen
 
 
+def remove_orphans(paths: Iterable[Path]) -> None:
+    """Delete temporary files a killed run left next to these outputs (``.<name>.*.tmp``, see ``atomic_path``)."""
+    for folder in {p.parent for p in paths}:
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------- running jobs
 def _call(item: tuple[Callable, object]):
     fn, job = item
@@ -248,6 +256,7 @@ def prepare(
         if missing:
             more = f" ({len(missing)} of {len(jobs)} {split} images' raw files are missing)" if len(missing) > 1 else ""
             raise InputError(f"{missing[0]}: raw file missing{more}; run 'mseg data download {spec.name}' first")
+        remove_orphans(p for job in jobs for p in job.outputs)
         counts = run_jobs(prepare_one, jobs, workers=workers, desc=f"prepare {spec.name} {split}", progress=progress)
         summary.images[split] = len(jobs)
         summary.written[split] = sum(counts)
@@ -378,6 +387,7 @@ def relabel(
         if missing:
             more = f" ({len(missing)} in all)" if len(missing) > 1 else ""
             raise InputError(f"{missing[0]}: label file missing{more}; run 'mseg data prepare {spec.name}' first")
+    remove_orphans(job.final for _, _, jobs in plans for job in jobs)
     # Phase 2: every image with updates, into a staging folder; nothing lands unless all of them succeed.
     staging = base / STAGING
     shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,441 @@
+"""``mseg data`` on the real fixtures (ADE20K, COCO panoptic, SUN RGB-D files with the original's outputs), the
+records manifest and grammar, the COCO JSON stream, the records download, verify, status and kill/restart."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mseg_semantic.cli import main
+from mseg_semantic.dataprep import convert, records
+from mseg_semantic.dataprep.run import prepare, relabel
+from mseg_semantic.errors import InputError
+
+RECORDS = Path(__file__).parent / "data" / "dataprep_records"
+FIXTURE_DATASETS = ("ade20k", "coco-panoptic", "sunrgbd")
+
+
+@pytest.fixture(scope="session")
+def dataprep(shared: Path) -> Path:
+    path = shared / "data" / "dataprep"
+    if not path.is_dir():
+        pytest.skip("../shared/data/dataprep is not available")
+    return path
+
+
+@pytest.fixture
+def root(dataprep: Path, tmp_path: Path) -> Path:
+    """A writable copy of the fixture ROOT."""
+    target = tmp_path / "root"
+    shutil.copytree(dataprep / "root", target)
+    return target
+
+
+def _read(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert image is not None, path
+    return image
+
+
+def _expected(dataprep: Path, step: str) -> list[Path]:
+    return sorted(p.relative_to(dataprep / "expected" / step) for p in (dataprep / "expected" / step).rglob("*.png"))
+
+
+def _assert_identical(dataprep: Path, step: str, root: Path) -> None:
+    files = _expected(dataprep, step)
+    assert files
+    for rel in files:
+        expected, mine = _read(dataprep / "expected" / step / rel), _read(root / rel)
+        assert mine.dtype == np.uint8 and mine.ndim == 2, rel
+        assert np.array_equal(mine, expected), f"{rel}: {int((mine != expected).sum())} pixels differ"
+
+
+def _cli(*args: str) -> int:
+    return main(["data", *args])
+
+
+# ---------------------------------------------------------------------- the original's outputs, bit for bit
+def test_prepare_and_relabel_reproduce_the_original_outputs(dataprep: Path, root: Path, capsys) -> None:
+    lists = dataprep / "lists"
+    for name in FIXTURE_DATASETS:
+        assert _cli("prepare", name, "--root", str(root), "--list", str(lists / f"{name}.txt"), "--quiet") == 0
+    _assert_identical(dataprep, "prepare", root)
+    for name in FIXTURE_DATASETS:
+        code = _cli("relabel", name, "--root", str(root), "--list", str(lists / f"{name}.txt"),
+                    "--records", str(RECORDS), "--workers", "2", "--quiet")  # fmt: skip
+        assert code == 0
+    _assert_identical(dataprep, "relabel", root)
+    out = capsys.readouterr().out
+    assert "11 segments relabeled" in out  # COCO: 10 val + 1 train
+    assert "3 segments relabeled" in out  # SUN RGB-D
+    # COCO's train lists are written for training to read.
+    listed = (root / "COCOPanoptic" / "mseg_lists" / "coco-panoptic-133-relabeled" / "train.txt").read_text()
+    assert listed == "images/train2017/000000000009.jpg semantic_relabeled133/train2017/000000000009.png\n"
+
+
+def test_records_example_relabels_ade20k_non_strictly(dataprep: Path, root: Path) -> None:
+    """The ADE20K identity record (building -> building, segment 159) still writes its pixels."""
+    lists = dataprep / "lists"
+    prepare("ade20k", root, list_file=lists / "ade20k.txt", progress=False)
+    [summary] = relabel("ade20k", root, list_file=lists / "ade20k.txt", records=dataprep / "records_example",
+                        progress=False)  # fmt: skip
+    assert summary.updates == 1
+    base = root / "ADE20K" / "ADEChallengeData2016"
+    semseg = _read(base / "annotations_semseg150" / "validation" / "ADE_val_00000001.png")
+    out = _read(base / "annotations_semseg150_relabeled" / "validation" / "ADE_val_00000001.png")
+    seg = cv2.imread(str(root / "ADE20K/ADE20K_2016_07_26/images/validation/a/abbey/ADE_val_00000001_seg.png"))
+    blue = cv2.resize(seg[..., 0], (semseg.shape[1], semseg.shape[0]), interpolation=cv2.INTER_NEAREST)
+    mask = blue == 159
+    from mseg_semantic.taxonomy import get_taxonomy
+
+    building = get_taxonomy("ade20k-150-relabeled").classes.index("building")
+    assert mask.sum() > 1000 and (out[mask] == building).all()
+    remapped = _read(dataprep / "expected/relabel/ADE20K/ADEChallengeData2016/annotations_semseg150_relabeled"
+                     "/validation/ADE_val_00000001.png")  # fmt: skip
+    assert np.array_equal(out[~mask], remapped[~mask])
+    assert (remapped[mask] != building).any()  # non-strict: the segment's other pixels became building too
+
+
+def test_a_strict_mismatch_names_the_record_line_and_writes_nothing(dataprep: Path, root: Path, tmp_path) -> None:
+    lists = dataprep / "lists"
+    prepare("coco-panoptic", root, list_file=lists / "coco-panoptic.txt", progress=False)
+    bad = tmp_path / "records"
+    shutil.copytree(RECORDS, bad)
+    manifest = bad / "records.tsv"
+    # The light segment is light_other: claiming it is a chair must fail on the strict COCO dataset.
+    manifest.write_text(manifest.read_text().replace("val\tlight_other\tlamp", "val\tchair_other\tlamp"))
+    with pytest.raises(InputError, match=r"cocop_val_cocop_light_to_lamp\.txt:1: segment 6068135 holds"):
+        relabel("coco-panoptic", root, list_file=lists / "coco-panoptic.txt", records=bad, progress=False)
+    assert not (root / "COCOPanoptic" / "semantic_relabeled133").exists()
+    assert not (root / "COCOPanoptic" / ".mseg-relabel-staging").exists()
+
+
+def test_rerun_keeps_outputs_and_overwrite_rewrites(dataprep: Path, root: Path) -> None:
+    lists = dataprep / "lists" / "sunrgbd.txt"
+    prepare("sunrgbd", root, list_file=lists, progress=False)
+    relabel("sunrgbd", root, list_file=lists, records=RECORDS, progress=False)
+    outputs = sorted((root / "SUNRGBD").rglob("semseg-*/*/*.png"))
+    assert len(outputs) == 4
+    old = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outputs}
+    time.sleep(0.02)
+    assert sum(prepare("sunrgbd", root, list_file=lists, progress=False).written.values()) == 0
+    [summary] = relabel("sunrgbd", root, list_file=lists, records=RECORDS, progress=False)
+    assert sum(summary.written.values()) == 0
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outputs} == old
+    relabel("sunrgbd", root, list_file=lists, records=RECORDS, overwrite=True, progress=False)
+    assert all(p.stat().st_mtime_ns != old[p][0] and p.read_bytes() == old[p][1] for p in outputs if "relab" in str(p))
+
+
+# ---------------------------------------------------------------------- verify and status
+def _add_coco_images(root: Path) -> None:
+    """The fixtures lack COCO's RGB images (the preparation never reads them); verify needs them."""
+    for split in ("train", "val"):
+        data = json.loads((root / "COCOPanoptic" / "annotations" / f"panoptic_{split}2017.json").read_text())
+        for image in data["images"]:
+            path = root / "COCOPanoptic" / "images" / f"{split}2017" / image["file_name"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), np.zeros((image["height"], image["width"], 3), np.uint8))
+
+
+def test_verify_passes_on_the_prepared_fixtures_and_names_a_damaged_label(dataprep: Path, root: Path, capsys):
+    _add_coco_images(root)
+    lists = dataprep / "lists"
+    for name in FIXTURE_DATASETS:
+        prepare(name, root, list_file=lists / f"{name}.txt", progress=False)
+        relabel(name, root, list_file=lists / f"{name}.txt", records=RECORDS, progress=False)
+        assert _cli("verify", name, "--root", str(root), "--list", str(lists / f"{name}.txt"), "--quiet") == 0
+    assert "ade20k: verified" in capsys.readouterr().out
+    # One damaged label: values that are not ADE20K classes.
+    damaged = root / "ADE20K/ADEChallengeData2016/annotations_semseg150_relabeled/validation/ADE_val_00000001.png"
+    label = _read(damaged)
+    label[:4, :4] = 200
+    cv2.imwrite(str(damaged), label)
+    assert _cli("verify", "ade20k", "--root", str(root), "--list", str(lists / "ade20k.txt"), "--quiet") == 1
+    out = capsys.readouterr().out
+    assert f"label {damaged} holds values [200]" in out
+    # A truncated label file is named too.
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert _cli("verify", "ade20k", "--root", str(root), "--list", str(lists / "ade20k.txt"), "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["passed"] and str(damaged) in report["problems"][0]
+
+
+def test_status_counts_what_is_there(dataprep: Path, root: Path, capsys) -> None:
+    prepare("sunrgbd", root, list_file=dataprep / "lists" / "sunrgbd.txt", progress=False)
+    assert _cli("status", "--root", str(root), "--json") == 0
+    rows = {r["dataset"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["sunrgbd"]["prepared"] == [2, 5760] and rows["sunrgbd"]["relabeled"] == [0, 5760]
+    assert rows["sunrgbd"]["raw"] == [2, 5760] and not rows["cityscapes"]["present"]
+    assert len(rows) == 13
+    assert _cli("status", "--root", str(root)) == 0
+    assert "sunrgbd" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prepare", "nope"], "unknown dataset 'nope'"),
+        (["prepare", "ade20k", "--root", "/does/not/exist"], "data root does not exist"),
+        (["prepare", "ade20k"], "give the data root with --root ROOT"),
+        (["relabel", "camvid", "--root", "."], "camvid is a test dataset"),
+        (["prepare", "ade20k", "--root", ".", "--workers", "0"], "--workers must be at least 1"),
+    ],
+)
+def test_bad_arguments_get_one_line(args, message, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("MSEG_DATA", raising=False)
+    assert _cli(*args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_list_lines_must_name_images_of_the_dataset(dataprep: Path, root: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "list.txt"
+    bad.write_text("image/train/img-000001.jpg\nimage/train/not-an-image.jpg label\n")
+    with pytest.raises(InputError, match=rf"{bad}:2: image/train/not-an-image.jpg is not an image"):
+        prepare("sunrgbd", root, list_file=bad, progress=False)
+
+
+def test_a_missing_or_corrupt_raw_file_is_named(dataprep: Path, root: Path) -> None:
+    raw = root / "SUNRGBD" / "label38" / "train" / "00000001.png"
+    raw.write_bytes(b"not a png")
+    with pytest.raises(InputError, match=r"image/train/img-000001.jpg: .*00000001.png: not a readable image"):
+        prepare("sunrgbd", root, list_file=dataprep / "lists" / "sunrgbd.txt", progress=False)
+    assert not list((root / "SUNRGBD" / "semseg-label37" / "train").glob("*"))  # nothing half-written
+    raw.unlink()
+    with pytest.raises(InputError, match=r"00000001.png: raw file missing"):
+        prepare("sunrgbd", root, list_file=dataprep / "lists" / "sunrgbd.txt", progress=False)
+
+
+def test_relabel_without_installed_records_says_how_to_get_them(root: Path, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("MSEG_HOME", str(tmp_path / "home"))
+    with pytest.raises(InputError, match="mseg data download records"):
+        relabel("sunrgbd", root, progress=False)
+
+
+# ---------------------------------------------------------------------- records: manifest, grammar
+def test_shipped_manifest_has_every_original_record() -> None:
+    manifest = records.shipped_dir() / "records.tsv"
+    rows = list(csv.reader(manifest.read_text().splitlines(), delimiter="\t"))
+    assert rows[0] == ["dataset", "split", "from", "to", "file", "lines"]
+    body = rows[1:]
+    assert len(body) == 381 + 12  # the Cityscapes records apply to 19 and 34 classes
+    assert sum(int(r[5]) for r in body) == 228_776
+    assert len({r[4] for r in body}) == 381
+    assert body[0] == ["ade20k-150", "train", "fence", "fence", "ade20k_fence_guardrail/ade20k_fence_train.txt", "997"]
+    for dataset, _, orig, new, *_ in body:  # every class is a class of the relabeled taxonomy
+        ids = records.class_ids(dataset)
+        assert orig in ids and new in ids
+
+
+def test_shipped_manifest_matches_the_spec(shared: Path) -> None:
+    spec = shared / "docs" / "SPEC-dataprep.md"
+    if not spec.is_file():
+        pytest.skip("no spec")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    try:
+        import build_records_manifest
+    finally:
+        sys.path.pop(0)
+    assert build_records_manifest.manifest(spec.read_text()) == (records.shipped_dir() / "records.tsv").read_text()
+
+
+@pytest.mark.parametrize(
+    ("task", "line", "split", "expected"),
+    [
+        ("ade20k-150", "ADE_val_00000318_248.png", "val", ("validation", "ADE_val_00000318", 248)),
+        ("ade20k-150", "ADE_train_00016125_113.png", "train", ("training", "ADE_train_00016125", 113)),
+        ("coco-panoptic-133", "000000024880_7237508.png", "train", ("train2017", "000000024880", 7237508)),
+        ("bdd", "0f4e8f1e-6ba53d52_11.jpg", "train", ("train", "0f4e8f1e-6ba53d52", 11)),
+        ("cityscapes-19", "seqfrankfurt_frankfurt_000000_013942_leftImg8bit_28.jpg", "val",
+         ("frankfurt", "frankfurt_000000_013942_leftImg8bit", 28)),
+        ("cityscapes-34", "seqfrankfurt_frankfurt_000000_013942_leftImg8bit_28.jpg", "val",
+         ("frankfurt", "frankfurt_000000_013942_leftImg8bit", 28)),
+        ("idd-39", "seq173_316862_leftImg8bit_34.jpg", "train", ("173", "316862_leftImg8bit", 34)),
+        ("sunrgbd-37", "img-002177_11.jpg", "val", ("test", "img-002177", 11)),
+        ("mapillary-public65", "mapillary_czkO_9In4u30opBy5H1uLg_259.jpg", "train",
+         ("labels", "czkO_9In4u30opBy5H1uLg", 259)),
+    ],
+)  # fmt: skip
+def test_record_lines_name_segments_as_the_original(task, line, split, expected) -> None:
+    assert records.parse_line(task, line, split) == expected
+
+
+@pytest.mark.parametrize("line", ["ADE_val_00000318_x.png", "nounderscore.png", "ADE_val_00000318_-3.png"])
+def test_unparseable_record_lines_are_refused(line) -> None:
+    with pytest.raises(ValueError):
+        records.parse_line("ade20k-150", line, "val")
+
+
+def test_record_errors_name_file_and_line(root: Path, dataprep: Path, tmp_path: Path) -> None:
+    lists = dataprep / "lists" / "sunrgbd.txt"
+    prepare("sunrgbd", root, list_file=lists, progress=False)
+
+    def folder(rows: list[str], files: dict[str, str], header: str = "dataset\tsplit\tfrom\tto\tfile") -> Path:
+        path = tmp_path / f"records{len(list(tmp_path.glob('records*')))}"
+        path.mkdir()
+        (path / "records.tsv").write_text(header + "\n" + "".join(r + "\n" for r in rows))
+        for name, text in files.items():
+            (path / name).write_text(text)
+        return path
+
+    cases = [
+        (folder(["sunrgbd-37\ttrain\tlight_other\tlamp\ta.txt"], {"a.txt": "img-000001_34.jpg\nimg-000001.jpg\n"}),
+         r"a.txt:2: cannot parse record line 'img-000001.jpg'"),
+        (folder(["sunrgbd-37\ttrain\tlight_other\tlamp\ta.txt", "sunrgbd-37\ttrain\tlight_other\tlamp\tb.txt"],
+                {"a.txt": "img-000001_34.jpg\n", "b.txt": "img-000001_34.jpg\n"}),
+         r"b.txt:1: segment 34 of 'img-000001' is already relabeled by .*a.txt:1"),
+        (folder(["sunrgbd-37\ttrain\tlight_other\tlamp\tmissing.txt"], {}),
+         r"records.tsv:2: record file .*missing.txt does not exist"),
+        (folder(["sunrgbd-37\ttrain\tlight_other\tlampshade\ta.txt"], {"a.txt": ""}),
+         r"records.tsv:2: to class 'lampshade' is not a class of sunrgbd-37-relabeled"),
+        (folder([], {}, header="dataset\tfile"), r"records.tsv:1: header must be"),
+        (folder(["sunrgbd-37\ttrain\tlight_other\tlamp\ta.txt"], {"a.txt": "img-999999_34.jpg\n"}),
+         r"a.txt:1: record names image 'img-999999' \(train\), which is not in the train list"),
+        (folder(["sunrgbd-37\ttrain\tlight_other\tlamp\ta.txt"], {"a.txt": "img-000001_30.jpg\n"}),
+         r"a.txt:1: image has no segment 30"),
+    ]  # fmt: skip
+    for records_dir, message in cases:
+        with pytest.raises(InputError, match=message):
+            relabel("sunrgbd", root, records=records_dir, list_file=None if "999999" in message else lists,
+                    progress=False)  # fmt: skip
+        assert not (root / "SUNRGBD" / "semseg-relabeled37").exists()
+
+
+def test_gzip_record_files_and_mseg_api_layout(root: Path, dataprep: Path, tmp_path: Path) -> None:
+    """A records folder may hold gzip-compressed files; a copy of mseg-api's relabeled_data uses our manifest."""
+    lists = dataprep / "lists" / "sunrgbd.txt"
+    prepare("sunrgbd", root, list_file=lists, progress=False)
+    folder = tmp_path / "relabeled_data"
+    manifest = list(csv.reader((records.shipped_dir() / "records.tsv").read_text().splitlines(), delimiter="\t"))
+    wanted = {r[4]: int(r[5]) for r in manifest[1:] if r[0] == "sunrgbd-37"}
+    ours = {r[4]: r for r in csv.reader((RECORDS / "records.tsv").read_text().splitlines()[1:], delimiter="\t")}
+    for name, count in wanted.items():  # the fixture's lines, padded with lines for images outside the run
+        lines = (RECORDS / name).read_text().split() if name in ours else []
+        lines += [f"img-{900000 + i}_4.jpg" for i in range(count - len(lines))]
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.gz").write_bytes(gzip.compress("\n".join(lines).encode()))
+    relabel("sunrgbd", root, list_file=lists, records=folder, progress=False)
+    _assert_identical_sun(dataprep, root)
+
+
+def _assert_identical_sun(dataprep: Path, root: Path) -> None:
+    for rel in _expected(dataprep, "relabel"):
+        if rel.parts[0] == "SUNRGBD":
+            assert np.array_equal(_read(root / rel), _read(dataprep / "expected" / "relabel" / rel)), rel
+
+
+# ---------------------------------------------------------------------- records download (local server)
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep the test output clean
+        pass
+
+
+def test_download_records_from_a_mirror_then_relabel_uses_them(root, dataprep, tmp_path, monkeypatch) -> None:
+    served = tmp_path / "mirror"
+    manifest = list(csv.reader((records.shipped_dir() / "records.tsv").read_text().splitlines(), delimiter="\t"))
+    ours = {r[4] for r in csv.reader((RECORDS / "records.tsv").read_text().splitlines()[1:], delimiter="\t")}
+    for row in manifest[1:]:
+        name, count = row[4], int(row[5])
+        lines = (RECORDS / name).read_text().split() if name in ours else []
+        filler = {"sunrgbd-37": "img-9{:05d}_4.jpg", "coco-panoptic-133": "9{:011d}_1.png"}.get(row[0], "x_{}_1.png")
+        lines += [filler.format(i) for i in range(count - len(lines))]
+        (served / name).parent.mkdir(parents=True, exist_ok=True)
+        (served / name).write_text("\n".join(lines))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a, **k: _Handler(*a, directory=str(served), **k)
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("MSEG_HOME", str(tmp_path / "home"))
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert _cli("download", "records", "--mirror", url, "--quiet") == 0
+        assert len(list((tmp_path / "home").rglob("*.txt.gz"))) == 381
+        lists = dataprep / "lists" / "sunrgbd.txt"
+        prepare("sunrgbd", root, list_file=lists, progress=False)
+        relabel("sunrgbd", root, list_file=lists, progress=False)  # default records: the downloaded ones
+        _assert_identical_sun(dataprep, root)
+        # A file whose line count differs from the manifest is refused.
+        shutil.rmtree(tmp_path / "home")
+        (served / "sunrgbd_lamp" / "sunrgbd_train_sunrgbd_lamp_to_lamp.txt").write_text("img-000001_34.jpg\n")
+        from mseg_semantic.errors import DownloadError
+
+        with pytest.raises(DownloadError, match=r"sunrgbd_train_sunrgbd_lamp_to_lamp\.txt: 1 entries, expected"):
+            records.download_records(mirror=url, progress=False)
+    finally:
+        server.shutdown()
+
+
+# ---------------------------------------------------------------------- the COCO JSON stream
+def test_panoptic_index_streams_the_json(dataprep: Path, monkeypatch, tmp_path: Path) -> None:
+    source = dataprep / "root" / "COCOPanoptic" / "annotations" / "panoptic_val2017.json"
+    data = json.loads(source.read_text())
+    # Several annotations, keys in another order, whitespace: read in 5-byte chunks.
+    data["annotations"] = [*data["annotations"], {**data["annotations"][0], "file_name": "000000000001.png"}]
+    path = tmp_path / "panoptic.json"
+    path.write_text(json.dumps({"info": {"x": 1}, "annotations": data["annotations"], "categories": data["categories"]},
+                               indent=2))  # fmt: skip
+    monkeypatch.setattr(convert, "_CHUNK", 5)
+    index = convert.panoptic_index(path)
+    assert list(index) == ["000000000139", "000000000001"]
+    infos = data["annotations"][0]["segments_info"]
+    assert index["000000000139"][0].tolist() == [s["id"] for s in infos]
+    assert index["000000000139"][1].tolist() == [s["category_id"] for s in infos]
+    path.write_text('{"annotations": [{"file_name": "a.png"}]}')
+    with pytest.raises(InputError, match="annotation 1 is malformed"):
+        convert.panoptic_index(path)
+    path.write_text('{"annotations": [{"file_name": "a.png", "segments_info": []}')
+    with pytest.raises(InputError, match=r"unexpected end of file|malformed JSON"):
+        convert.panoptic_index(path)
+
+
+# ---------------------------------------------------------------------- killed and restarted
+def _kitti_root(path: Path, count: int) -> Path:
+    from mseg_semantic.data.lists import list_lines
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for fields in list_lines("kitti-34", split)[1][:count]:
+            label = rng.integers(0, 34, size=(375, 1242), dtype=np.uint8)
+            target = path / "KITTI" / fields[1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(target), label)
+    return path
+
+
+def test_a_killed_run_restarted_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    killed, clean = _kitti_root(tmp_path / "killed", 200), tmp_path / "clean"
+    shutil.copytree(killed, clean)
+    prepare("kitti", clean, progress=False)
+    out_dir = killed / "KITTI" / "training" / "label19"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "mseg_semantic", "data", "prepare", "kitti", "--root", str(killed), "--workers", "1",
+           "--quiet"]  # fmt: skip
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out_dir.glob("*.png"))) < 20:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(list(out_dir.glob("*.png")))
+    assert 20 <= done < 200, done  # killed midway
+    assert _cli("prepare", "kitti", "--root", str(killed), "--quiet") == 0
+    mine = sorted(p.relative_to(killed) for p in (killed / "KITTI").rglob("*") if p.is_file())
+    theirs = sorted(p.relative_to(clean) for p in (clean / "KITTI").rglob("*") if p.is_file())
+    assert mine == theirs  # no leftover temporary files either
+    assert all((killed / p).read_bytes() == (clean / p).read_bytes() for p in mine)
