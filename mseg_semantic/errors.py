@@ -24,4 +24,4 @@ class InputError(MsegError):
 
 
 class DownloadError(MsegError):
-    """A model could not be downloaded or the download was not a valid checkpoint; the message says what to do."""
+    """A model or dataset archive could not be downloaded or is not the expected file; the message says what to do."""

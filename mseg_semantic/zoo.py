@@ -12,11 +12,9 @@ Downloads resume from a partial ``.part`` file. Google Drive is handled by the `
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,15 +22,14 @@ from typing import Any
 
 import yaml
 from torch import nn
-from tqdm import tqdm
 
+from mseg_semantic.downloads import file_digest, http_download
 from mseg_semantic.errors import CheckpointError, DownloadError, InputError
 from mseg_semantic.taxonomy import get_taxonomy
 
 ARCH = "hrnet_w48"  # every released model
 DEFAULT_MODEL = "camvid11-compact"  # shipped inside the package: what `mseg demo` uses without --model
 DRIVE_URL = "https://drive.google.com/file/d/{}/view?usp=sharing"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -112,14 +109,6 @@ def model_dir(model: ZooModel) -> Path:
     return cache_dir() / "models" / model.name
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _record(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -130,7 +119,7 @@ def _verified(path: Path) -> bool:
     if not path.exists() or not record.exists():
         return False
     expected = record.read_text().split()[0]
-    actual = _sha256(path)
+    actual = file_digest(path)
     if actual != expected:
         raise CheckpointError(
             f"{path} does not match the sha256 recorded when it was downloaded ({expected[:12]}... vs "
@@ -159,7 +148,7 @@ def fetch(name: str, *, mirror: str | None = None, progress: bool = True) -> Pat
     folder.mkdir(parents=True, exist_ok=True)
     convert_checkpoint(original, slim, model.arch, model.num_classes, overwrite=True, taxonomy=model.taxonomy,
                        zoo_name=model.name, source_sha256=_record(original).read_text().split()[0])  # fmt: skip
-    _record(slim).write_text(f"{_sha256(slim)}  {slim.name}\n")
+    _record(slim).write_text(f"{file_digest(slim)}  {slim.name}\n")
     return slim
 
 
@@ -171,10 +160,10 @@ def download(model: ZooModel, target: Path, *, mirror: str | None = None, progre
     source = f"{mirror.rstrip('/')}/{model.filename}" if mirror else model.url
     try:
         if mirror:
-            _http_download(f"{mirror.rstrip('/')}/{model.filename}", part, progress)
+            http_download(source, part, progress=progress)
         else:
             _drive_download(model, part, progress)
-    except (OSError, urllib.error.URLError, RuntimeError, ValueError) as exc:
+    except (DownloadError, OSError, urllib.error.URLError, RuntimeError, ValueError) as exc:
         raise DownloadError(_manual_steps(model, target, f"downloading {source} failed ({exc})")) from None
     try:
         _check_checkpoint(model, part)
@@ -182,7 +171,7 @@ def download(model: ZooModel, target: Path, *, mirror: str | None = None, progre
         part.unlink(missing_ok=True)  # a bad file must not be resumed or cached
         raise DownloadError(f"{source} did not give a valid {model.name} checkpoint: {exc}") from None
     os.replace(part, target)
-    _record(target).write_text(f"{_sha256(target)}  {target.name}\n")
+    _record(target).write_text(f"{file_digest(target)}  {target.name}\n")
     return target
 
 
@@ -193,34 +182,6 @@ def _manual_steps(model: ZooModel, target: Path, reason: str) -> str:
         f"'mseg zoo download {model.name}' to verify it (or set MSEG_MODEL_MIRROR=URL to a server holding "
         f"{model.filename})"
     )
-
-
-def _http_download(url: str, part: Path, progress: bool) -> None:
-    """GET ``url`` into ``part``, resuming with an HTTP Range request when a partial file exists."""
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        resumed = have and response.status == 206
-        mode = "ab" if resumed else "wb"
-        have = have if resumed else 0
-        length = response.headers.get("Content-Length")
-        total = have + int(length) if length else None
-        with (
-            open(part, mode) as handle,
-            tqdm(
-                total=total,
-                initial=have,
-                unit="B",
-                unit_scale=True,
-                desc=part.name.removesuffix(".part"),
-                disable=not progress,
-            ) as bar,
-        ):
-            while chunk := response.read(_CHUNK):
-                handle.write(chunk)
-                bar.update(len(chunk))
-        if total is not None and part.stat().st_size < total:
-            raise OSError(f"connection closed after {part.stat().st_size} of {total} bytes; run again to resume")
 
 
 def _drive_download(model: ZooModel, part: Path, progress: bool) -> None:
