@@ -23,6 +23,15 @@ def test_shipped_original_lists(tmp_path):
     assert len(read_list(None, tmp_path, dataset="kitti-19", split="test", require_labels=False)) == 200
     with pytest.raises(InputError, match="no 'train' list ships for coco-panoptic-133; available: val, val_small"):
         read_list(None, tmp_path, dataset="coco-panoptic-133", split="train")
+    # The COCO train lists that `mseg data prepare` writes below the data root are found there.
+    generated = tmp_path / "COCOPanoptic" / "mseg_lists" / "coco-panoptic-133" / "train.txt"
+    generated.parent.mkdir(parents=True)
+    generated.write_text("images/train2017/000000000009.jpg semantic_annotations133/train2017/000000000009.png\n")
+    assert available_splits("coco-panoptic-133", tmp_path) == ["train", "val", "val_small"]
+    [entry] = read_list(None, tmp_path, dataset="coco-panoptic-133", split="train")
+    assert entry.label == tmp_path / "COCOPanoptic" / "semantic_annotations133" / "train2017" / "000000000009.png"
+    [entry] = read_list(None, tmp_path / "COCOPanoptic", dataset="coco-panoptic-133", split="train")
+    assert entry.image == tmp_path / "COCOPanoptic" / "images" / "train2017" / "000000000009.jpg"
 
 
 def test_real_camvid_pairs(shared):

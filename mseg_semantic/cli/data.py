@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from mseg_semantic.cli.text import format_table, print_json
 from mseg_semantic.errors import InputError
@@ -192,12 +193,17 @@ def run_download(args: argparse.Namespace) -> int:
     from mseg_semantic.dataprep.download import download_dataset, manual_instructions
 
     spec = get_dataset(args.dataset)
-    text = manual_instructions(spec.name)
+    root = _root_of(args)
+    text = manual_instructions(spec.name, root)
     if text:
-        print(text)
-        return 1
-    placed = download_dataset(spec.name, _root_of(args), mirror=args.mirror, progress=not args.quiet)
-    print(f"{spec.name}: {len(placed)} archives downloaded and extracted below {_root_of(args)}/{spec.top}")
+        print(text)  # registration-gated: nothing to fetch automatically, and that is not an error
+        return 0
+    placed = download_dataset(spec.name, root, mirror=args.mirror, progress=not args.quiet)
+    if placed:
+        names = ", ".join(p.name for p in placed)
+        print(f"{spec.name}: downloaded and extracted below {Path(root) / spec.top}: {names}")
+    else:
+        print(f"{spec.name}: already downloaded and extracted below {Path(root) / spec.top}")
     print(f"next: mseg data prepare {spec.name}")
     return 0
 

@@ -104,10 +104,10 @@ def list_lines(dataset: str, split: str, data_root: str | os.PathLike | None = N
         path = _generated(dataset, split, data_root)
         if path is None:
             splits = available_splits(dataset, data_root)
-            hint = " (run 'mseg data prepare' first: it writes the COCO train lists)" if "coco" in dataset else ""
+            hint = "; 'mseg data prepare coco-panoptic' writes the COCO train lists" if "coco" in dataset else ""
             raise InputError(
-                f"no {split!r} list ships for {dataset}{hint}; available: {', '.join(splits) or 'none'} "
-                "(or pass --list FILE)"
+                f"no {split!r} list ships for {dataset}; available: {', '.join(splits) or 'none'} "
+                f"(or pass --list FILE{hint})"
             )
         text = path.read_text(encoding="utf-8")
         name = str(path)
