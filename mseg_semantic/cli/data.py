@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _dataset(p)
     _root(p)
     _run_options(p)
-    p.set_defaults(func=run_prepare)
+    p.set_defaults(func=run_step)
 
     p = sub.add_parser(
         "relabel",
@@ -97,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _root(p)
     p.add_argument("--records", metavar="DIR", help="use this records folder instead of the original records")
     _run_options(p)
-    p.set_defaults(func=run_relabel)
+    p.set_defaults(func=run_step)
 
     p = sub.add_parser(
         "verify",
@@ -208,35 +208,18 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_prepare(args: argparse.Namespace) -> int:
-    _check_dataset(args.dataset, training="relabel" in "run_prepare")
-    from mseg_semantic.dataprep.run import prepare
+def run_step(args: argparse.Namespace) -> int:
+    """``prepare`` or ``relabel`` (the same options; relabel also takes --records)."""
+    relabeling = args.data_command == "relabel"
+    _check_dataset(args.dataset, training=relabeling)
+    from mseg_semantic.dataprep.run import prepare, relabel
 
-    summary = prepare(
-        args.dataset,
-        _root_of(args),
-        list_file=args.list_file,
-        workers=_workers(args),
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
-    print("\n".join(summary.lines()))
-    return 0
-
-
-def run_relabel(args: argparse.Namespace) -> int:
-    _check_dataset(args.dataset, training="relabel" in "run_relabel")
-    from mseg_semantic.dataprep.run import relabel
-
-    summaries = relabel(
-        args.dataset,
-        _root_of(args),
-        list_file=args.list_file,
-        records=args.records,
-        workers=_workers(args),
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    options = dict(list_file=args.list_file, workers=_workers(args), overwrite=args.overwrite, progress=not args.quiet)
+    root = _root_of(args)
+    if relabeling:
+        summaries = relabel(args.dataset, root, records=args.records, **options)
+    else:
+        summaries = [prepare(args.dataset, root, **options)]
     for summary in summaries:
         print("\n".join(summary.lines()))
     return 0

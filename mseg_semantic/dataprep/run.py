@@ -226,7 +226,7 @@ def prepare(
 ) -> Summary:
     """Convert the raw labels of ``dataset`` into its semseg taxonomy at the paths the split lists name."""
     spec = get_dataset(dataset)
-    root = _check_root(root)
+    root = check_root(root)
     _extract(spec, root, progress)
     summary = Summary(spec.name, "prepare")
     if not spec.stages:
@@ -294,7 +294,7 @@ def _source_path(spec: DatasetSpec, base: Path, labels: list[str]) -> Path:
     return base / labels[0]
 
 
-def _check_root(root: str | os.PathLike) -> Path:
+def check_root(root: str | os.PathLike) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise InputError(f"{root}: data root does not exist")
@@ -371,7 +371,7 @@ def relabel(
     spec = get_dataset(dataset)
     if not spec.relabel:
         raise InputError(f"{spec.name} is a test dataset; only the training datasets are relabeled")
-    root = _check_root(root)
+    root = check_root(root)
     manifest, folder = resolve(records)
     record_rows = read_manifest(manifest, folder, datasets=spec.relabel)
     base = root / spec.list_root

@@ -18,7 +18,7 @@ import numpy as np
 
 from mseg_semantic.data.lists import list_lines
 from mseg_semantic.dataprep.datasets import DATASETS, SPLITS, DatasetSpec, get_dataset, relabeled
-from mseg_semantic.dataprep.run import _coco_json, _source_path, run_jobs, selection
+from mseg_semantic.dataprep.run import _coco_json, _source_path, check_root, run_jobs, selection
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.fileio import read_label, write_bytes_atomic
 from mseg_semantic.taxonomy import get_taxonomy
@@ -117,9 +117,7 @@ def verify(
 ) -> VerifyReport:
     """Check every train/val list line of ``dataset`` (only the images of ``list_file`` when given)."""
     spec = get_dataset(dataset)
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise InputError(f"{root}: data root does not exist")
+    root = check_root(root)
     base = root / spec.list_root
     report = VerifyReport(spec.name)
     listed: dict[tuple[str, str], tuple[str, list[list[str]]]] = {}
@@ -168,9 +166,7 @@ def verify(
 # ---------------------------------------------------------------------- status
 def status(root: str | os.PathLike) -> list[dict]:
     """Per dataset: how many raw inputs, prepared and relabeled labels exist, and when it was last verified."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise InputError(f"{root}: data root does not exist")
+    root = check_root(root)
     return [_status_of(spec, root) for spec in DATASETS.values()]
 
 
