@@ -439,3 +439,28 @@ def test_a_killed_run_restarted_ends_like_an_uninterrupted_run(tmp_path: Path) -
     theirs = sorted(p.relative_to(clean) for p in (clean / "KITTI").rglob("*") if p.is_file())
     assert mine == theirs  # no leftover temporary files either
     assert all((killed / p).read_bytes() == (clean / p).read_bytes() for p in mine)
+
+
+def test_prepare_extracts_a_gated_archive_placed_by_hand(tmp_path: Path, capsys) -> None:
+    """KITTI's data_semantics.zip dropped into ROOT/KITTI/ is unpacked, then converted (kitti-34 -> kitti-19)."""
+    import zipfile
+
+    from mseg_semantic.data.lists import list_lines
+    from mseg_semantic.taxonomy import TaxonomyConverter
+
+    first = list_lines("kitti-34", "train")[1][0]  # [image, label]
+    label = np.arange(34, dtype=np.uint8).repeat(3).reshape(6, 17)
+    png = cv2.imencode(".png", label)[1]
+    (tmp_path / "KITTI").mkdir()
+    with zipfile.ZipFile(tmp_path / "KITTI" / "data_semantics.zip", "w") as archive:
+        archive.writestr(first[1], png.tobytes())
+        image = cv2.imencode(".png", np.zeros((6, 17, 3), np.uint8))[1].tobytes()
+        archive.writestr(first[0], image)
+        archive.writestr("testing/image_2/000000_10.png", image)  # the real archive has both folders
+    listing = tmp_path / "list.txt"
+    listing.write_text(first[0] + "\n")
+    assert _cli("prepare", "kitti", "--root", str(tmp_path), "--list", str(listing), "--quiet") == 0
+    out = _read(tmp_path / "KITTI" / "training" / "label19" / Path(first[1]).name)
+    assert np.array_equal(out, TaxonomyConverter().convert_labels(label, "kitti-34", "kitti-19"))
+    assert "kitti train: 1 images, 1 files written" in capsys.readouterr().out
+    assert _cli("verify", "kitti", "--root", str(tmp_path), "--list", str(listing), "--quiet") == 0
