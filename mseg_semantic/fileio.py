@@ -71,13 +71,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def write_label(path: str | os.PathLike, label: np.ndarray) -> None:
-    """Write a (H, W) label map as a lossless PNG, uint8 when every value fits, else uint16."""
+def write_label(path: str | os.PathLike, label: np.ndarray, *, bits: int | None = None) -> None:
+    """Write a (H, W) label map as a lossless PNG, uint8 when every value fits, else uint16 (``bits=16``: always)."""
     if label.ndim != 2:
         raise InputError(f"{path}: a label map must be 2-D, got shape {label.shape}")
     if label.size and (int(label.min()) < 0 or int(label.max()) > 65535):
         raise InputError(f"{path}: label values must lie in 0..65535")
-    dtype = np.uint8 if not label.size or int(label.max()) <= 255 else np.uint16
+    dtype = np.uint8 if bits != 16 and (not label.size or int(label.max()) <= 255) else np.uint16
     ok, encoded = cv2.imencode(".png", label.astype(dtype, copy=False))
     if not ok:
         raise InputError(f"{path}: PNG encoding failed")

@@ -641,9 +641,6 @@ def test_pascal_context_mat_to_460_to_60(tmp_path):
     assert out60.read_bytes() == reference
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: run.prepare_one writes the pascal-context-460 intermediate with "
-                   "fileio.write_label, 8-bit when every value <= 255; the original always writes it uint16 "
-                   "(SPEC-dataprep 1, 2.3)")  # fmt: skip
 def test_pascal_context_460_intermediate_is_always_16_bit(tmp_path):
     root = tmp_path / "root"
     label = np.random.default_rng(10).integers(0, 200, (H, W)).astype(np.uint16)

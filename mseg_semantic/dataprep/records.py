@@ -7,7 +7,8 @@ order; later writes win where masks overlap. A record file may also be stored gz
 
 Everything here is checked before any label file is written: the manifest (names of known classes, files that
 exist), every line's grammar, duplicates (a segment named twice for one image, with both lines named), and that each
-named image is in the dataset's split list. Problems name ``file:line``.
+named image is in the dataset's split list (in a run restricted with ``--list``, lines for other images are only
+parsed). Problems name ``file:line``.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from mseg_semantic.dataprep.masks import MaskJob, MaskReader, ade_instance_paths
 from mseg_semantic.dataprep.records import Record, Update, read_manifest, resolve, updates_by_image
 from mseg_semantic.errors import InputError, MsegError, TaxonomyError
 from mseg_semantic.fileio import write_bytes_atomic, write_label
+from mseg_semantic.taxonomy import get_taxonomy
 from mseg_semantic.taxonomy.converter import TaxonomyConverter
 
 STAGING = ".mseg-relabel-staging"
@@ -194,25 +195,31 @@ def prepare_one(job: PrepareJob) -> int:
     """Run one image's stages; write the outputs that are missing (or all, with overwrite). Returns files written."""
     if not job.overwrite and all(p.exists() for p in job.outputs):
         return 0
-    converter = TaxonomyConverter()
     label = _first_stage(job)
     arrays = []
     stage_source = job.taxonomies[0]
     for i, kind in enumerate(job.kinds):
         target = job.taxonomies[i + 1]
         if kind in ("remap", "rgb"):  # the other kinds produce the target's ids themselves
-            try:
-                label = converter.convert_labels(label, stage_source, target)
-            except TaxonomyError as exc:
-                raise InputError(f"{job.source}: {exc}") from None
+            label = remap(label, stage_source, target, job.source)
         arrays.append(label)
         stage_source = target
     written = 0
-    for path, array in zip(job.outputs, arrays, strict=True):
+    for path, array, target in zip(job.outputs, arrays, job.taxonomies[1:], strict=True):
         if job.overwrite or not path.exists():
-            write_label(path, array)
+            # Taxonomies of more than 256 classes (pascal-context-460) are written 16-bit, as the original does.
+            write_label(path, array, bits=16 if get_taxonomy(target).num_classes > 256 else None)
             written += 1
     return written
+
+
+def remap(label: np.ndarray, source: str, target: str, path: Path) -> np.ndarray:
+    """``label`` (read from ``path``) from ``source`` to ``target`` ids; values that are no class name the file."""
+    try:
+        return TaxonomyConverter().convert_labels(label, source, target)
+    except TaxonomyError as exc:
+        reason = str(exc).split("; pass strict=False")[0]
+        raise InputError(f"{path}: {reason}") from None
 
 
 def prepare(
@@ -235,6 +242,7 @@ def prepare(
     base = root / spec.list_root
     per_split = {split: _prepare_entries(spec, root, split) for split in SPLITS}
     chosen = selection(list_file, {image for entries in per_split.values() for image, _, _ in entries})
+    done: set[tuple[Path, ...]] = set()  # outputs of an earlier split (the WildDash train list repeats val)
     for split, entries in per_split.items():
         jobs = [
             PrepareJob(
@@ -257,10 +265,12 @@ def prepare(
             more = f" ({len(missing)} of {len(jobs)} {split} images' raw files are missing)" if len(missing) > 1 else ""
             raise InputError(f"{missing[0]}: raw file missing{more}; run 'mseg data download {spec.name}' first")
         remove_orphans(p for job in jobs for p in job.outputs)
-        counts = run_jobs(prepare_one, jobs, workers=workers, desc=f"prepare {spec.name} {split}", progress=progress)
+        todo = [job for job in jobs if job.outputs not in done]
+        done.update(job.outputs for job in todo)
+        counts = run_jobs(prepare_one, todo, workers=workers, desc=f"prepare {spec.name} {split}", progress=progress)
         summary.images[split] = len(jobs)
         summary.written[split] = sum(counts)
-        summary.skipped[split] = sum(1 for c in counts if c == 0)
+        summary.skipped[split] = len(jobs) - sum(1 for c in counts if c)
     return summary
 
 
@@ -331,11 +341,7 @@ def relabel_one(job: RelabelJob) -> int:
     if not job.source.is_file():
         raise InputError(f"{job.source}: label file missing (run 'mseg data prepare' first)")
     label = convert.read_grey(job.source)
-    try:
-        out = TaxonomyConverter().convert_labels(label, job.task, relabeled(job.task))
-    except TaxonomyError as exc:
-        raise InputError(f"{job.source}: {exc}") from None
-    out = out.astype(np.uint8)
+    out = remap(label, job.task, relabeled(job.task), job.source).astype(np.uint8)
     if job.updates:
         reader = MaskReader(job.mask, out, label)
         for update in job.updates:
