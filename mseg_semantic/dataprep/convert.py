@@ -135,10 +135,10 @@ class _Stream:
     def close(self) -> None:
         self.handle.close()
 
-    def _more(self) -> bool:
+    def _more(self, size: int = 0) -> bool:
         if self.eof:
             return False
-        chunk = self.handle.read(_CHUNK)
+        chunk = self.handle.read(max(_CHUNK, size))
         self.buf = self.buf[self.pos :] + chunk
         self.pos = 0
         self.eof = not chunk
@@ -164,7 +164,8 @@ class _Stream:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError:
-                if self._more():
+                # A value longer than the buffer: grow it geometrically, so a long value is re-scanned O(1) times.
+                if self._more(len(self.buf) - self.pos):
                     continue
                 raise self.error("malformed JSON") from None
             if end == len(self.buf) and not self.eof and self._more():
