@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import csv
 import gzip
-import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from mirror_server import serve
 
 from mseg_semantic.cli import main
 from mseg_semantic.dataprep import convert, records
@@ -340,11 +339,6 @@ def _assert_identical_sun(dataprep: Path, root: Path) -> None:
 
 
 # ---------------------------------------------------------------------- records download (local server)
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep the test output clean
-        pass
-
-
 def test_download_records_from_a_mirror_then_relabel_uses_them(root, dataprep, tmp_path, monkeypatch) -> None:
     served = tmp_path / "mirror"
     manifest = list(csv.reader((records.shipped_dir() / "records.tsv").read_text().splitlines(), delimiter="\t"))
@@ -356,14 +350,9 @@ def test_download_records_from_a_mirror_then_relabel_uses_them(root, dataprep, t
         lines += [filler.format(i) for i in range(count - len(lines))]
         (served / name).parent.mkdir(parents=True, exist_ok=True)
         (served / name).write_text("\n".join(lines))
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), lambda *a, **k: _Handler(*a, directory=str(served), **k)
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     monkeypatch.setenv("MSEG_HOME", str(tmp_path / "home"))
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with serve(served) as mirror:
+        url = mirror.url
         assert _cli("download", "records", "--mirror", url, "--quiet") == 0
         assert len(list((tmp_path / "home").rglob("*.txt.gz"))) == 381
         lists = dataprep / "lists" / "sunrgbd.txt"
@@ -377,8 +366,6 @@ def test_download_records_from_a_mirror_then_relabel_uses_them(root, dataprep, t
 
         with pytest.raises(DownloadError, match=r"sunrgbd_train_sunrgbd_lamp_to_lamp\.txt: 1 entries, expected"):
             records.download_records(mirror=url, progress=False)
-    finally:
-        server.shutdown()
 
 
 # ---------------------------------------------------------------------- the COCO JSON stream

@@ -7,19 +7,16 @@ nested zips (COCO), resume with HTTP Range, verification, and refusal of unsafe 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import http.server
 import io
 import shutil
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
+from mirror_server import serve
 
 from mseg_semantic.dataprep.download import (
     ARCHIVES,
@@ -33,54 +30,11 @@ from mseg_semantic.downloads import http_download
 from mseg_semantic.errors import DownloadError, InputError
 
 
-class Mirror(http.server.BaseHTTPRequestHandler):
-    """Serves the files of ``root``, honouring Range unless ``ignore_range``; records every request."""
-
-    root: Path
-    ignore_range: bool = False
-    requests: ClassVar[list[tuple[str, str | None]]] = []
-
-    def do_GET(self) -> None:
-        path = self.root / self.path.lstrip("/")
-        type(self).requests.append((self.path, self.headers.get("Range")))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = 0
-        if "Range" in self.headers and not self.ignore_range:
-            start = int(self.headers["Range"].split("=")[1].split("-")[0])
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.wfile.write(data[start:])
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def mirror(tmp_path):
     """(folder the server serves, its URL, the handler class with the recorded requests)."""
-    served = tmp_path / "mirror"
-    served.mkdir()
-    handler = type("Handler", (Mirror,), {"root": served, "requests": [], "ignore_range": False})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
+    with serve(tmp_path / "mirror") as handler:
+        yield handler.root, handler.url, handler
 
 
 def make_zip(path: Path, members: dict[str, bytes]) -> Path:

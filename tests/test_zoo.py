@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import json
-import threading
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import torch
+from mirror_server import serve
 
 from mseg_semantic import CheckpointError, DownloadError, InputError
 from mseg_semantic.cli import main
@@ -19,39 +16,6 @@ from mseg_semantic.zoo import fetch, get_model_info, load_model, model_names
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "camvid-11-1m"  # HRNet-W48 with 11 classes
-
-
-class MirrorHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files from ``root``; honours Range; can cut the next response short to simulate a broken link."""
-
-    root: Path
-    cut_next_at: int | None = None
-    ranges: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        path = self.root / self.path.lstrip("/")
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = 0
-        if "Range" in self.headers:
-            type(self).ranges.append(self.headers["Range"])
-            start = int(self.headers["Range"].split("=")[1].split("-")[0])
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        body = data[start:]
-        if type(self).cut_next_at is not None:
-            body, type(self).cut_next_at = body[: type(self).cut_next_at], None
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +30,11 @@ def w48_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def mirror(tmp_path, monkeypatch):
-    root = tmp_path / "mirror"
-    root.mkdir()
-    handler = type("Handler", (MirrorHandler,), {"root": root, "cut_next_at": None, "ranges": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("MSEG_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("MSEG_MODEL_MIRROR", f"http://127.0.0.1:{server.server_address[1]}")
-    yield root, handler
-    server.shutdown()
+    """(folder the mirror serves, its handler class: ``cut_next_at``, the recorded requests)."""
+    with serve(tmp_path / "mirror") as handler:
+        monkeypatch.setenv("MSEG_HOME", str(tmp_path / "cache"))
+        monkeypatch.setenv("MSEG_MODEL_MIRROR", handler.url)
+        yield handler.root, handler
 
 
 def test_registry_covers_every_released_model():
@@ -140,7 +99,7 @@ def test_interrupted_download_resumes(mirror, w48_checkpoint):
     partial = model_dir(part) / f"{NAME}.pth.part"
     assert partial.stat().st_size == w48_checkpoint.stat().st_size // 3
     fetch(NAME, progress=False)
-    assert handler.ranges == [f"bytes={w48_checkpoint.stat().st_size // 3}-"]
+    assert handler.ranges() == [f"bytes={w48_checkpoint.stat().st_size // 3}-"]
     assert (model_dir(part) / f"{NAME}.pth").read_bytes() == w48_checkpoint.read_bytes()
 
 
