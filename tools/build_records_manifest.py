@@ -3,16 +3,23 @@
 Run by hand when the spec changes (not needed at install or run time):
 
     python tools/build_records_manifest.py [--spec ../shared/docs/SPEC-dataprep.md] [--check]
+    python tools/build_records_manifest.py --ship ../shared/reference/mseg-api/mseg/relabeled_data
 
 The spec's Appendix A lists the 381 update records of mseg-api's ``dataset_update_records.py`` in application
 order (folder, split, file, ``orig -> new``, line count). The manifest has one row per record and relabeled
 taxonomy: ``dataset split from to file lines``; the Cityscapes records are applied to two taxonomies, so they
 appear twice (once for cityscapes-19, once for cityscapes-34).
+
+``--ship DIR`` copies the record files the manifest names from a copy of mseg-api's ``mseg/relabeled_data`` into
+the package, gzip-compressed (``records/<folder>/<file>.gz``), after checking each file's entry count against the
+manifest; ``mseg data relabel`` then uses them without ``mseg data download records``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import re
 import sys
 from pathlib import Path
@@ -58,11 +65,30 @@ def manifest(spec_text: str) -> str:
     return "dataset\tsplit\tfrom\tto\tfile\tlines\n" + "\n".join(rows) + "\n"
 
 
+def ship(source: Path) -> int:
+    """Copy the manifest's record files from ``source`` into the package, gzip-compressed; returns how many."""
+    rows = list(csv.reader(OUT.read_text(encoding="utf-8").splitlines(), delimiter="\t"))[1:]
+    files = {row[4]: int(row[5]) for row in rows}
+    for name, lines in files.items():
+        data = (source / name).read_bytes()
+        count = sum(1 for line in data.decode("utf-8").splitlines() if line.strip())
+        if count != lines:
+            raise SystemExit(f"{source / name}: {count} entries, the manifest says {lines}")
+        target = OUT.parent / f"{name}.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
+    return len(files)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
     parser.add_argument("--check", action="store_true", help="exit 1 when the committed manifest differs")
+    parser.add_argument("--ship", type=Path, metavar="DIR", help="copy the record files from DIR into the package")
     args = parser.parse_args()
+    if args.ship:
+        print(f"shipped {ship(args.ship)} record files into {OUT.parent}")
+        return 0
     text = manifest(args.spec.read_text(encoding="utf-8"))
     if args.check:
         if OUT.read_text(encoding="utf-8") != text:
