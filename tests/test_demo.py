@@ -160,3 +160,20 @@ def test_class_names_in_overlay_come_from_the_output_taxonomy():
     for p in points:
         assert labels[p.y, p.x] == p.class_id  # the name goes inside its own region
     assert class_names("camvid-11")[points[2].class_id] == "Bicyclist"
+
+
+def test_truncated_video_is_reported_with_the_frame_counts(tiny_checkpoint, tmp_path, capsys):
+    """A video whose file ends early: the frames that decode are segmented, the run says how many and exits 1."""
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(tmp_path / "full.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(20):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    data = (tmp_path / "full.avi").read_bytes()
+    (tmp_path / "clip.avi").write_bytes(data[: len(data) * 6 // 10])  # the header still announces 20 frames
+    code, out, err = demo(capsys, str(tmp_path / "clip.avi"), "--model", str(tiny_checkpoint), "--out",
+                          str(tmp_path / "o"), *FAST)  # fmt: skip
+    assert code == 1, err
+    decoded = int(cv2.VideoCapture(str(tmp_path / "o" / "clip_overlay.mp4")).get(cv2.CAP_PROP_FRAME_COUNT))
+    assert 0 < decoded < 20 and f"{decoded} video frame(s)" in out
+    assert f"only {decoded} of the 20 frames the container announces could be decoded" in err

@@ -188,8 +188,11 @@ def run_demo(
             report.skipped += 1
             continue
         try:
+            failures = len(report.failures)
             report.frames += _run_video(segmenter, item, target, save_frames, max_frames, progress, report,
                                         background_io)  # fmt: skip
+            for failure in report.failures[failures:]:
+                log(f"warning: {failure}")
         except MsegError as exc:
             report.failures.append(str(exc))
             log(f"skipped: {exc}")
@@ -301,4 +304,10 @@ def _run_video(
     with atomic_path(target) as tmp:
         os.replace(partial, tmp)
     report.outputs.append(target)
+    if 0 < frames < total:
+        # A truncated or damaged file: keep what decoded, but do not let the run pass for complete.
+        report.failures.append(
+            f"{item.path}: only {frames} of the {total} frames the container announces could be decoded "
+            f"(truncated or damaged video); {target.name} holds those {frames}"
+        )
     return frames
