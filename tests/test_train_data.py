@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from mseg_semantic.data import BalancedBatchSampler, LabelMapper, TrainTransform
 from mseg_semantic.data.dataset import read_sample
 from mseg_semantic.data.transforms import random_rotate, resize_short_side
 from mseg_semantic.normalization import MEAN_RGB
-from mseg_semantic.taxonomy import TaxonomyConverter
+from mseg_semantic.taxonomy import TaxonomyConverter, class_names
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +88,50 @@ def test_every_step_draws_equally_from_each_dataset():
     assert list(resumed) == [single.batch(s) for s in range(6, 10)]
     with pytest.raises(ValueError, match="not a multiple of the 2 datasets"):
         BalancedBatchSampler(sizes, 3, end_step=1)
+
+
+class _ConstantLogits(torch.nn.Module):
+    """Logits that pick one class everywhere, whatever the image."""
+
+    def __init__(self, num_classes: int, winner: int) -> None:
+        super().__init__()
+        self.logits = torch.zeros(1, num_classes, 1, 1)
+        self.logits[0, winner] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1, *x.shape[2:])
+
+
+def test_naive_validation_leaves_out_what_evaluation_leaves_out(tmp_path):
+    """Periodic validation and ``mseg eval`` score a naive model over the same classes, ids above 255 included.
+
+    Mapillary's "Curb" is naive class 260: a model that predicts it on an all-curb image has IoU 1 there, and the
+    mean runs over the naive classes Mapillary labels can produce, as in evaluation.
+    """
+    from mseg_semantic.data import ListEntry
+    from mseg_semantic.evaluation import ConfusionMatrix, plan_evaluation
+    from mseg_semantic.fileio import write_label
+    from mseg_semantic.training import load_train_config
+    from mseg_semantic.training.data import PreparedDataset
+    from mseg_semantic.training.validation import validate
+
+    dataset = "mapillary-public65"
+    curb = class_names(dataset).index("Curb")
+    naive_curb = int(TaxonomyConverter().lookup_table(dataset, "naive")[curb])
+    assert naive_curb > 255
+    image, label = tmp_path / "street.png", tmp_path / "street_label.png"
+    cv2.imwrite(str(image), np.full((8, 12, 3), 90, np.uint8))
+    write_label(label, np.full((8, 12), curb, np.uint8))
+    _, config = load_train_config("1080_release/mseg-naive-baseline", [f"datasets=[{dataset}]", "val.short_size=8"])
+    assert (config.taxonomy, config.num_classes) == ("naive", 316)
+    entry = ListEntry(image, label, "val.txt:1")
+    prepared = PreparedDataset(config.datasets[0], tmp_path, [entry], [entry])
+    ctx = SimpleNamespace(rank=0, world_size=1, device=torch.device("cpu"), distributed=False)
+
+    got = validate(_ConstantLogits(316, naive_curb), config, [prepared], ctx)
+
+    plan = plan_evaluation(dataset, "naive")
+    expected = ConfusionMatrix(316)
+    expected.update(np.full((8, 12), naive_curb), np.full((8, 12), naive_curb))
+    assert got[dataset] == pytest.approx(expected.metrics(excluded=plan.excluded).mean_iou)
+    assert got[dataset] == pytest.approx(1 / (316 - len(plan.excluded)))

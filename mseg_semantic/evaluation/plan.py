@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mseg_semantic.errors import TaxonomyError
-from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy, taxonomy_names
+from mseg_semantic.taxonomy import get_taxonomy, taxonomy_names, unproducible_classes
 from mseg_semantic.taxonomy.tables import IGNORE_LABEL, NAIVE, UNIVERSAL
 
 
@@ -53,7 +53,6 @@ def plan_evaluation(dataset: str, model_taxonomy: str, relabeled: bool = False) 
             )
         plain = plan_evaluation(dataset, model_taxonomy)
         return dataclasses.replace(plain, regime="universal-on-training-relabeled", relabeled=partner)
-    converter = TaxonomyConverter()
     if model.name == data.name:
         return EvaluationPlan(data.name, model.name, data.name, "oracle", ())
     if model.name in (UNIVERSAL, NAIVE) and data.kind == "test":
@@ -61,12 +60,10 @@ def plan_evaluation(dataset: str, model_taxonomy: str, relabeled: bool = False) 
         return EvaluationPlan(data.name, model.name, data.name, regime, ())
     if model.name in (UNIVERSAL, NAIVE) and data.kind in ("train", "raw"):
         try:
-            table = converter.lookup_table(data.name, model.name)
+            excluded = unproducible_classes(data.name, model.name)
         except TaxonomyError:
-            table = None
-        if table is not None:
-            reachable = {int(v) for v in table if 0 <= v != IGNORE_LABEL}
-            excluded = tuple(i for i in range(model.num_classes) if i not in reachable)
+            excluded = None  # no label map to the model's taxonomy (a raw taxonomy without one)
+        if excluded is not None:
             return EvaluationPlan(data.name, model.name, model.name, f"{model.name}-on-training", excluded)
     raise TaxonomyError(
         f"cannot score a {model.name!r} model on {data.name!r} labels: a universal or naive model is scored on test "

@@ -7,7 +7,7 @@
 (11, 194)
 """
 
-from mseg_semantic.taxonomy.converter import TaxonomyConverter
+from mseg_semantic.taxonomy.converter import TaxonomyConverter, producible_classes, unproducible_classes
 from mseg_semantic.taxonomy.remap import remap_label_folder
 from mseg_semantic.taxonomy.tables import (
     DEFAULT_TRAIN_DATASETS,
@@ -38,7 +38,9 @@ __all__ = [
     "TaxonomyConverter",
     "class_names",
     "get_taxonomy",
+    "producible_classes",
     "remap_label_folder",
     "remap_tables",
     "taxonomy_names",
+    "unproducible_classes",
 ]

@@ -77,11 +77,6 @@ class TaxonomyConverter:
         """Labels of an unrelabeled training taxonomy -> naive-taxonomy ids (0..315, never 255)."""
         return self.convert_labels(label, taxonomy, NAIVE, strict=strict)
 
-    def universal_ids(self, taxonomy: str) -> list[int]:
-        """Universal ids that labels of a training taxonomy can produce (the others are excluded in evaluation)."""
-        table = _lookup_table(taxonomy, UNIVERSAL)
-        return sorted({int(v) for v in table if 0 <= v < IGNORE_LABEL})
-
     # ------------------------------------------------------------------ probability maps
     def universal_to_test_matrix(self, taxonomy: str, source: str = UNIVERSAL) -> np.ndarray:
         """0/1 float32 matrix of shape (classes of ``taxonomy``, classes of ``source``).
@@ -117,6 +112,26 @@ class TaxonomyConverter:
     def universal_logits_to(self, taxonomy: str, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over the class axis, then :meth:`universal_probs_to` (the original test-time transform)."""
         return self.universal_probs_to(taxonomy, logits.softmax(dim=-3))
+
+
+# ---------------------------------------------------------------------- producible classes
+def producible_classes(dataset: str, taxonomy: str) -> tuple[int, ...]:
+    """Class ids of ``taxonomy`` that labels of ``dataset`` map to, in increasing order.
+
+    ``taxonomy`` is a model's output taxonomy (``universal``, ``naive`` or the dataset's own): its other classes
+    never occur in the ground truth of ``dataset``, so evaluation and training validation leave them out of the
+    mean IoU (:func:`unproducible_classes`). 255 is the ignore value, not a class, except in the naive taxonomy,
+    whose class 255 (``unlabeled``) no label produces; naive ids above 255 are classes like any other.
+    Raises :class:`TaxonomyError` when no label map leads from ``dataset`` to ``taxonomy``.
+    """
+    table = _lookup_table(dataset, taxonomy)
+    return tuple(sorted({int(v) for v in table if v >= 0 and v != IGNORE_LABEL}))
+
+
+def unproducible_classes(dataset: str, taxonomy: str) -> tuple[int, ...]:
+    """The class ids of ``taxonomy`` not in :func:`producible_classes`: those left out of the means."""
+    produced = set(producible_classes(dataset, taxonomy))
+    return tuple(c for c in range(get_taxonomy(taxonomy).num_classes) if c not in produced)
 
 
 # ---------------------------------------------------------------------- cached tables

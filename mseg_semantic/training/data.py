@@ -27,7 +27,6 @@ from mseg_semantic.data import (
     read_list,
 )
 from mseg_semantic.errors import InputError
-from mseg_semantic.taxonomy import TaxonomyConverter
 from mseg_semantic.training.config import DatasetConfig, TrainConfig
 
 
@@ -87,16 +86,6 @@ def _read_entries(list_file: str | None, root: Path, base: str, name: str, split
 def label_target(config: TrainConfig) -> str | None:
     """The taxonomy labels are mapped to after cropping (None: the dataset's own)."""
     return None if config.taxonomy == "own" else config.taxonomy
-
-
-def excluded_classes(config: TrainConfig, dataset: str) -> list[int]:
-    """Model outputs a dataset's labels can never produce (left out of its validation mIoU, as the original)."""
-    target = label_target(config)
-    if target is None:
-        return []
-    table = TaxonomyConverter().lookup_table(dataset, target)
-    produced = {int(v) for v in table if 0 <= v < 255}
-    return [c for c in range(config.num_classes) if c not in produced]
 
 
 def train_transform(config: TrainConfig) -> TrainTransform:

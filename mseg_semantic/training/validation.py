@@ -17,8 +17,9 @@ from torch import nn
 
 from mseg_semantic.data import LabelMapper, eval_transform, read_sample
 from mseg_semantic.evaluation import ConfusionMatrix
+from mseg_semantic.taxonomy import unproducible_classes
 from mseg_semantic.training.config import TrainConfig
-from mseg_semantic.training.data import PreparedDataset, excluded_classes, label_target
+from mseg_semantic.training.data import PreparedDataset, label_target
 from mseg_semantic.training.distributed import ProcessContext, all_reduce_sum
 
 
@@ -60,7 +61,8 @@ def validate(
                 matrix.update(logits.argmax(1)[0].cpu(), mapper(torch.from_numpy(label)))
             counts = all_reduce_sum(torch.from_numpy(matrix.state()).to(ctx.device), ctx)
             matrix.load_state(counts.cpu().numpy())
-            results[name] = matrix.metrics(excluded=excluded_classes(config, name)).mean_iou
+            excluded = unproducible_classes(name, config.model_taxonomy)  # as `mseg eval` leaves out
+            results[name] = matrix.metrics(excluded=excluded).mean_iou
     finally:
         model.train(was_training)
     return results
