@@ -49,9 +49,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mseg_semantic.fileio import read_image, read_label
 from mseg_semantic.inference import Segmenter
-from mseg_semantic.inference.geometry import resize_short_side, scaled_short_side_size
 from mseg_semantic.models import build_model, load_model
-from mseg_semantic.normalization import MEAN_RGB, STD_RGB
+from mseg_semantic.normalization import MEAN_RGB, normalize
+from mseg_semantic.resizing import resize_short_side, scaled_short_side_size
 from mseg_semantic.taxonomy import class_names, get_taxonomy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,8 +83,7 @@ SETTINGS: dict[str, dict] = {
 
 # ---------------------------------------------------------------------------------------------- the stand-in model
 def _normalised(image: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-    return (x - torch.tensor(MEAN_RGB).view(3, 1, 1)) / torch.tensor(STD_RGB).view(3, 1, 1)
+    return normalize(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
 
 
 def build_stand_in(shared: Path, seed: int = 0) -> nn.Module:

@@ -20,11 +20,11 @@ from mseg_semantic.inference import Segmenter, load_config, run_demo
 from mseg_semantic.inference import segmenter as segmenter_module
 from mseg_semantic.inference.background import WriteBehind, read_ahead
 from mseg_semantic.inference.config import FAST
-from mseg_semantic.inference.geometry import resize_short_side
 from mseg_semantic.inference.network import Network, cpu_has_native_bf16, resolve_precision
 from mseg_semantic.inference.windows import PAD_PHASE, window_grid
 from mseg_semantic.models.hrnet import HRNet
-from mseg_semantic.normalization import MEAN_RGB, STD_RGB
+from mseg_semantic.normalization import normalize
+from mseg_semantic.resizing import resize_short_side
 from mseg_semantic.taxonomy import class_names, get_taxonomy
 
 # Small versions of the real geometry: a short side of 96 in a 161 crop puts 32 rows of padding above the image,
@@ -42,8 +42,7 @@ def camvid(shared: Path) -> Path:
 
 
 def _normalised(image: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-    return (x - torch.tensor(MEAN_RGB).view(3, 1, 1)) / torch.tensor(STD_RGB).view(3, 1, 1)
+    return normalize(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ import torch
 
 from mseg_semantic.data import BalancedBatchSampler, LabelMapper, TrainTransform, read_list
 from mseg_semantic.data.dataset import read_sample
-from mseg_semantic.data.transforms import random_rotate, resize_short_side
+from mseg_semantic.data.transforms import random_rotate
 from mseg_semantic.normalization import MEAN_RGB
+from mseg_semantic.resizing import resize_short_side
 from mseg_semantic.taxonomy import TaxonomyConverter, class_names
 
 
@@ -46,8 +47,15 @@ def test_train_transform_shapes_padding_and_determinism(camvid_sample):
 
 def test_resize_short_side_truncates_like_the_original():
     image = np.zeros((5, 7, 3), np.float32)
-    assert resize_short_side(image, None, 8)[0].shape == (8, 11, 3)  # 7 * 8 / 5 = 11.2
-    assert resize_short_side(image.transpose(1, 0, 2), None, 8)[0].shape == (11, 8, 3)
+    assert resize_short_side(image, 8, truncate=True).shape == (8, 11, 3)  # 7 * 8 / 5 = 11.2
+    assert resize_short_side(image.transpose(1, 0, 2), 8, truncate=True).shape == (11, 8, 3)
+    wide = np.zeros((5, 8, 3), np.float32)  # 8 * 8 / 5 = 12.8
+    assert resize_short_side(wide, 8, truncate=True).shape == (8, 12, 3)
+    assert resize_short_side(wide, 8).shape == (8, 13, 3)  # the test-time rule rounds
+    label = np.arange(35, dtype=np.uint8).reshape(5, 7)
+    resized, resized_label = resize_short_side(image, 10, label, truncate=True)
+    assert resized.shape == (10, 14, 3) and resized_label.shape == (10, 14)
+    assert set(np.unique(resized_label)) <= set(range(35))  # nearest neighbour: no new label values
 
 
 def test_rotation_pads_with_mean_and_ignore():

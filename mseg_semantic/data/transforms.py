@@ -28,11 +28,9 @@ import cv2
 import numpy as np
 import torch
 
-from mseg_semantic.normalization import MEAN_RGB, STD_RGB
+from mseg_semantic.normalization import MEAN_RGB, normalize
+from mseg_semantic.resizing import resize_short_side
 from mseg_semantic.taxonomy import IGNORE_LABEL, TaxonomyConverter
-
-_MEAN = np.asarray(MEAN_RGB, dtype=np.float32)
-_STD = np.asarray(STD_RGB, dtype=np.float32)
 
 
 def _label_for_opencv(label: np.ndarray) -> np.ndarray:
@@ -40,24 +38,6 @@ def _label_for_opencv(label: np.ndarray) -> np.ndarray:
     if label.dtype in (np.uint8, np.uint16):
         return label
     return label.astype(np.uint8 if label.size == 0 or label.max() <= 255 else np.uint16)
-
-
-def resize_short_side(image: np.ndarray, label: np.ndarray | None, short_size: int):
-    """Resize so the short side is ``short_size``; the long side is ``int(long * short_size / short)``.
-
-    Always applied, up or down (the original ``ResizeShort``). Image bilinear, label nearest. Returns
-    ``(image, label)``; ``label`` may be None.
-    """
-    h, w = image.shape[:2]
-    if h <= w:
-        new_h, new_w = short_size, int(w * short_size / h)
-    else:
-        new_h, new_w = int(h * short_size / w), short_size
-    if (new_h, new_w) != (h, w):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        if label is not None:
-            label = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-    return image, label
 
 
 def random_scale(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, scale: tuple[float, float]):
@@ -137,10 +117,9 @@ def random_crop(
     return image[top : top + size[0], left : left + size[1]], label[top : top + size[0], left : left + size[1]]
 
 
-def normalize_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) RGB in 0..255 -> (3, H, W) float32 tensor ``(x - MEAN_RGB) / STD_RGB``."""
-    normalized = (image.astype(np.float32, copy=False) - _MEAN) / _STD
-    return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))
+def _chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) array -> contiguous (3, H, W) tensor, for :func:`~mseg_semantic.normalization.normalize`."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 @dataclass(frozen=True)
@@ -165,21 +144,21 @@ class TrainTransform:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         image = image.astype(np.float32, copy=False)
         label = _label_for_opencv(label)
-        image, label = resize_short_side(image, label, self.short_size)
+        image, label = resize_short_side(image, self.short_size, label, truncate=True)  # the original ResizeShort
         image, label = random_scale(image, label, rng, self.scale)
         image, label = random_rotate(image, label, rng, self.rotate, self.rotate_prob, self.ignore_label)
         image = random_gaussian_blur(image, rng, self.blur_prob)
         image, label = random_hflip(image, label, rng, self.flip_prob)
         image, label = random_crop(image, label, rng, self.crop, self.ignore_label)
-        return normalize_to_tensor(image), torch.from_numpy(label.astype(np.int64))
+        return normalize(_chw_tensor(image)), torch.from_numpy(label.astype(np.int64))
 
 
 def eval_transform(image: np.ndarray, short_size: int | None) -> torch.Tensor:
     """A whole image for validation: short side resized to ``short_size`` (None: as is), normalised CHW tensor."""
     image = image.astype(np.float32, copy=False)
     if short_size is not None:
-        image, _ = resize_short_side(image, None, short_size)
-    return normalize_to_tensor(image)
+        image = resize_short_side(image, short_size, truncate=True)
+    return normalize(_chw_tensor(image))
 
 
 class LabelMapper:

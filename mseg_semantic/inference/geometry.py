@@ -1,41 +1,28 @@
-"""The resize, padding and window arithmetic of the original test-time algorithm (no model involved).
+"""The padding and window arithmetic of the original test-time algorithm (no model involved).
 
-Every rounding rule here matters for identical results: short-side resize uses Python's ``round`` (ties to
-even), padding puts the odd pixel at the bottom/right, windows advance by ``ceil(2/3 crop)`` and the last
-window is aligned to the far edge.
+Every rounding rule here matters for identical results: padding puts the odd pixel at the bottom/right, windows
+advance by ``ceil(2/3 crop)`` and the last window is aligned to the far edge. The short-side resize before them
+(Python's ``round``, ties to even) is :mod:`mseg_semantic.resizing`.
 """
 
 from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import torch
 
 from mseg_semantic.normalization import MEAN_RGB
 
+# Short-side resizing lives in mseg_semantic.resizing; these names stay importable from here for
+# inference/segmenter.py and tests/test_inference.py, which still import them from this module.
+from mseg_semantic.resizing import (  # noqa: F401
+    resize_short_side,
+    scaled_short_side_size,
+    truncated_short_side_size,
+)
+
 STRIDE_RATE = 2 / 3
-
-
-def scaled_short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
-    """(new_h, new_w) with the short side equal to ``short`` and the aspect ratio kept (Python rounding)."""
-    if h > w:
-        return round(short / w * h), short
-    return short, round(short / h * w)
-
-
-def resize_short_side(image: np.ndarray, short: int) -> np.ndarray:
-    """Bilinear resize (OpenCV INTER_LINEAR) of an (H, W, C) image so its short side is ``short``."""
-    new_h, new_w = scaled_short_side_size(image.shape[0], image.shape[1], short)
-    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-
-
-def truncated_short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
-    """(new_h, new_w) of the original ``ResizeShort``: short side = ``short``, long side truncated with int()."""
-    if h <= w:
-        return short, int(w * short / h)
-    return int(h * short / w), short
 
 
 def max_base_size(h: int, w: int, crop: int) -> int:
