@@ -22,9 +22,11 @@ import yaml
 
 from mseg_semantic.errors import InputError
 
+# Imported under this name by cli/modelargs.py (which could take INFERENCE_PRECISIONS from mseg_semantic.precision).
+from mseg_semantic.precision import INFERENCE_PRECISIONS as PRECISIONS
+
 MULTI_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 PADS = ("crop", "minimal")
 HEADS = ("full", "low_res")
 

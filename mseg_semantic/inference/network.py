@@ -15,7 +15,6 @@ every feature map per BatchNorm. fp16 runs under autocast (its narrow range make
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import gc
@@ -28,8 +27,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mseg_semantic.errors import InputError
-
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from mseg_semantic.precision import PRECISIONS, autocast, low_precision_dtype
 
 
 @functools.cache
@@ -165,12 +163,12 @@ class Network:
         channels_last: bool = False,
         early_exit: bool = True,
     ) -> None:
-        if precision not in _DTYPES:
-            raise InputError(f"precision must be one of {', '.join(_DTYPES)}; got {precision!r}")
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         self.device = device
         self.precision = precision
         self.channels_last = channels_last
-        self._dtype = _DTYPES[precision]
+        self._dtype = low_precision_dtype(precision)
         #: What runs: the model, its traced copy without the final resize, or its low-precision copy. No other
         #: reference to the caller's model is kept, so with a low-precision copy an fp32 model that nobody else
         #: holds (one a Segmenter loaded from a path or name) is freed: 264 MB for HRNet-W48.
@@ -199,8 +197,7 @@ class Network:
             batch = batch.contiguous(memory_format=torch.channels_last)
         if self._copied:
             return self._output(self.module(batch.to(self._dtype)))
-        context = torch.autocast(self.device.type, dtype=self._dtype) if self._dtype else contextlib.nullcontext()
-        with context:
+        with autocast(self.device, self.precision):
             return self._output(self.module(batch))
 
     @staticmethod

@@ -24,9 +24,9 @@ import yaml
 
 from mseg_semantic.data.sampling import LAYOUTS
 from mseg_semantic.errors import InputError, MsegError
+from mseg_semantic.precision import PRECISIONS
 
 TAXONOMY_MODES = ("universal", "naive", "own")
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass

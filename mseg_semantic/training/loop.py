@@ -30,6 +30,7 @@ from mseg_semantic.errors import InputError
 from mseg_semantic.fileio import atomic_path
 from mseg_semantic.models import build_model, load_checkpoint, load_model, save_checkpoint
 from mseg_semantic.models.weights import load_state_dict_strictly
+from mseg_semantic.precision import autocast
 from mseg_semantic.taxonomy import IGNORE_LABEL
 from mseg_semantic.training.checkpoints import (
     CHECKPOINT_FOLDER,
@@ -42,7 +43,7 @@ from mseg_semantic.training.data import PreparedDataset, build_train_loader, pre
 from mseg_semantic.training.distributed import ProcessContext, all_reduce_sum, barrier, close_process, init_process
 from mseg_semantic.training.logs import Progress, RunLog
 from mseg_semantic.training.optim import build_optimizer, poly_lr, set_lr
-from mseg_semantic.training.validation import autocast_context, validate
+from mseg_semantic.training.validation import validate
 
 CONFIG_FILE = "config.yaml"
 FINAL_MODEL = "model.safetensors"
@@ -290,7 +291,7 @@ def _train_step(
     if config.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     torch.manual_seed(_step_seed(config.seed, iteration, ctx.rank))  # dropout draws depend on the step only
-    with autocast_context(ctx.device, config.precision):
+    with autocast(ctx.device, config.precision):
         output = network(images)
     logits, aux = output if isinstance(output, tuple) else (output, None)
     pixel_loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL, reduction="none")

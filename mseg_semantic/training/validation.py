@@ -9,7 +9,6 @@ summed, so validation costs each process 1/N of the list.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -17,18 +16,11 @@ from torch import nn
 
 from mseg_semantic.data import LabelMapper, eval_transform, read_sample
 from mseg_semantic.evaluation import ConfusionMatrix
+from mseg_semantic.precision import autocast
 from mseg_semantic.taxonomy import unproducible_classes
 from mseg_semantic.training.config import TrainConfig
 from mseg_semantic.training.data import PreparedDataset, label_target
 from mseg_semantic.training.distributed import ProcessContext, all_reduce_sum
-
-
-def autocast_context(device: torch.device, precision: str):
-    """``torch.autocast`` for bf16/fp16, nothing for fp32."""
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -53,7 +45,7 @@ def validate(
                 batch = eval_transform(image, short_size).unsqueeze(0).to(ctx.device)
                 if config.channels_last:
                     batch = batch.contiguous(memory_format=torch.channels_last)
-                with autocast_context(ctx.device, config.precision):
+                with autocast(ctx.device, config.precision):
                     logits = model(batch)
                 if isinstance(logits, tuple):
                     logits = logits[0]

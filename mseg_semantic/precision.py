@@ -1,0 +1,49 @@
+"""Precision names: the arithmetic a network runs in, for training and inference alike.
+
+``fp32`` is float32 throughout (the original numerics); ``bf16`` and ``fp16`` compute in that dtype where
+``torch.autocast`` does (inference may run a BatchNorm-folded bf16 copy of the network instead, see
+:mod:`mseg_semantic.inference.network`). Inference also accepts ``auto``: the fastest of them the device
+computes natively (:func:`mseg_semantic.inference.network.resolve_precision`). Torch is imported only when a
+function here needs it, so config readers can use the names without it.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
+
+from mseg_semantic.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+#: Precisions of training and of a network run.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: Inference's choices: the above, or ``auto`` (resolved per device).
+AUTO = "auto"
+INFERENCE_PRECISIONS: tuple[str, ...] = (*PRECISIONS, AUTO)
+
+# The torch dtype of each precision's low-precision arithmetic (by name: torch is imported lazily).
+_DTYPE_NAMES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+def low_precision_dtype(precision: str) -> torch.dtype | None:
+    """``torch.bfloat16`` for ``bf16``, ``torch.float16`` for ``fp16``, None for ``fp32``."""
+    if precision not in _DTYPE_NAMES:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    name = _DTYPE_NAMES[precision]
+    if name is None:
+        return None
+    import torch
+
+    return getattr(torch, name)
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """``torch.autocast`` on ``device``'s type for bf16/fp16, a context that does nothing for fp32."""
+    dtype = low_precision_dtype(precision)
+    if dtype is None:
+        return nullcontext()
+    import torch
+
+    return torch.autocast(device.type, dtype=dtype)
