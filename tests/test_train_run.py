@@ -237,3 +237,50 @@ def test_two_processes_with_torchrun_on_cpu(camvid, tmp_path):
     assert "2 process(es) on cpu" in done.stdout
     assert [r["iter"] for r in read_log(out)] == ["3"]
     assert load_model(out / "model.safetensors").num_classes == 11
+
+
+def test_a_training_checkpoint_is_read_back_whole_with_weights_only(tmp_path):
+    """Weights, momentum buffers, fp16 scaler and strings survive ``weights_only=True`` bit for bit; bad files
+    are refused with the safe reader's messages."""
+    from conftest import tiny_hrnet
+
+    from mseg_semantic.errors import CheckpointError
+    from mseg_semantic.training.checkpoints import load_training_checkpoint, save_training_checkpoint
+    from mseg_semantic.training.optim import build_optimizer
+
+    model = tiny_hrnet(11).train()
+    optimizer = build_optimizer(model, 0.05, 0.9, 1e-4, 10.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    for _ in range(2):
+        optimizer.zero_grad()
+        scaler.scale(model(torch.randn(2, 3, 33, 33)).square().mean()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    path = save_training_checkpoint(
+        tmp_path, model, optimizer, scaler, iteration=2, max_iters=6, epoch=1, taxonomy="camvid-11",
+        train_config={"seed": 0}, keep=2,
+    )  # fmt: skip
+    state = load_training_checkpoint(path)
+    assert (state["current_iter"], state["max_iter"], state["taxonomy"]) == (2, 6, "camvid-11")
+    assert state["scaler"] == scaler.state_dict() and state["scaler"]["scale"] == scaler.get_scale() > 0
+    for name, value in model.state_dict().items():
+        assert torch.equal(state["state_dict"][f"module.{name}"], value), name
+    saved, now = state["optimizer"], optimizer.state_dict()
+    assert saved["param_groups"] == now["param_groups"]
+    assert saved["state"].keys() == now["state"].keys()
+    for i, entry in now["state"].items():
+        assert torch.equal(saved["state"][i]["momentum_buffer"], entry["momentum_buffer"])
+
+    for name, content, message in (
+        ("empty.pth", b"", "is empty"),
+        ("page.pth", b"<!DOCTYPE html><html>", "HTML"),
+        ("cut.pth", path.read_bytes()[:5000], "corrupt or truncated"),
+    ):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"cannot resume: .*{name}.*{message}"):
+            load_training_checkpoint(tmp_path / name)
+    with pytest.raises(CheckpointError, match="safetensors file"):
+        load_training_checkpoint(path.with_suffix(".safetensors"))
+    torch.save({"state_dict": {}}, tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        load_training_checkpoint(tmp_path / "weights.pth")

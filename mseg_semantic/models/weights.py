@@ -1,9 +1,10 @@
 """Reading and writing weight files safely, and fitting their tensors into a model strictly.
 
 Two readers only: ``torch.load(..., weights_only=True)`` (tensors and plain containers, never code) for the
-original ``.pth`` files, and safetensors. A file is recognised by its first bytes, not by its name, so an HTML
-page saved by a failed download, an empty or a truncated file each get a message that says so instead of a
-pickle traceback. Every error is a :class:`~mseg_semantic.errors.CheckpointError` naming the file.
+original ``.pth`` files and training checkpoints (:func:`read_torch_file`), and safetensors. A file is recognised
+by its first bytes, not by its name, so an HTML page saved by a failed download, an empty or a truncated file each
+get a message that says so instead of a pickle traceback. Every error is a
+:class:`~mseg_semantic.errors.CheckpointError` naming the file.
 
 This module knows nothing of the model registry (the registry uses it for ``backbone_weights=``).
 """
@@ -80,10 +81,25 @@ def _sniff(path: Path) -> str:
     )
 
 
-def _torch_load(path: Path, kind: str) -> object:
+def read_torch_file(path: str | os.PathLike[str], *, mmap: bool = True) -> object:
+    """What a ``torch.save`` file holds (a training checkpoint, an original ``.pth``), read safely.
+
+    The one place a checkpoint is unpickled: ``torch.load(weights_only=True)`` on the CPU, so tensors and plain
+    containers only, never code. A missing, empty, HTML, truncated or corrupt file, one that asks to import code,
+    and a ``.safetensors`` file (weights only) each raise :class:`CheckpointError` naming the file and the cause.
+    ``mmap=True`` maps the tensors of a zip-format file instead of reading them (legacy files are read).
+    """
+    path = Path(path)
+    kind = _sniff(path)
+    if kind == "safetensors":
+        raise CheckpointError(f"{path} is a safetensors file: it holds weights only, not what torch.save wrote")
+    return _torch_load(path, kind, mmap=mmap)
+
+
+def _torch_load(path: Path, kind: str, *, mmap: bool = True) -> object:
     try:
         # mmap keeps the optimizer state of the original 528 MB files out of memory; legacy files cannot mmap.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and kind == "zip")
     except pickle.UnpicklingError as exc:
         message = str(exc)
         found = re.search(r"GLOBAL (\S+?)(?: was| whose|\s|$)", message)

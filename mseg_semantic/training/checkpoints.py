@@ -27,6 +27,7 @@ from torch import nn
 from mseg_semantic.errors import CheckpointError
 from mseg_semantic.fileio import atomic_path, write_bytes_atomic
 from mseg_semantic.models import save_checkpoint
+from mseg_semantic.models.weights import read_torch_file
 
 CHECKPOINT_FOLDER = "checkpoints"
 LAST_POINTER = "last"
@@ -98,11 +99,15 @@ def find_last_checkpoint(folder: Path) -> Path | None:
 
 
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a training checkpoint safely (``weights_only``); raises :class:`CheckpointError` for a bad file."""
+    """Read a training checkpoint safely (``weights_only``); raises :class:`CheckpointError` for a bad file.
+
+    Everything in it (weights, SGD momentum buffers, the fp16 scaler's numbers, strings) is what
+    ``weights_only=True`` reads; nothing else is needed to resume exactly (see the module docstring).
+    """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: cannot resume from it, it is not a readable checkpoint ({exc})") from exc
+        state = read_torch_file(path, mmap=False)  # read, not mapped: the momentum buffers are updated in place
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot resume: {exc}") from exc
     missing = [k for k in ("state_dict", "optimizer", "current_iter") if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)}); cannot resume from it")
