@@ -1,9 +1,17 @@
-"""Shared test fixtures: where the optional reference data lives."""
+"""Shared test fixtures: where the reference data lives.
+
+Small reference files (the tiny HRNet and its original outputs, the model key lists, the mseg-api taxonomy
+tables) are in ``tests/data/`` (see its README), so a clean clone checks them. Larger or non-redistributable data
+(CamVid, the demo images, the data-preparation fixtures, the specs) stays in the sibling ``../shared`` folder.
+A test that needs it asks for the ``shared`` fixture (or calls :func:`skip_without_shared`): without the folder the
+test skips, except under ``CI=true``, where it fails so that nothing silently stops being checked.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -13,25 +21,34 @@ import torch
 torch.set_num_threads(int(os.environ.get("MSEG_TEST_THREADS", "1")))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def skip_without_shared(reason: str) -> NoReturn:
+    """Skip a test whose data in ``../shared`` is missing; under ``CI=true`` fail it instead."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{reason} (CI=true: a test may not skip for lack of ../shared)", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    """The project's sibling ``shared/`` folder (reference data, real images); skips the test without it."""
+    """The project's sibling ``shared/`` folder (real images, data-preparation fixtures, specs).
+
+    Without it the test skips, or fails under ``CI=true``.
+    """
     if not SHARED.is_dir():
-        pytest.skip("reference data folder ../shared is not available")
+        skip_without_shared("reference data folder ../shared is not available")
     return SHARED
 
 
 @pytest.fixture(scope="session")
-def mseg_api(shared: Path) -> Path:
-    path = shared / "reference" / "mseg-api" / "mseg"
-    if not path.is_dir():
-        pytest.skip("../shared/reference/mseg-api is not available")
-    return path
+def mseg_api() -> Path:
+    """The copy of mseg-api's ``mseg/`` reference tables (names lists, remapping files) in ``tests/data``."""
+    return DATA / "mseg-api" / "mseg"
 
 
-# The tiny HRNet of ../shared/reference/tiny_hrnet (widths 8/16/32/64), written out so tests need no files.
+# The tiny HRNet of tests/data/tiny_hrnet (widths 8/16/32/64), written out so tests need no files.
 TINY_HRNET = {
     "FINAL_CONV_KERNEL": 1,
     "STAGE1": {"NUM_MODULES": 1, "NUM_BRANCHES": 1, "BLOCK": "BOTTLENECK", "NUM_BLOCKS": [2], "NUM_CHANNELS": [8]},

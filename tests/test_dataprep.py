@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import skip_without_shared
 from mirror_server import serve
 
 from mseg_semantic.cli import main
@@ -32,7 +33,7 @@ FIXTURE_DATASETS = ("ade20k", "coco-panoptic", "sunrgbd")
 def dataprep(shared: Path) -> Path:
     path = shared / "data" / "dataprep"
     if not path.is_dir():
-        pytest.skip("../shared/data/dataprep is not available")
+        skip_without_shared("../shared/data/dataprep is not available")
     return path
 
 
@@ -244,7 +245,7 @@ def test_shipped_manifest_has_every_original_record() -> None:
 def test_shipped_manifest_matches_the_spec(shared: Path) -> None:
     spec = shared / "docs" / "SPEC-dataprep.md"
     if not spec.is_file():
-        pytest.skip("no spec")
+        skip_without_shared("../shared/docs/SPEC-dataprep.md is not available")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     try:
         import build_records_manifest

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import skip_without_shared
 
 from mseg_semantic import zoo
 from mseg_semantic.cli import main
@@ -74,7 +75,7 @@ def test_eval_default_model_reports_the_recorded_val_miou(shared: Path, tmp_path
     """`mseg eval` with no --model scores the bundled model; the result equals the figure it ships with."""
     root = shared / "data" / "camvid11"
     if not (root / "val.txt").exists():
-        pytest.skip("CamVid-11 data not available")
+        skip_without_shared("../shared/data/camvid11 is not available")
     code = main(["eval", "--dataset", "camvid-11", "--data-root", str(root), "--list", str(root / "val.txt"),
                  "--out", str(tmp_path / "eval"), "--quiet"])  # fmt: skip
     captured = capsys.readouterr()

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import skip_without_shared
 
 from mseg_semantic.cli import main
 from mseg_semantic.fileio import read_label
@@ -30,7 +31,7 @@ def demo(capsys, *argv: str) -> tuple[int, str, str]:
 def demo_dir(shared: Path) -> Path:
     path = shared / "data" / "demo"
     if not (path / "3dogs.jpg").exists():
-        pytest.skip("demo images not available")
+        skip_without_shared("../shared/data/demo is not available")
     return path
 
 
@@ -124,7 +125,8 @@ def test_user_mistakes_give_one_clear_line(args, message, tiny_checkpoint, tmp_p
     assert len(err.strip().splitlines()) == 1
 
 
-def test_missing_or_bad_model_file(tmp_path, capsys):
+def test_missing_or_bad_model_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no --out: the default ./mseg_demo must not land in the caller's folder
     image = tmp_path / "img.png"
     cv2.imwrite(str(image), np.zeros((20, 30, 3), np.uint8))
     code, _, err = demo(capsys, str(image), "--model", str(tmp_path / "nope.pth"), "--arch", "hrnet_w48", *FAST)

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import tiny_hrnet
+from conftest import skip_without_shared, tiny_hrnet
 
 from mseg_semantic import TaxonomyError
 from mseg_semantic.cli import main
@@ -97,7 +97,7 @@ def test_prediction_names_are_unique():
 def camvid(shared: Path) -> Path:
     root = shared / "data" / "camvid11"
     if not (root / "val.txt").exists():
-        pytest.skip("CamVid copy not available")
+        skip_without_shared("../shared/data/camvid11 is not available")
     return root
 
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_hrnet
+from conftest import skip_without_shared, tiny_hrnet
 from test_inference import PixelModel, random_image, reference_predict_proba
 
 from mseg_semantic import InputError
@@ -37,7 +37,7 @@ SMALL = {"config": "360_ss", "base_size": 96, "crop_size": 161}
 def camvid(shared: Path) -> Path:
     path = shared / "data" / "camvid11"
     if not (path / "train.txt").exists():
-        pytest.skip("CamVid images not available")
+        skip_without_shared("../shared/data/camvid11 is not available")
     return path
 
 

@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from mseg_semantic.errors import InputError
 from mseg_semantic.models import HRNET_W48, build_model, list_models, load_checkpoint, load_hrnet_config
 
-# The tiny HRNet of ../shared/reference/tiny_hrnet/tiny_hrnet.yaml, written out so tests without that folder
-# still have a small HRNet (and so the YAML reader is checked against it).
+DATA = Path(__file__).parent / "data"
+TINY_REF = DATA / "tiny_hrnet"  # config, key list, weights, an input and the original's logits (data/README.md)
+
+# The tiny HRNet of data/tiny_hrnet/tiny_hrnet.yaml, written out so tests that build a small HRNet read no file
+# (and so the YAML reader is checked against it).
 TINY_HRNET = {
     "FINAL_CONV_KERNEL": 1,
     "STAGE1": {"NUM_MODULES": 1, "NUM_BRANCHES": 1, "BLOCK": "BOTTLENECK", "NUM_BLOCKS": [2], "NUM_CHANNELS": [8]},
@@ -81,12 +84,12 @@ def test_hrnet_config_reads_the_original_yaml_layout(tmp_path):
         build_model("hrnet", 11, config={**TINY_HRNET, "STAGE2": {**TINY_HRNET["STAGE2"], "NUM_BLOCKS": [1]}})
 
 
-def test_tiny_hrnet_yaml_matches_the_written_out_config(shared: Path):
-    assert load_hrnet_config(shared / "reference/tiny_hrnet/tiny_hrnet.yaml") == load_hrnet_config(TINY_HRNET)
+def test_tiny_hrnet_yaml_matches_the_written_out_config():
+    assert load_hrnet_config(TINY_REF / "tiny_hrnet.yaml") == load_hrnet_config(TINY_HRNET)
 
 
-def test_tiny_hrnet_has_the_reference_keys_and_reproduces_its_logits(shared: Path):
-    ref = shared / "reference" / "tiny_hrnet"
+def test_tiny_hrnet_has_the_reference_keys_and_reproduces_its_logits():
+    ref = TINY_REF
     model = build_model("hrnet", num_classes=11, config=ref / "tiny_hrnet.yaml")
     assert key_table(model) == json.loads((ref / "tiny_hrnet_keys.json").read_text())["keys"]
 
@@ -102,8 +105,8 @@ def test_tiny_hrnet_has_the_reference_keys_and_reproduces_its_logits(shared: Pat
 
 
 @pytest.mark.parametrize("arch", ["hrnet_w48", "pspnet50", "pspnet101"])
-def test_full_size_models_have_the_original_keys_and_shapes(shared: Path, arch: str):
-    reference = json.loads((shared / "reference" / "models" / f"{arch}_keys.json").read_text())
+def test_full_size_models_have_the_original_keys_and_shapes(arch: str):
+    reference = json.loads((DATA / "models" / f"{arch}_keys.json").read_text())
     with torch.device("meta"):  # shapes without allocating or initialising the weights
         model = build_model(arch, num_classes=reference["num_classes"])
     assert key_table(model) == reference["keys"]

@@ -1,4 +1,4 @@
-"""Every taxonomy against the original mseg-api files, class by class (skipped without ../shared).
+"""Every taxonomy against the original mseg-api files (copies in tests/data/mseg-api), class by class.
 
 The reference files are parsed here with the rules the original package used, independently of the package's
 own tables, so a mistake in deriving the tables shows up as a difference.
