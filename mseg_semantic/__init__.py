@@ -6,9 +6,15 @@ Sub-packages, in the order data flows through them:
 - :mod:`mseg_semantic.models`: HRNet and PSPNet, state_dict-compatible with the original checkpoints.
 - :mod:`mseg_semantic.inference`: the original single/multi-scale test-time algorithm and the demo.
 - :mod:`mseg_semantic.visualize`: colour maps and overlays with class names.
+- :mod:`mseg_semantic.zoo`: the released models by name, and ``load_model`` (zoo names, checkpoint paths, the
+  bundled default model).
 
 The most used names are importable from here (``mseg_semantic.load_model``, ``mseg_semantic.Segmenter``);
-they are loaded on first use so that ``import mseg_semantic`` (and ``mseg taxonomy``) stays fast.
+they are loaded on first use so that ``import mseg_semantic`` (and ``mseg taxonomy``) stays fast. Two lines from an
+image to labels::
+
+    from mseg_semantic import Segmenter
+    labels = Segmenter().predict("street.jpg")   # the bundled CamVid-11 model; Segmenter("mseg-3m") for MSeg
 """
 
 from __future__ import annotations

@@ -1,12 +1,20 @@
-"""The released MSeg checkpoints by name: download, verify, cache, and load them.
+"""The released MSeg checkpoints by name, and :func:`load_model`, the one loader of names, paths and the default.
 
 ``load_model("mseg-3m")`` downloads the original checkpoint once into the cache (``$MSEG_HOME``, default
 ``~/.cache/mseg``), checks that it is a real checkpoint of the expected architecture and class count (an HTML page
 saved by Google Drive, a truncated or a foreign file is refused and not cached), records its sha256, writes a slim
 safetensors copy next to it, and loads that copy. Later loads check the recorded sha256 and need no network.
+``load_model("file.safetensors")`` (or an original ``.pth`` with ``arch=``) loads a file, ``load_model()`` the model
+that ships with the package. The model carries its taxonomy and recommended preset (``model.taxonomy``,
+``model.preset``), which :class:`~mseg_semantic.inference.Segmenter` uses as its defaults.
 
 Downloads resume from a partial ``.part`` file. Google Drive is handled by the ``gdown`` library;
 ``MSEG_MODEL_MIRROR=URL`` (or ``mirror=``) fetches ``URL/<filename>`` instead, for air-gapped sites and tests.
+
+Public: :func:`load_model`, :func:`get_model_info` (a model's facts), :func:`model_names`, :func:`fetch` (the
+verified local file of a model: download ahead of time), :func:`cache_dir`, :func:`remove`. :func:`lookup` and
+:func:`resolve` (a name or a path to a zoo entry / a local file, without loading) serve the command line and
+training.
 """
 
 from __future__ import annotations
@@ -18,14 +26,20 @@ import urllib.error
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from torch import nn
 
 from mseg_semantic.downloads import file_digest, http_download
-from mseg_semantic.errors import CheckpointError, DownloadError, InputError
-from mseg_semantic.taxonomy import get_taxonomy
+from mseg_semantic.errors import CheckpointError, DownloadError, InputError, TaxonomyError
+from mseg_semantic.taxonomy import get_taxonomy, taxonomy_names
+from mseg_semantic.taxonomy.tables import NAIVE, NUM_NAIVE_CLASSES, NUM_UNIVERSAL_CLASSES, UNIVERSAL
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["DEFAULT_MODEL", "ZooModel", "cache_dir", "fetch", "get_model_info", "load_model", "model_names", "remove"]
 
 ARCH = "hrnet_w48"  # every released model
 DEFAULT_MODEL = "camvid11-compact"  # shipped inside the package: what `mseg demo` uses without --model
@@ -85,11 +99,18 @@ def model_names() -> list[str]:
     return list(_registry())
 
 
-def get_model_info(name: str) -> ZooModel:
-    """The zoo entry called ``name`` (or one of its aliases); the error lists the known names."""
+def _find(name: str | None) -> ZooModel | None:
     for model in _registry().values():
         if name == model.name or name in model.aliases:
             return model
+    return None
+
+
+def get_model_info(name: str) -> ZooModel:
+    """The zoo entry called ``name`` (or one of its aliases); the error lists the known names."""
+    model = _find(name)
+    if model is not None:
+        return model
     import difflib
 
     close = difflib.get_close_matches(name, [*_registry(), *(a for m in _registry().values() for a in m.aliases)])
@@ -144,7 +165,7 @@ def fetch(name: str, *, mirror: str | None = None, progress: bool = True) -> Pat
         return slim
     original = folder / model.filename
     if not _verified(original):
-        download(model, original, mirror=mirror, progress=progress)
+        _download(model, original, mirror=mirror, progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
     convert_checkpoint(original, slim, model.arch, model.num_classes, overwrite=True, taxonomy=model.taxonomy,
                        zoo_name=model.name, source_sha256=_record(original).read_text().split()[0])  # fmt: skip
@@ -152,7 +173,7 @@ def fetch(name: str, *, mirror: str | None = None, progress: bool = True) -> Pat
     return slim
 
 
-def download(model: ZooModel, target: Path, *, mirror: str | None = None, progress: bool = True) -> Path:
+def _download(model: ZooModel, target: Path, *, mirror: str | None = None, progress: bool = True) -> Path:
     """Download the original checkpoint of ``model`` to ``target`` (resumable), verify it, record its sha256."""
     mirror = mirror or os.environ.get("MSEG_MODEL_MIRROR")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -204,39 +225,127 @@ def _check_checkpoint(model: ZooModel, path: Path) -> None:
 
 
 def load_model(
-    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    name_or_path: str | os.PathLike | None = None,
     arch: str | None = None,
     num_classes: int | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     *,
+    taxonomy: str | None = None,
     mirror: str | None = None,
     **options: Any,
 ) -> nn.Module:
-    """A ready model (eval mode) from a checkpoint path or a zoo name (downloaded and cached on first use).
+    """A ready model (eval mode, on ``device``) from a zoo name, a checkpoint path, or nothing.
 
-    Without a name: the compact CamVid-11 model that ships with the package (``camvid11-compact``)."""
-    from mseg_semantic.models import load_model as load_file
+    - ``None``: the compact CamVid-11 model that ships with the package (``camvid11-compact``).
+    - A zoo name (``mseg zoo list``): downloaded, verified and cached on first use (``mirror``: a server holding
+      the original files, also ``$MSEG_MODEL_MIRROR``). The name fixes the model: an ``arch``, ``num_classes`` or
+      ``taxonomy`` that contradicts it, and build ``options``, are an :class:`InputError`.
+    - A checkpoint path: a ``.safetensors`` from :func:`~mseg_semantic.models.save_checkpoint` or ``mseg convert``
+      records everything; an original ``.pth`` needs ``arch`` (``num_classes`` defaults to the class count of its
+      head). ``options`` go to :func:`~mseg_semantic.models.build_model` (``config=`` for ``arch="hrnet"``).
 
-    path, entry = resolve(name_or_path, mirror=mirror)
-    if entry is None:
-        return load_file(path, arch=arch, num_classes=num_classes, device=device, **options)
-    return load_file(path, device=device)
+    The model carries what it is as two plain attributes (kept by ``.to()``, ``.eval()`` and ``copy.deepcopy``,
+    recorded again by ``save_checkpoint``), the defaults of :class:`~mseg_semantic.inference.Segmenter`:
+
+    - ``model.taxonomy``: the taxonomy of its outputs: ``taxonomy`` when given (it must have the model's class
+      count), else the zoo entry's or the one its file records, else ``universal`` for 194 classes, ``naive`` for
+      316, the test taxonomy with that many classes (oracle models); ``None`` when the class count does not tell.
+    - ``model.preset``: its recommended inference preset: the zoo entry's, or for a file the ``preset`` it records
+      or that of the zoo model it was made from; ``None`` when there is none.
+    """
+    from mseg_semantic.models.checkpoint import build_from_checkpoint
+
+    name_or_path = DEFAULT_MODEL if name_or_path is None else name_or_path
+    # A missing file is the CheckpointError of reading it; an unknown name an InputError listing the zoo.
+    entry = None if _is_path(name_or_path) else get_model_info(name_or_path)
+    if entry is not None:
+        _refuse_contradictions(entry, arch, num_classes, taxonomy, options)
+        model, _ = build_from_checkpoint(fetch(entry.name, mirror=mirror))
+        model.taxonomy, model.preset = entry.taxonomy, entry.preset
+    else:
+        path = Path(name_or_path)
+        model, metadata = build_from_checkpoint(path, arch, num_classes, **options)
+        named = _output_taxonomy(path, model.num_classes, taxonomy, metadata.get("taxonomy"))
+        model.taxonomy = named or _default_taxonomy(model.num_classes)
+        source = _find(metadata.get("zoo_name"))
+        model.preset = metadata.get("preset") or (source.preset if source else None)
+    return model.to(device).eval()
+
+
+def _refuse_contradictions(
+    entry: ZooModel, arch: str | None, num_classes: int | None, taxonomy: str | None, options: dict[str, Any]
+) -> None:
+    """Options given with a zoo name must agree with it: the name alone says what model it is."""
+    if arch is not None and arch != entry.arch:
+        problem = f"{entry.name} is a {entry.arch} model; arch={arch!r} contradicts it"
+    elif num_classes is not None and num_classes != entry.num_classes:
+        problem = f"{entry.name} has {entry.num_classes} classes; num_classes={num_classes} contradicts it"
+    elif taxonomy is not None and get_taxonomy(taxonomy).name != entry.taxonomy:
+        problem = f"{entry.name} outputs taxonomy {entry.taxonomy!r}; taxonomy={taxonomy!r} contradicts it"
+    elif options:
+        given = ", ".join(f"{key}=" for key in sorted(options))
+        problem = f"{given} applies to checkpoint files; {entry.name} records its own architecture"
+    else:
+        return
+    raise InputError(f"{problem} (leave the option out, or load a checkpoint file instead of a zoo name)")
+
+
+def _output_taxonomy(path: Path, num_classes: int, given: str | None, recorded: str | None) -> str | None:
+    """The taxonomy given for a checkpoint, else the one it records (checked against its class count), or None."""
+    if given is not None:
+        taxonomy = get_taxonomy(given)
+    elif recorded is not None:
+        try:
+            taxonomy = get_taxonomy(recorded)
+        except TaxonomyError as exc:
+            raise TaxonomyError(f"{path} records the taxonomy of its outputs, but {exc}") from None
+    else:
+        return None
+    if taxonomy.num_classes != num_classes:
+        raise TaxonomyError(
+            f"{path}: the model has {num_classes} output classes but taxonomy {taxonomy.name!r} has "
+            f"{taxonomy.num_classes}"
+        )
+    return taxonomy.name
+
+
+def _default_taxonomy(num_classes: int) -> str | None:
+    """The taxonomy of a model's outputs that nobody named: universal for 194 classes, naive for 316, the only test
+    taxonomy with that many classes (the oracle models); None when the class count does not tell."""
+    if num_classes == NUM_UNIVERSAL_CLASSES:
+        return UNIVERSAL
+    if num_classes == NUM_NAIVE_CLASSES:
+        return NAIVE
+    candidates = [name for name in taxonomy_names("test") if get_taxonomy(name).num_classes == num_classes]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def lookup(name_or_path: str | os.PathLike) -> ZooModel | None:
-    """The zoo entry ``name_or_path`` names, or None for an existing checkpoint file (no download, no loading).
+    """The zoo entry ``name_or_path`` names, or None for an existing checkpoint file (no download, no loading):
+    what the command line checks before it loads anything.
 
     A path-like value that is not a file, or an unknown name, is an :class:`InputError`."""
-    path = Path(name_or_path)
-    if path.is_file():
+    if _is_path(name_or_path):
+        if not Path(name_or_path).is_file():
+            raise InputError(f"{name_or_path}: checkpoint file does not exist")
         return None
-    if str(name_or_path).endswith((".pth", ".pt", ".safetensors", ".tar")) or os.sep in str(name_or_path):
-        raise InputError(f"{path}: checkpoint file does not exist")
     return get_model_info(str(name_or_path))
 
 
+def _is_path(name_or_path: str | os.PathLike) -> bool:
+    """A path rather than a zoo name: a Path object, an existing file, a checkpoint suffix or a folder separator."""
+    text = str(name_or_path)
+    return (
+        not isinstance(name_or_path, str)
+        or Path(text).is_file()
+        or text.endswith((".pth", ".pt", ".safetensors", ".tar"))
+        or os.sep in text
+    )
+
+
 def resolve(name_or_path: str | os.PathLike, *, mirror: str | None = None) -> tuple[Path, ZooModel | None]:
-    """A checkpoint path for a path or zoo name, and the zoo entry when it is one."""
+    """A checkpoint path for a path or zoo name (downloaded on first use), and the zoo entry when it is one: for
+    those who read the weights themselves (``mseg train``'s ``model.weights``)."""
     model = lookup(name_or_path)
     if model is None:
         return Path(name_or_path), None

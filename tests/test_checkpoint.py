@@ -363,3 +363,49 @@ def test_pspnet_backbone_weights_from_a_deep_stem_resnet_file(tmp_path, caplog):
     assert torch.equal(own["layer0.7.running_var"], tensors["bn3.running_var"])
     assert torch.equal(own["layer4.2.conv3.weight"], tensors["layer4.2.conv3.weight"])
     assert "skipped 2 that the model has no place for (fc.weight, fc.bias)" in caplog.text
+
+
+def test_one_load_model():
+    import mseg_semantic
+    import mseg_semantic.models
+    import mseg_semantic.zoo
+
+    assert mseg_semantic.load_model is mseg_semantic.models.load_model is mseg_semantic.zoo.load_model
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "taxonomy"),
+    [(194, "universal"), (316, "naive"), (11, "camvid-11"), (21, "voc2012"), (19, None), (5, None)],
+)
+def test_loaded_model_carries_the_taxonomy_its_class_count_tells(tmp_path, num_classes, taxonomy):
+    """An original .pth records no taxonomy: 194 is universal, 316 naive, an oracle's the test taxonomy with that
+    many classes; 19 (kitti-19, wilddash-19, cityscapes-19, ...) and 5 cannot be told."""
+    path = save_original(build_model("hrnet", num_classes, config=MICRO_HRNET).state_dict(), tmp_path / "m.pth")
+    model = load_model(path, arch="hrnet", config=MICRO_HRNET)
+    assert model.taxonomy == taxonomy and model.preset is None
+    if num_classes == 19:
+        assert load_model(path, arch="hrnet", config=MICRO_HRNET, taxonomy="kitti-19").taxonomy == "kitti-19"
+
+
+def test_loaded_model_carries_the_recorded_taxonomy_and_preset(tmp_path):
+    from mseg_semantic.errors import TaxonomyError
+
+    model = build_model("hrnet", 19, config=MICRO_HRNET)
+    path = save_checkpoint(model, tmp_path / "kitti.safetensors", taxonomy="kitti-19", preset="1080_ss")
+    loaded = load_model(path)
+    assert (loaded.taxonomy, loaded.preset, loaded.num_classes) == ("kitti-19", "1080_ss", 19)
+    # What a model carries is recorded again when it is saved, unless told otherwise.
+    again = load_model(save_checkpoint(loaded, tmp_path / "again.safetensors"))
+    assert (again.taxonomy, again.preset) == ("kitti-19", "1080_ss")
+    other = load_model(save_checkpoint(loaded, tmp_path / "other.safetensors", taxonomy="wilddash-19"))
+    assert other.taxonomy == "wilddash-19"
+    # An explicit taxonomy wins over the recorded one, and must have the model's class count.
+    assert load_model(path, taxonomy="cityscapes-19").taxonomy == "cityscapes-19"
+    with pytest.raises(TaxonomyError, match="the model has 19 output classes but taxonomy 'camvid-11' has 11"):
+        load_model(path, taxonomy="camvid-11")
+    wrong = save_checkpoint(model, tmp_path / "wrong.safetensors", taxonomy="camvid-11")
+    with pytest.raises(TaxonomyError, match="the model has 19 output classes but taxonomy 'camvid-11' has 11"):
+        load_model(wrong)
+    unknown = save_checkpoint(model, tmp_path / "unknown.safetensors", taxonomy="kitti19")
+    with pytest.raises(TaxonomyError, match="kitti19"):
+        load_model(unknown)

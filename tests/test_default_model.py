@@ -96,3 +96,31 @@ def test_torch_hub_bundled_entry_point():
     assert model.num_classes == bare.num_classes == 11
     assert model.state_dict().keys() == bare.state_dict().keys()
     assert not torch.equal(model.state_dict()["last_layer.3.weight"], bare.state_dict()["last_layer.3.weight"])
+
+
+def test_segmenter_from_the_bundled_model_in_one_line():
+    """Issue #15: `Segmenter(load_model())` and `Segmenter("camvid11-compact")` once raised; `Segmenter()` too."""
+    from mseg_semantic import Segmenter, load_model
+
+    image = np.full((36, 48, 3), 120, np.uint8)
+    for segmenter in (Segmenter(load_model()), Segmenter("camvid11-compact"), Segmenter()):
+        # The taxonomy and the preset come with the model.
+        assert segmenter.model_taxonomy == segmenter.output_taxonomy == "camvid-11"
+        assert segmenter.config.name == "compact_360_ss" and segmenter.num_classes == 11
+        labels = segmenter.predict(image)
+        assert labels.shape == (36, 48) and labels.max() < 11
+    explicit = Segmenter("default", config="360_ss", model_taxonomy="camvid-11")
+    assert explicit.config.name == "360_ss"  # what the caller says wins
+
+
+def test_the_loaded_bundled_model_carries_its_taxonomy_and_preset():
+    import torch
+
+    from mseg_semantic import load_model
+
+    model = load_model()
+    assert (model.taxonomy, model.preset) == ("camvid-11", "compact_360_ss")
+    model = model.to(torch.device("cpu")).eval().train(False)  # plain attributes: moving the module keeps them
+    assert (model.taxonomy, model.preset) == ("camvid-11", "compact_360_ss")
+    by_path = load_model(zoo.fetch("camvid11-compact"))  # the file itself: taxonomy recorded, preset of its zoo name
+    assert (by_path.taxonomy, by_path.preset) == ("camvid-11", "compact_360_ss")

@@ -279,3 +279,30 @@ def test_errors_are_clear(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"<html>")
     with pytest.raises(InputError, match=r"bad\.jpg: not a readable image"):
         seg.predict(tmp_path / "bad.jpg")
+
+
+def test_segmenter_takes_taxonomy_and_preset_from_the_model():
+    model = PixelModel(11)
+    model.taxonomy, model.preset = "camvid-11", "360_ss"
+    seg = Segmenter(model, base_size=20, crop_size=33)
+    assert (seg.model_taxonomy, seg.output_taxonomy, seg.config.name) == ("camvid-11", "camvid-11", "360_ss+custom")
+    assert seg.config.base_size == 20 and seg.config.scales == (1.0,)  # 360_ss with the overrides
+    explicit = Segmenter(model, config="720_ms", model_taxonomy="camvid-11")
+    assert explicit.config.name == "720_ms"
+    plain = Segmenter(PixelModel(194))  # a module that carries nothing: universal, the original demo preset
+    assert (plain.model_taxonomy, plain.config.name) == ("universal", "360_ms")
+
+
+def test_segmenter_reads_the_taxonomy_from_a_safetensors_file(tmp_path):
+    """Issue #15: `Segmenter(load_model("x.safetensors"))` with the taxonomy read from the file."""
+    from mseg_semantic import load_model
+    from mseg_semantic.models import save_checkpoint
+
+    path = save_checkpoint(tiny_hrnet(19), tmp_path / "x.safetensors", taxonomy="kitti-19")
+    for seg in (Segmenter(load_model(path), config="360_ss", base_size=32, crop_size=33), Segmenter(path)):
+        assert seg.model_taxonomy == seg.output_taxonomy == "kitti-19" and seg.num_classes == 19
+    assert Segmenter(path, config="360_ss", base_size=32, crop_size=33).predict(random_image(24, 30)).shape == (24, 30)
+    unknown = save_checkpoint(tiny_hrnet(19), tmp_path / "y.safetensors")  # 19 classes: which taxonomy?
+    with pytest.raises(TaxonomyError, match="pass the model's taxonomy"):
+        Segmenter(load_model(unknown))
+    assert Segmenter(load_model(unknown), model_taxonomy="wilddash-19").model_taxonomy == "wilddash-19"

@@ -177,3 +177,65 @@ def test_fine_tuning_from_a_zoo_name(mirror, w48_checkpoint, shared, tmp_path, c
     name = "last_layer.3.weight"
     delta = (tuned.state_dict()[name] - start[f"module.{name}"]).abs().max().item()
     assert 0 < delta < 0.05
+
+
+@pytest.fixture(scope="module")
+def w48_universal_checkpoint(tmp_path_factory) -> Path:
+    """A universal (194 classes) HRNet-W48 checkpoint in the original layout, served as mseg-3m."""
+    torch.manual_seed(1)
+    model = build_model("hrnet_w48", 194)
+    path = tmp_path_factory.mktemp("weights") / "mseg-3m.pth"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def test_segmenter_from_a_zoo_name(mirror, w48_universal_checkpoint, w48_checkpoint):
+    """`Segmenter("mseg-3m")`: downloaded once (here from the local mirror), with the zoo's taxonomy and preset."""
+    import numpy as np
+
+    from mseg_semantic import Segmenter
+    from mseg_semantic import load_model as top_level_load_model
+
+    root, _ = mirror
+    (root / "mseg-3m.pth").symlink_to(w48_universal_checkpoint)
+    (root / f"{NAME}.pth").symlink_to(w48_checkpoint)
+    segmenter = Segmenter("mseg-3m")
+    assert segmenter.model_taxonomy == "universal" and segmenter.num_classes == 194
+    assert segmenter.config.name == "360_ms"  # the zoo's recommended preset
+    assert Segmenter("mseg-3m", output_taxonomy="camvid-11").class_names[0] == "Building"
+    oracle = top_level_load_model(NAME)
+    assert (oracle.taxonomy, oracle.preset, oracle.num_classes) == ("camvid-11", "1080_ss", 11)
+    small = Segmenter(oracle, config="360_ss", base_size=32, crop_size=33)
+    assert small.model_taxonomy == "camvid-11"
+    assert small.predict(np.zeros((24, 32, 3), np.uint8)).shape == (24, 32)
+    # Options that agree with the zoo entry are accepted.
+    assert load_model(NAME, arch="hrnet_w48", num_classes=11, taxonomy="camvid-11").num_classes == 11
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"arch": "pspnet50"}, "camvid-11-1m is a hrnet_w48 model; arch='pspnet50' contradicts it"),
+        ({"num_classes": 19}, "camvid-11-1m has 11 classes; num_classes=19 contradicts it"),
+        ({"taxonomy": "kitti-19"}, "camvid-11-1m outputs taxonomy 'camvid-11'; taxonomy='kitti-19' contradicts it"),
+        ({"config": {"FINAL_CONV_KERNEL": 1}}, "config= applies to checkpoint files"),
+    ],
+)
+def test_options_contradicting_a_zoo_name_are_errors(mirror, options, message):
+    _, handler = mirror
+    with pytest.raises(InputError, match=message):
+        load_model(NAME, **options)
+    assert handler.requests == []  # refused before any download
+
+
+def test_cli_option_contradicting_a_zoo_name(mirror, tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    _, handler = mirror
+    image = tmp_path / "street.png"
+    cv2.imwrite(str(image), np.zeros((20, 30, 3), np.uint8))
+    code = main(["demo", str(image), "--model", NAME, "--arch", "pspnet50", "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "arch='pspnet50' contradicts it" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and handler.requests == []

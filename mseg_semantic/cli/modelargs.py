@@ -10,7 +10,6 @@ from torch import nn
 from mseg_semantic.errors import InputError, TaxonomyError
 from mseg_semantic.inference.config import HEADS, PADS, PRECISIONS, SPEED_FIELDS, preset_names
 from mseg_semantic.taxonomy import get_taxonomy, taxonomy_names
-from mseg_semantic.taxonomy.tables import NAIVE, NUM_NAIVE_CLASSES, NUM_UNIVERSAL_CLASSES, UNIVERSAL
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +31,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model-taxonomy",
         metavar="T",
-        help="taxonomy of the model's outputs (default: recorded in the checkpoint; universal for 194 "
-        "classes, naive for 316, the test taxonomy with that many classes for oracle models)",
+        help="taxonomy of the model's outputs (default: the zoo model's or recorded in the checkpoint; universal for "
+        "194 classes, naive for 316, the test taxonomy with that many classes for oracle models)",
     )
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     group.add_argument(
@@ -126,22 +125,6 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def default_model_taxonomy(num_classes: int, recorded: str | None = None) -> str:
-    """The taxonomy of a model's outputs when the user did not say: recorded > 194/316 > unique test taxonomy."""
-    if recorded:
-        return get_taxonomy(recorded).name
-    if num_classes == NUM_UNIVERSAL_CLASSES:
-        return UNIVERSAL
-    if num_classes == NUM_NAIVE_CLASSES:
-        return NAIVE
-    candidates = [t for t in taxonomy_names("test") if get_taxonomy(t).num_classes == num_classes]
-    if len(candidates) == 1:
-        return candidates[0]
-    others = [t for t in taxonomy_names() if get_taxonomy(t).num_classes == num_classes]
-    hint = f"; taxonomies with {num_classes} classes: {', '.join(others)}" if others else ""
-    raise TaxonomyError(f"cannot tell the taxonomy of a model with {num_classes} outputs: pass --model-taxonomy{hint}")
-
-
 def resolve_model_args(args: argparse.Namespace) -> None:
     """Fill in ``args.model`` (the bundled default model) and ``args.config`` (the zoo model's preset) when not given.
 
@@ -170,20 +153,19 @@ def describe_default_model(args: argparse.Namespace) -> str | None:
 
 
 def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, str]:
-    """The model named by ``--model`` (and ``--arch``/``--num-classes``) and its taxonomy; after
-    :func:`resolve_model_args`."""
-    from mseg_semantic import zoo
-    from mseg_semantic.models import load_model, read_metadata
+    """The model named by ``--model`` (and ``--arch``/``--num-classes``/``--model-taxonomy``) and its taxonomy; after
+    :func:`resolve_model_args`. The taxonomy is what :func:`mseg_semantic.load_model` gives the model; a model whose
+    class count does not tell it needs ``--model-taxonomy``."""
+    from mseg_semantic.zoo import load_model
 
-    path, entry = zoo.resolve(args.model)  # a checkpoint path, or a zoo name downloaded and cached on first use
-    if entry is not None:
-        args.arch, args.num_classes = None, None  # the cached copy records them
-    model = load_model(path, arch=args.arch, num_classes=args.num_classes, device=args.device)
-    recorded = read_metadata(path).get("taxonomy") if path.suffix == ".safetensors" else None
-    taxonomy = args.model_taxonomy or default_model_taxonomy(model.num_classes, recorded)
-    expected = get_taxonomy(taxonomy).num_classes
-    if model.num_classes != expected:
+    # A checkpoint path, or a zoo name downloaded and cached on first use (options contradicting it are errors).
+    model = load_model(
+        args.model, arch=args.arch, num_classes=args.num_classes, device=args.device, taxonomy=args.model_taxonomy
+    )
+    if model.taxonomy is None:
+        others = [t for t in taxonomy_names() if get_taxonomy(t).num_classes == model.num_classes]
+        hint = f"; taxonomies with {model.num_classes} classes: {', '.join(others)}" if others else ""
         raise TaxonomyError(
-            f"{path}: the model has {model.num_classes} output classes but taxonomy {taxonomy!r} has {expected}"
+            f"cannot tell the taxonomy of a model with {model.num_classes} outputs: pass --model-taxonomy{hint}"
         )
-    return model, taxonomy
+    return model, model.taxonomy

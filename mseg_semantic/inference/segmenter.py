@@ -44,6 +44,8 @@ from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy
 from mseg_semantic.taxonomy.tables import NAIVE, UNIVERSAL
 
 _BAND_BYTES = 64 * 2**20  # size of one band of output rows while combining scales
+#: The preset of a model that recommends none: the original demo's multi-scale setting.
+DEFAULT_PRESET = "360_ms"
 
 
 @dataclass
@@ -60,13 +62,21 @@ class _Job:
 class Segmenter:
     """Predict semantic label maps (and probabilities) for RGB images with the original MSeg algorithm.
 
+    Two lines from an image to labels::
+
+        from mseg_semantic import Segmenter
+        labels = Segmenter().predict("street.jpg")   # the bundled CamVid-11 model; Segmenter("mseg-3m") for MSeg
+
     Args:
-        model: a segmentation ``nn.Module`` returning logits (N, K, h, w), or a checkpoint path / model name
-            (loaded with :func:`mseg_semantic.models.load_model`).
+        model_or_name: a segmentation ``nn.Module`` returning logits (N, K, h, w); a zoo name or a checkpoint path,
+            loaded with :func:`mseg_semantic.load_model`; or None: the model that ships with the package
+            (``camvid11-compact``).
         config: a preset name (``360_ss``, ``360_ms``, ``720_ss``, ``720_ms``, ``1080_ss``, ``1080_ms``,
-            ``batched_480``, ``batched_720``, ``batched_1080``), a YAML path, or an :class:`InferenceConfig`.
+            ``batched_480``, ``batched_720``, ``batched_1080``, ``compact_360_ss``), a YAML path, or an
+            :class:`InferenceConfig`; default: the model's recommended preset (``model.preset``, set by
+            :func:`~mseg_semantic.load_model`), else ``360_ms``.
         model_taxonomy: the taxonomy of the model's K outputs: ``universal`` (194), ``naive`` (316) or a dataset
-            taxonomy (oracle models).
+            taxonomy (oracle models); default: the one the model carries (``model.taxonomy``), else ``universal``.
         output_taxonomy: the taxonomy of the results; default: the model's. A universal or naive model can
             output any test taxonomy (probabilities are summed onto it before averaging).
         device: where the model runs (``"cpu"``, ``"cuda"``, ...).
@@ -79,9 +89,9 @@ class Segmenter:
 
     def __init__(
         self,
-        model: nn.Module | str | os.PathLike,
-        config: str | os.PathLike | InferenceConfig = "360_ms",
-        model_taxonomy: str = UNIVERSAL,
+        model_or_name: nn.Module | str | os.PathLike | None = None,
+        config: str | os.PathLike | InferenceConfig | None = None,
+        model_taxonomy: str | None = None,
         output_taxonomy: str | None = None,
         device: str | torch.device = "cpu",
         fast: bool = False,
@@ -89,21 +99,30 @@ class Segmenter:
     ) -> None:
         if fast:
             overrides["fast"] = True
-        self.config = load_config(config, **overrides)
+        # A preset given is checked before a model is loaded (or downloaded).
+        chosen = None if config is None else load_config(config, **overrides)
         self.device = torch.device(device)
-        if not isinstance(model, nn.Module):
-            from mseg_semantic.models import load_model
+        if isinstance(model_or_name, nn.Module):
+            model = model_or_name
+        else:
+            from mseg_semantic.zoo import load_model
 
-            model = load_model(model, device=self.device)
+            model = load_model(model_or_name, device=self.device)
+        if chosen is None:
+            chosen = load_config(getattr(model, "preset", None) or DEFAULT_PRESET, **overrides)
+        self.config = chosen
         model = model.to(self.device).eval()
-        self.model_taxonomy = get_taxonomy(model_taxonomy).name
-        self.output_taxonomy = get_taxonomy(output_taxonomy or model_taxonomy).name
+        carried = getattr(model, "taxonomy", None)
+        self.model_taxonomy = get_taxonomy(model_taxonomy or carried or UNIVERSAL).name
+        self.output_taxonomy = get_taxonomy(output_taxonomy or self.model_taxonomy).name
         self.num_model_classes = get_taxonomy(self.model_taxonomy).num_classes
         declared = getattr(model, "num_classes", None)
         if isinstance(declared, int) and declared != self.num_model_classes:
+            assumed = "" if model_taxonomy or carried else " (the default for a model that carries no taxonomy)"
             raise TaxonomyError(
                 f"the model has {declared} output classes but taxonomy {self.model_taxonomy!r} has "
-                f"{self.num_model_classes}; pass the model's taxonomy (e.g. --model-taxonomy)"
+                f"{self.num_model_classes}{assumed}; pass the model's taxonomy: Segmenter(..., model_taxonomy=T) or "
+                "load_model(..., taxonomy=T) (the command line: --model-taxonomy)"
             )
         self._projection: torch.Tensor | None = None
         if self.output_taxonomy != self.model_taxonomy:

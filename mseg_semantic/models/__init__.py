@@ -7,13 +7,18 @@ Two lines to a model::
 
 Modules, bottom-up: ``resnet`` (residual blocks, dilated deep-stem ResNet), ``hrnet``, ``pspnet``, ``weights``
 (safe reading/writing of weight files, strict loading with explanations), ``registry`` (names -> builders),
-``checkpoint`` (our safetensors format, ``load_model``, ``convert_checkpoint``).
+``checkpoint`` (our safetensors format, building a model from a file, ``convert_checkpoint``).
+
+``load_model`` (zoo names, checkpoint paths, the bundled default) is :func:`mseg_semantic.zoo.load_model`, the same
+function as ``mseg_semantic.load_model``; it is looked up on first use, so importing this package does not import
+the zoo (which itself uses this package to check and convert downloads).
 """
+
+from typing import Any
 
 from mseg_semantic.models.checkpoint import (
     convert_checkpoint,
     load_checkpoint,
-    load_model,
     save_checkpoint,
 )
 from mseg_semantic.models.hrnet import HRNET_W48, HRNet, HRNetConfig, HRNetStageConfig, load_hrnet_config
@@ -39,3 +44,11 @@ __all__ = [
     "read_metadata",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_model":
+        from mseg_semantic.zoo import load_model
+
+        return load_model
+    raise AttributeError(f"module 'mseg_semantic.models' has no attribute {name!r}")

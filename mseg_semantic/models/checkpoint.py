@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from mseg_semantic.errors import CheckpointError, InputError
@@ -33,6 +32,8 @@ FORMAT_NAME = "mseg-semantic"
 FORMAT_VERSION = "1"
 #: Metadata keys written by save_checkpoint itself.
 RESERVED_METADATA = ("format", "format_version", "arch", "num_classes", "config")
+#: What a model from :func:`mseg_semantic.load_model` carries as attributes, kept in the metadata of its checkpoint.
+CARRIED = ("taxonomy", "preset")
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, str]:
@@ -51,7 +52,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **metadata: Any) -> Path:
     """Write ``model``'s weights to a ``.safetensors`` file (atomically) with its arch, config and class count.
 
-    ``metadata``: extra entries such as ``taxonomy="camvid-11"``. Returns the path written.
+    ``metadata``: extra entries such as ``taxonomy="camvid-11"``. The ``taxonomy`` and ``preset`` a model carries
+    (one from :func:`mseg_semantic.load_model`) are recorded unless given. Returns the path written.
     """
     missing = [name for name in ("arch", "config", "num_classes") if not hasattr(model, name)]
     if missing:
@@ -69,22 +71,25 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **metadata: 
         "num_classes": str(model.num_classes),
         "config": json.dumps(model.config.to_dict()),
     }
+    for key in CARRIED:
+        if key not in metadata and getattr(model, key, None) is not None:
+            metadata[key] = getattr(model, key)
     header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     return write_safetensors(model.state_dict(), path, header)
 
 
-def load_model(
+def build_from_checkpoint(
     path: str | os.PathLike[str],
     arch: str | None = None,
     num_classes: int | None = None,
-    device: str | torch.device = "cpu",
     **options: Any,
-) -> nn.Module:
-    """Build the model a checkpoint holds and load it; returns it in eval mode on ``device``.
+) -> tuple[nn.Module, dict[str, str]]:
+    """Build the model a checkpoint file holds and load it strictly: ``(model in eval mode on the CPU, metadata)``.
 
-    A file written by :func:`save_checkpoint` needs nothing else. An original ``.pth`` needs ``arch``
-    (e.g. ``"hrnet_w48"``); ``num_classes`` defaults to the class count of the file's head. ``options`` go to
-    :func:`build_model` (``config=`` for ``arch="hrnet"`` from a ``.pth``).
+    The step of :func:`mseg_semantic.load_model` that reads a file (that function adds zoo names, the device and
+    what the model is: its taxonomy and preset). A file written by :func:`save_checkpoint` needs nothing else. An
+    original ``.pth`` needs ``arch`` (e.g. ``"hrnet_w48"``); ``num_classes`` defaults to the class count of the
+    file's head. ``options`` go to :func:`build_model` (``config=`` for ``arch="hrnet"`` from a ``.pth``).
     """
     state_dict, metadata = read_weights(path)
     saved_arch = metadata.get("arch")
@@ -103,7 +108,7 @@ def load_model(
         num_classes = _saved_classes(path, metadata, state_dict)
     model = build_model(arch, num_classes, **options)
     load_state_dict_strictly(model, state_dict, source=str(path))
-    return model.to(device).eval()
+    return model.eval(), metadata
 
 
 def _saved_classes(path: str | os.PathLike[str], metadata: dict[str, str], state_dict: dict) -> int:
@@ -142,6 +147,6 @@ def convert_checkpoint(
     if out_path.exists() and out_path.resolve() == in_path.resolve():
         raise InputError(f"{out_path} is the input file; write the converted checkpoint elsewhere")
     options = {} if config is None else {"config": config}
-    model = load_model(in_path, arch=arch, num_classes=num_classes, **options)
+    model, _ = build_from_checkpoint(in_path, arch=arch, num_classes=num_classes, **options)
     metadata.setdefault("source", in_path.name)
     return save_checkpoint(model, out_path, **metadata)
