@@ -1,25 +1,46 @@
-"""The ``mseg`` command line: one sub-command per module in this package.
+"""The ``mseg`` command line: one sub-command per module in this package, imported only when it runs.
 
-Each sub-command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` to the
-function that runs it. Errors the user can fix (:class:`~mseg_semantic.errors.MsegError`) are printed as one
-line on stderr with exit status 2; there is no traceback for them.
+Each sub-command module exposes ``register(subparsers)``, which adds its parser (with :func:`add_command_parser`)
+and sets ``func`` to the function that runs it. :func:`main` imports the module of the command being run only, so
+``mseg taxonomy list`` and ``mseg --help`` do not pay for PyTorch; the other commands appear in the parser as
+stubs with their one-line summary from :data:`COMMANDS`. Errors the user can fix
+(:class:`~mseg_semantic.errors.MsegError`) are printed as one line on stderr with exit status 2; there is no
+traceback for them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from mseg_semantic import __version__
-from mseg_semantic.cli import convert, data, demo, evaluate, remap, results, taxonomy, train, zoo
 from mseg_semantic.errors import MsegError
 
-_COMMANDS = (demo, evaluate, results, train, zoo, data, taxonomy, remap, convert)
+#: Every sub-command, in the order ``mseg --help`` lists them: its module in this package and its summary.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "segment images, folders or videos"),
+    "eval": ("evaluate", "score a model on a dataset split (mIoU and more)"),
+    "results": ("results", "collect evaluation results into a table (rows: models, columns: datasets, harmonic mean)"),
+    "train": ("train", "train a segmentation model (MSeg recipe; torchrun for several processes)"),
+    "zoo": ("zoo", "list, describe and download the released MSeg models"),
+    "data": ("data", "download, prepare, relabel and verify the 13 MSeg datasets"),
+    "taxonomy": ("taxonomy", "list taxonomies, show their classes, show the maps between them"),
+    "remap": ("remap", "convert a folder of label PNGs from one taxonomy to another"),
+    "convert": ("convert", "convert an original .pth checkpoint to a weights-only .safetensors file"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every sub-command attached."""
+def add_command_parser(subparsers: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """The parser of sub-command ``name``, with its summary from :data:`COMMANDS` (for the modules' ``register``)."""
+    return subparsers.add_parser(name, help=COMMANDS[name][1], **kwargs)
+
+
+def build_parser(full: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; the sub-commands in ``full`` (default: all) with all their options, others as stubs."""
+    loaded = set(COMMANDS) if full is None else set(full)
     parser = argparse.ArgumentParser(
         prog="mseg",
         description="MSeg semantic segmentation: taxonomies, models, inference, evaluation and training.",
@@ -27,14 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mseg-semantic {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _COMMANDS:
-        module.register(subparsers)
+    for name, (module, summary) in COMMANDS.items():
+        if name in loaded:
+            importlib.import_module(f"{__name__}.{module}").register(subparsers)
+        else:
+            subparsers.add_parser(name, help=summary, add_help=False)
     return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv``: its first word that is not an option (the top level takes no values)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(full=[name for name in (_command(argv),) if name in COMMANDS])
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         # A command group given without its sub-command prints that group's help.

@@ -11,15 +11,16 @@ import argparse
 import inspect
 from pathlib import Path
 
+from mseg_semantic.cli import add_command_parser
 from mseg_semantic.errors import InputError
 from mseg_semantic.models import convert_checkpoint, list_models
 from mseg_semantic.models.checkpoint import RESERVED_METADATA
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "convert",
-        help="convert an original .pth checkpoint to a weights-only .safetensors file",
         description="Load a checkpoint (the original {'state_dict': ..., 'optimizer': ...} layout, a bare state_dict "
         "or a .safetensors file) strictly into the given architecture and write its weights with the arch, class "
         "count and config as metadata. The file is read with torch.load(weights_only=True): no code in it runs.",

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from mseg_semantic.cli import add_command_parser
 from mseg_semantic.cli.text import format_table, print_json
 from mseg_semantic.errors import InputError
 
@@ -25,9 +26,9 @@ the sequence, for every dataset (ROOT = the MSeg data root, e.g. export MSEG_DAT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "data",
-        help="download, prepare, relabel and verify the 13 MSeg datasets",
         description="Build the MSeg composite dataset below a data ROOT (--root, default $MSEG_DATA) in the "
         "original mseg-api layout: ROOT/ADE20K, ROOT/BDD, ROOT/Cityscapes, ROOT/COCOPanoptic, ... Label files are "
         "written at exactly the paths the shipped split lists name, pixel for pixel as the original writes them. "

@@ -5,29 +5,62 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from mseg_semantic import __version__, distributed
-from mseg_semantic.cli.modelargs import (
-    add_config_arguments,
-    add_model_arguments,
-    apply_threads,
-    config_overrides,
-    describe_default_model,
-    load_model_from_args,
-    resolve_model_args,
-)
+from mseg_semantic.cli import add_command_parser
+from mseg_semantic.cli.modelargs import ModelSpec, add_config_arguments, add_model_arguments, model_spec
 from mseg_semantic.data import read_list
 from mseg_semantic.errors import InputError
 from mseg_semantic.evaluation import evaluate, plan_evaluation
-from mseg_semantic.inference import Segmenter, load_config
+from mseg_semantic.inference import Segmenter
 from mseg_semantic.taxonomy import get_taxonomy
+
+#: The inference preset of the evaluation (the bundled model brings its own).
+DEFAULT_PRESET = "360_ss"
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What one ``mseg eval`` run does, read from its arguments once."""
+
+    dataset: str
+    data_root: str
+    list: str | None  # None: the original list of the split
+    split: str
+    out: Path
+    name: str  # of the model in the results
+    resume: bool
+    relabeled: bool
+    relabeled_list: str | None
+    progress: bool
+    model: ModelSpec
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EvalSpec:
+        get_taxonomy(args.dataset)
+        model = model_spec(args, default_preset=DEFAULT_PRESET)
+        name = args.name or Path(model.model).stem
+        return cls(
+            dataset=args.dataset,
+            data_root=args.data_root,
+            list=args.list,
+            split=args.split,
+            out=Path(args.out) if args.out else Path("mseg_eval") / name / args.dataset / model.config.name,
+            name=name,
+            resume=args.resume,
+            relabeled=args.relabeled,
+            relabeled_list=args.relabeled_list,
+            progress=not args.quiet,
+            model=model,
+        )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "eval",
-        help="score a model on a dataset split (mIoU and more)",
         description="Predict every image of a split list with the original test-time algorithm and score the "
         "predictions as the original did (intersections and unions summed over the split, 255 ignored, mIoU over "
         "all classes). A universal model is scored zero-shot on a test dataset in that dataset's taxonomy, or on a "
@@ -65,58 +98,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_arguments(parser)
-    add_config_arguments(parser, default="360_ss")
+    add_config_arguments(parser, default=DEFAULT_PRESET)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    distributed.init_from_env()
+    # Every process checks the arguments (and the device) before joining the others.
+    spec = EvalSpec.from_args(args)
+    ctx = distributed.init_process(spec.model.device)
     try:
-        return _run(args)
+        return _run(spec, ctx)
     finally:
-        distributed.shutdown()
+        distributed.close_process(ctx)
 
 
-def _run(args: argparse.Namespace) -> int:
-    get_taxonomy(args.dataset)
-    resolve_model_args(args)
-    apply_threads(args)
-    entries = read_list(args.list, args.data_root, dataset=args.dataset, split=args.split)
-    config = load_config(args.config, **config_overrides(args))
-    args.device = str(distributed.local_device(args.device))
-    model, model_taxonomy = load_model_from_args(args)
-    plan = plan_evaluation(args.dataset, model_taxonomy, relabeled=args.relabeled)
+def _run(spec: EvalSpec, ctx: distributed.ProcessContext) -> int:
+    spec.model.apply_threads()
+    entries = read_list(spec.list, spec.data_root, dataset=spec.dataset, split=spec.split)
+    config = spec.model.config
+    model, model_taxonomy = spec.model.load_model()
+    plan = plan_evaluation(spec.dataset, model_taxonomy, relabeled=spec.relabeled)
     relabeled_entries = None
     if plan.relabeled is not None:
-        if args.list and not args.relabeled_list:
+        if spec.list and not spec.relabeled_list:
             raise InputError("--relabeled with --list needs --relabeled-list (the relabeled labels of those images)")
-        relabeled_entries = read_list(args.relabeled_list, args.data_root, dataset=plan.relabeled, split=args.split)
-    name = args.name or Path(args.model).stem
-    out = Path(args.out) if args.out else Path("mseg_eval") / name / args.dataset / config.name
+        relabeled_entries = read_list(spec.relabeled_list, spec.data_root, dataset=plan.relabeled, split=spec.split)
     segmenter = Segmenter(model, config=config, model_taxonomy=model_taxonomy, output_taxonomy=plan.eval_taxonomy,
-                          device=args.device)  # fmt: skip
+                          device=ctx.device)  # fmt: skip
     del model  # with a low-precision copy the fp32 weights are no longer needed
-    main = distributed.is_main()
-    if main:
-        if line := describe_default_model(args):
+    if ctx.is_main:
+        if line := spec.model.describe_default_model():
             print(line, file=sys.stderr)
         print(
-            f"{name} ({model_taxonomy}) on {args.dataset}: {plan.regime}, scored in {plan.eval_taxonomy}; "
-            f"{len(entries)} images; settings {config.name}; {distributed.world_size()} process(es)",
+            f"{spec.name} ({model_taxonomy}) on {spec.dataset}: {plan.regime}, scored in {plan.eval_taxonomy}; "
+            f"{len(entries)} images; settings {config.name}; {ctx.world_size} process(es)",
             file=sys.stderr,
         )
     info = {
-        "model": name,
-        "model_path": str(args.model),
+        "model": spec.name,
+        "model_path": spec.model.model,
         "config": dataclasses.asdict(config),
-        "list": args.list or f"{args.dataset}/{args.split}",
-        "device": args.device,
+        "list": spec.list or f"{spec.dataset}/{spec.split}",
+        "device": str(ctx.device),
         "mseg_semantic_version": __version__,
     }
-    result = evaluate(segmenter.predict, entries, plan, out, resume=args.resume, progress=main and not args.quiet,
-                      info=info, relabeled_entries=relabeled_entries)  # fmt: skip
-    if not main:
+    result = evaluate(segmenter.predict, entries, plan, spec.out, resume=spec.resume,
+                      progress=ctx.is_main and spec.progress, info=info,
+                      relabeled_entries=relabeled_entries)  # fmt: skip
+    if not ctx.is_main:
         return 1 if result.failures else 0
+    out = spec.out
     if result.failures:
         print(f"{len(result.failures)} sample(s) failed; predictions made so far are kept in {out / 'gray'} "
               f"(re-run with --resume after fixing):", file=sys.stderr)  # fmt: skip

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from mseg_semantic.cli import add_command_parser
 from mseg_semantic.taxonomy import remap_label_folder, remap_tables
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     pairs = "\n".join(f"  {s} -> {t}" for s, t in sorted(remap_tables()))
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "remap",
-        help="convert a folder of label PNGs from one taxonomy to another",
         description="Convert every label PNG below INPUT_DIR from taxonomy A to taxonomy B and write it to the same "
         "relative path below OUTPUT_DIR (uint8 PNG, or uint16 when B has more than 255 classes). Colour-coded raw "
         "labels (camvid-32, mapillary-public66) are decoded with their palette. Inputs are never modified; each "

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mseg_semantic.cli import add_command_parser
 from mseg_semantic.evaluation.tables import collect
 from mseg_semantic.fileio import write_bytes_atomic
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "results",
-        help="collect evaluation results into a table (rows: models, columns: datasets, harmonic mean)",
         description="Read the metrics.json files written by 'mseg eval' (the files given, or found recursively in "
         "the folders given) and print the table the MSeg paper reports: one row per model, one column per dataset "
         "(mIoU, percent), and the harmonic mean across the datasets. Several results for one model and dataset "

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from mseg_semantic.cli import add_command_parser
 from mseg_semantic.cli.text import format_table, print_json
-from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy, remap_tables, taxonomy_names
+from mseg_semantic.taxonomy import get_taxonomy, remap_tables, taxonomy_names
 from mseg_semantic.taxonomy.tables import IGNORE_LABEL, KINDS, NAIVE, UNIVERSAL, UNLABELED
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "taxonomy",
-        help="list taxonomies, show their classes, show the maps between them",
         description="The MSeg taxonomies: the 194-class universal taxonomy, the naive merge (316 outputs), the "
         "training datasets' taxonomies (and their MSeg-relabeled versions), the zero-shot test taxonomies, and "
         "raw label sets as distributed.",
@@ -65,13 +66,15 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _uid_label(converter: TaxonomyConverter, names: tuple[str, ...]) -> list[int]:
+def _uid_label(names: tuple[str, ...]) -> list[int]:
     uid = {n: i for i, n in enumerate(get_taxonomy(UNIVERSAL).classes)}
     uid[UNLABELED] = IGNORE_LABEL
     return [uid[n] for n in names if n in uid]
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from mseg_semantic.taxonomy import TaxonomyConverter
+
     tax = get_taxonomy(args.name)
     converter = TaxonomyConverter()
     outgoing = sorted(target for (source, target) in remap_tables() if source == tax.name)
@@ -80,7 +83,7 @@ def run_show(args: argparse.Namespace) -> int:
         entry: dict = {"id": i, "name": name}
         if tax.kind in ("train", "test", UNIVERSAL):
             entry["universal"] = list(tax.universal[i])
-            entry["universal_ids"] = _uid_label(converter, tax.universal[i])
+            entry["universal_ids"] = _uid_label(tax.universal[i])
         if tax.kind == NAIVE:
             entry["merged_from"] = list(tax.universal[i])
         if tax.kind == UNIVERSAL:
@@ -131,6 +134,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_map(args: argparse.Namespace) -> int:
+    from mseg_semantic.taxonomy import TaxonomyConverter
+
     source, target = get_taxonomy(args.source), get_taxonomy(args.target)
     converter = TaxonomyConverter()
     if source.name in (UNIVERSAL, NAIVE) and target.kind == "test":

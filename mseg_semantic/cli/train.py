@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mseg_semantic.cli import add_command_parser
 from mseg_semantic.errors import InputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "train",
-        help="train a segmentation model (MSeg recipe; torchrun for several processes)",
         description="Train HRNet or PSPNet with the MSeg recipe: SGD with poly LR decay, the original augmentation, "
         "labels mapped to the universal (or naive, or the dataset's own) taxonomy, equal crops per dataset in "
         "every step. CONFIG is a shipped config (--list-configs) or a YAML file. The output folder receives "
@@ -51,7 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override config values: dotted keys, YAML values (optim.base_lr=0.02 transform.crop=[473,473] "
         "datasets.0.root=/data/camvid)",
     )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the config's, normally auto)")
+    parser.add_argument(
+        "--device",
+        help="auto (cuda when available, else cpu), cpu, cuda, cuda:N; under torchrun cuda is each process's own GPU "
+        "(default: the config's, normally auto)",
+    )
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and iteration count, then exit"
     )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from mseg_semantic import zoo
+from mseg_semantic.cli import add_command_parser
 from mseg_semantic.cli.text import format_table, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "zoo",
-        help="list, describe and download the released MSeg models",
         description="The released MSeg checkpoints (HRNetV2-W48) by name. Any command taking --model accepts these "
         "names: the checkpoint is downloaded once into the cache ($MSEG_HOME, default ~/.cache/mseg), verified "
         "(a real checkpoint with the expected keys and class count; its sha256 recorded and checked afterwards) and "

@@ -7,8 +7,11 @@
 (11, 194)
 """
 
-from mseg_semantic.taxonomy.converter import TaxonomyConverter, producible_classes, unproducible_classes
-from mseg_semantic.taxonomy.remap import remap_label_folder
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from mseg_semantic.taxonomy.tables import (
     DEFAULT_TRAIN_DATASETS,
     IGNORE_LABEL,
@@ -24,6 +27,19 @@ from mseg_semantic.taxonomy.tables import (
     remap_tables,
     taxonomy_names,
 )
+
+if TYPE_CHECKING:
+    from mseg_semantic.taxonomy.converter import TaxonomyConverter, producible_classes, unproducible_classes
+    from mseg_semantic.taxonomy.remap import remap_label_folder
+
+# The maps between taxonomies need numpy (and remapping files OpenCV): loaded on first use, so that reading the
+# tables (``mseg taxonomy list``) stays fast.
+_LAZY = {
+    "TaxonomyConverter": "converter",
+    "producible_classes": "converter",
+    "unproducible_classes": "converter",
+    "remap_label_folder": "remap",
+}
 
 __all__ = [
     "DEFAULT_TRAIN_DATASETS",
@@ -44,3 +60,9 @@ __all__ = [
     "taxonomy_names",
     "unproducible_classes",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

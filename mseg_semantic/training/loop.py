@@ -1,4 +1,4 @@
-"""The training loop: the MSeg recipe (SPEC 4) in one process or under torchrun, resumable to the bit.
+"""The training loop: the MSeg recipe in one process or under torchrun, resumable to the bit.
 
 One step: poly LR from the steps done so far; forward under autocast (bf16/fp16 when asked); cross-entropy in
 fp32 over the non-ignored pixels of this process's batch (plus 0.4 x the aux loss for PSPNet); backward; SGD
@@ -26,6 +26,14 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from mseg_semantic.distributed import (
+    ProcessContext,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    close_process,
+    init_process,
+)
 from mseg_semantic.errors import InputError
 from mseg_semantic.fileio import atomic_path
 from mseg_semantic.models import build_model, load_checkpoint, load_model, save_checkpoint
@@ -40,7 +48,6 @@ from mseg_semantic.training.checkpoints import (
 )
 from mseg_semantic.training.config import TrainConfig, config_to_dict
 from mseg_semantic.training.data import PreparedDataset, build_train_loader, prepare_datasets, worker_error_message
-from mseg_semantic.training.distributed import ProcessContext, all_reduce_sum, barrier, close_process, init_process
 from mseg_semantic.training.logs import Progress, RunLog
 from mseg_semantic.training.optim import build_optimizer, poly_lr, set_lr
 from mseg_semantic.training.validation import validate
@@ -117,7 +124,7 @@ def _train(
         final = out_dir / FINAL_MODEL
         if ctx.is_main and not final.is_file():  # killed between the last checkpoint and the export
             save_checkpoint(load_model(previous), final, taxonomy=config.model_taxonomy, current_iter=start_iter)
-        barrier(ctx)
+        barrier()
         return TrainResult(out_dir, start_iter, max_iters, None, previous, final)
 
     model = _build_model(config, ctx, state)
@@ -211,7 +218,7 @@ def _train(
         with atomic_path(model_file) as tmp:
             shutil.copyfile(checkpoint.with_suffix(".safetensors"), tmp)
         log(f"done: {max_iters} iterations; weights for inference in {model_file}, last checkpoint {checkpoint}")
-    barrier(ctx)
+    barrier()
     return TrainResult(out_dir, iteration, max_iters, last_loss, checkpoint, model_file)
 
 
@@ -243,11 +250,10 @@ def _check_same_start(start_iter: int, ctx: ProcessContext) -> None:
     """Every process must resume from the same iteration (a folder not shared between machines would not)."""
     if not ctx.distributed:
         return
-    bounds = torch.tensor([start_iter, -start_iter], dtype=torch.int64, device=ctx.device)
-    torch.distributed.all_reduce(bounds, op=torch.distributed.ReduceOp.MAX)
-    if int(bounds[0]) != -int(bounds[1]):
+    starts = all_gather_objects(start_iter)
+    if len(set(starts)) > 1:
         raise InputError(
-            f"the processes found different checkpoints (iterations {-int(bounds[1])} to {int(bounds[0])}): "
+            f"the processes found different checkpoints (iterations {min(starts)} to {max(starts)}): "
             "--out must be a folder that every machine of the run sees"
         )
 
@@ -336,7 +342,7 @@ class _WindowStats:
         self, iteration: int, lr: float, config: TrainConfig, per_dataset: int, first_size: int, names: list[str]
     ) -> dict[str, Any]:
         d = self.num_datasets
-        sums = all_reduce_sum(self.sums.clone(), self.ctx).cpu().numpy()
+        sums = all_reduce_sum(self.sums.clone()).cpu().numpy()
         seconds = time.perf_counter() - self.clock
         steps = sums[1] / self.ctx.world_size
         row: dict[str, Any] = {

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mseg_semantic.data import LabelMapper, eval_transform, read_sample
+from mseg_semantic.distributed import ProcessContext, all_reduce_sum
 from mseg_semantic.evaluation import ConfusionMatrix
 from mseg_semantic.precision import autocast
 from mseg_semantic.taxonomy import unproducible_classes
 from mseg_semantic.training.config import TrainConfig
 from mseg_semantic.training.data import PreparedDataset, label_target
-from mseg_semantic.training.distributed import ProcessContext, all_reduce_sum
 
 
 @torch.no_grad()
@@ -51,8 +51,7 @@ def validate(
                     logits = logits[0]
                 logits = F.interpolate(logits.float(), size=label.shape, mode="bilinear", align_corners=False)
                 matrix.update(logits.argmax(1)[0].cpu(), mapper(torch.from_numpy(label)))
-            counts = all_reduce_sum(torch.from_numpy(matrix.state()).to(ctx.device), ctx)
-            matrix.load_state(counts.cpu().numpy())
+            matrix.load_state(all_reduce_sum(matrix.state()))
             excluded = unproducible_classes(name, config.model_taxonomy)  # as `mseg eval` leaves out
             results[name] = matrix.metrics(excluded=excluded).mean_iou
     finally:
