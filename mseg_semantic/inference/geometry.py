@@ -1,7 +1,9 @@
-"""The padding and window arithmetic of the original test-time algorithm (no model involved).
+"""The window and resize arithmetic of the original test-time algorithm (no model involved).
 
-Every rounding rule here matters for identical results: padding puts the odd pixel at the bottom/right, windows
-advance by ``ceil(2/3 crop)`` and the last window is aligned to the far edge. The short-side resize before them
+Every rounding rule here matters for identical results: windows advance by ``ceil(2/3 crop)`` and the last window
+is aligned to the far edge (:func:`window_starts`; the padding around small images is
+:func:`mseg_semantic.inference.windows.window_grid`'s), and bilinear resizes follow OpenCV's or PyTorch's sampling
+exactly, computed for a band of rows at a time (:func:`resize_rows`). The short-side resize before all this
 (Python's ``round``, ties to even) is :mod:`mseg_semantic.resizing`.
 """
 
@@ -9,18 +11,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-
-from mseg_semantic.normalization import MEAN_RGB
-
-# Short-side resizing lives in mseg_semantic.resizing; these names stay importable from here for
-# inference/segmenter.py and tests/test_inference.py, which still import them from this module.
-from mseg_semantic.resizing import (  # noqa: F401
-    resize_short_side,
-    scaled_short_side_size,
-    truncated_short_side_size,
-)
 
 STRIDE_RATE = 2 / 3
 
@@ -28,21 +19,6 @@ STRIDE_RATE = 2 / 3
 def max_base_size(h: int, w: int, crop: int) -> int:
     """Largest short side at which an (h, w) image fits one ``crop`` x ``crop`` window (batched presets)."""
     return math.floor(min(h, w) * crop / max(h, w))
-
-
-def pad_to_crop(
-    image: np.ndarray, crop_h: int, crop_w: int, value: tuple[float, ...] = MEAN_RGB
-) -> tuple[np.ndarray, int, int]:
-    """Pad an (H, W, C) image with ``value`` to at least (crop_h, crop_w), centred; returns (padded, top, left)."""
-    h, w = image.shape[:2]
-    pad_h, pad_w = max(crop_h - h, 0), max(crop_w - w, 0)
-    top, left = int(pad_h / 2), int(pad_w / 2)
-    if pad_h == 0 and pad_w == 0:
-        return image, 0, 0
-    padded = np.empty((h + pad_h, w + pad_w, image.shape[2]), dtype=image.dtype)
-    padded[...] = np.asarray(value, dtype=image.dtype)
-    padded[top : top + h, left : left + w] = image
-    return padded, top, left
 
 
 def window_starts(size: int, crop: int) -> list[int]:

@@ -29,17 +29,12 @@ from torch import nn
 
 from mseg_semantic.errors import InputError, TaxonomyError
 from mseg_semantic.inference.config import InferenceConfig, load_config
-from mseg_semantic.inference.geometry import (
-    max_base_size,
-    resize_rows,
-    scaled_short_side_size,
-    source_rows,
-    truncated_short_side_size,
-)
+from mseg_semantic.inference.geometry import max_base_size, resize_rows, source_rows
 from mseg_semantic.inference.images import as_rgb_array
 from mseg_semantic.inference.network import Network, resolve_precision
 from mseg_semantic.inference.windows import ScaleMap, WindowGrid, WindowOutput, window_grid, window_output
-from mseg_semantic.normalization import MEAN_RGB, STD_RGB
+from mseg_semantic.normalization import normalize
+from mseg_semantic.resizing import scaled_short_side_size, truncated_short_side_size
 from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy
 from mseg_semantic.taxonomy.tables import NAIVE, UNIVERSAL
 
@@ -134,8 +129,6 @@ class Segmenter:
             matrix = TaxonomyConverter().universal_to_test_matrix(self.output_taxonomy, source=self.model_taxonomy)
             self._projection = torch.from_numpy(matrix).to(self.device)
         self.class_names: list[str] = list(get_taxonomy(self.output_taxonomy).classes)
-        self._mean = torch.tensor(MEAN_RGB, dtype=torch.float32, device=self.device).view(3, 1, 1)
-        self._std = torch.tensor(STD_RGB, dtype=torch.float32, device=self.device).view(3, 1, 1)
         #: The arithmetic the network runs in (``precision="auto"`` resolved for this device).
         self.precision = resolve_precision(self.config.precision, self.device)
         # The Segmenter keeps no reference of its own to ``model``: with a low-precision copy, an fp32 model it
@@ -229,8 +222,7 @@ class Segmenter:
 
     def _canvas(self, resized: np.ndarray, grid: WindowGrid) -> torch.Tensor:
         """The normalised image padded to the windows; the padding is 0, i.e. the mean pixel as the original."""
-        x = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).to(self.device)
-        x = (x - self._mean) / self._std
+        x = normalize(torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).to(self.device))
         canvas = torch.zeros((3, *grid.canvas), dtype=torch.float32, device=self.device)
         canvas[:, grid.pad_top : grid.pad_top + grid.height, grid.pad_left : grid.pad_left + grid.width] = x
         return canvas
