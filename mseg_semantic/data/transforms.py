@@ -1,6 +1,6 @@
 """The original MSeg training augmentation, in its order, with an explicit random generator.
 
-:class:`TrainTransform` applies, to an RGB image and its label map (SPEC 4.6):
+:class:`TrainTransform` applies, to an RGB image and its label map:
 
 1. short side resized to ``short_size`` (other side truncated, as the original ``ResizeShort``);
 2. random scale ``s ~ U(scale)`` (same factor for both axes);
@@ -124,7 +124,7 @@ def _chw_tensor(image: np.ndarray) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """The training augmentation of SPEC 4.6 with its parameters; call with ``(image, label, rng)``.
+    """The original training augmentation (the steps in this module's docstring); call with ``(image, label, rng)``.
 
     ``image``: (H, W, 3) RGB uint8 or float; ``label``: (H, W) integer label map. Returns a normalised
     (3, crop_h, crop_w) float32 tensor and a (crop_h, crop_w) int64 tensor (labels not yet mapped).

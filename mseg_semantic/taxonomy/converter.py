@@ -42,10 +42,6 @@ class TaxonomyConverter:
 
     ignore_label: int = IGNORE_LABEL
 
-    @property
-    def num_universal_classes(self) -> int:
-        return get_taxonomy(UNIVERSAL).num_classes
-
     # ------------------------------------------------------------------ label maps
     def lookup_table(self, source: str, target: str = UNIVERSAL) -> np.ndarray:
         """The label lookup table from ``source`` to ``target`` as an int64 array.

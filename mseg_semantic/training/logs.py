@@ -83,14 +83,6 @@ def _tensorboard_writer(folder: Path, start_iter: int):
     return SummaryWriter(log_dir=str(folder), purge_step=start_iter if start_iter > 0 else None)
 
 
-def tensorboard_available() -> bool:
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
