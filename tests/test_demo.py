@@ -148,7 +148,9 @@ def test_original_command_line_still_works(demo_dir, tiny_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "temp_files" / "tiny_universal_ss" / "96" / "3dogs_gray.png").exists()
     bad = subprocess.run([*cmd[:4], "not_a_key", "1"], cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "unknown config key 'not_a_key'" in bad.stderr
+    assert bad.returncode == 2 and "error: command line: key 'not_a_key': unknown key (known: " in bad.stderr
+    bad = subprocess.run([*cmd[:4], "base_size", "big"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "error: command line: key 'base_size': expected int, got 'big'" in bad.stderr
 
 
 def test_class_names_in_overlay_come_from_the_output_taxonomy():

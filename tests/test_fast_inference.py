@@ -120,7 +120,7 @@ def test_speed_settings_are_validated(tmp_path):
     for key, value in [("precision", "fp64"), ("pad", "none"), ("head", "half"), ("batch_windows", 0)]:
         with pytest.raises(InputError, match=key):
             load_config("360_ss", **{key: value})
-    with pytest.raises(InputError, match="max_window needs pad='minimal'"):
+    with pytest.raises(InputError, match="key 'max_window': needs pad='minimal'"):
         load_config("360_ss", max_window=1025)
     path = tmp_path / "quick.yaml"
     path.write_text("base_size: 360\nscales: [1.0]\nfast: true\nprecision: fp32\n")
@@ -354,7 +354,7 @@ def test_demo_fast_flags(shared, tiny_checkpoint, tmp_path, capsys):
     assert read_label(tmp_path / "3dogs_gray.png").shape == (427, 640)
     code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--max-window", "500"])
     err = capsys.readouterr().err
-    assert code == 2 and "max_window needs pad='minimal'" in err and "Traceback" not in err
+    assert code == 2 and "key 'max_window': needs pad='minimal'" in err and "Traceback" not in err
 
 
 def test_demo_threads_option(shared, tiny_checkpoint, tmp_path, capsys):

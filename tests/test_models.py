@@ -55,9 +55,11 @@ def test_unknown_arch_and_option_are_named():
         build_model("hrnet_w46", 194)
     with pytest.raises(InputError, match=r"'hrnet_w48'.*unexpected keyword argument 'dropout'"):
         build_model("hrnet_w48", 194, dropout=0.1)
-    with pytest.raises(InputError, match=r"unknown PSPNet config key\(s\) \['bin'\]"):
+    with pytest.raises(InputError, match=r"^PSPNet config: key 'bin': unknown key, did you mean 'bins'\? \(known: "):
         build_model("pspnet50", 19, bin=(1, 2))
-    with pytest.raises(InputError, match="zoom_factor must be 1, 2, 4 or 8"):
+    with pytest.raises(InputError, match=r"^PSPNet config: key 'dropout': expected float, got 'high'$"):
+        build_model("pspnet50", 19, dropout="high")
+    with pytest.raises(InputError, match=r"^PSPNet config: key 'zoom_factor': must be 1, 2, 4 or 8, got 3$"):
         build_model("pspnet50", 19, zoom_factor=3)
     with pytest.raises(InputError, match="use arch 'pspnet101'"):
         build_model("pspnet50", 19, config={"layers": 101})
@@ -76,12 +78,18 @@ def test_hrnet_config_reads_the_original_yaml_layout(tmp_path):
 
     typo = {**TINY_HRNET, "STAGE1": {**TINY_HRNET["STAGE1"], "NUM_RANCHES": 1}}
     path.write_text(json.dumps(typo))
-    with pytest.raises(InputError, match=r"tiny\.yaml: STAGE1: unknown key\(s\) \['NUM_RANCHES'\]"):
+    with pytest.raises(
+        InputError, match=r"tiny\.yaml: key 'STAGE1.NUM_RANCHES': unknown key, did you mean 'NUM_BRANCHES'\? \(known: "
+    ):
         build_model("hrnet", 11, config=path)
-    with pytest.raises(InputError, match="cannot read HRNet config"):
+    with pytest.raises(InputError, match=r"missing\.yaml: config file does not exist"):
         build_model("hrnet", 11, config=tmp_path / "missing.yaml")
-    with pytest.raises(InputError, match="HRNet config: STAGE2: HRNet stage has NUM_BRANCHES 2 but NUM_BLOCKS"):
+    with pytest.raises(InputError, match=r"^HRNet config: key 'STAGE3.NUM_BLOCKS.1': expected int, got 'one'$"):
+        build_model("hrnet", 11, config={**TINY_HRNET, "STAGE3": {**TINY_HRNET["STAGE3"], "NUM_BLOCKS": [1, "one", 1]}})
+    with pytest.raises(InputError, match=r"HRNet config: key 'STAGE2\.NUM_BRANCHES': is 2 but NUM_BLOCKS is"):
         build_model("hrnet", 11, config={**TINY_HRNET, "STAGE2": {**TINY_HRNET["STAGE2"], "NUM_BLOCKS": [1]}})
+    with pytest.raises(InputError, match=r"^HRNet config: key 'STAGE4': missing required key$"):
+        build_model("hrnet", 11, config={k: v for k, v in TINY_HRNET.items() if k != "STAGE4"})
 
 
 def test_tiny_hrnet_yaml_matches_the_written_out_config():

@@ -31,7 +31,7 @@ def test_release_configs_give_the_original_iteration_counts(name, iterations, cl
 
 
 def test_single_dataset_configs_take_the_dataset_from_the_command_line():
-    with pytest.raises(InputError, match=r"datasets: no dataset given.*--set datasets="):
+    with pytest.raises(InputError, match=r"key 'datasets': no dataset given.*--set datasets="):
         load_train_config("1080_release/single_universal")
     _, universal = load_train_config("1080_release/single_universal", ["datasets=[cityscapes-19-relabeled]"])
     assert (universal.total_iters(), universal.num_classes) == (31_250, 194)
@@ -64,18 +64,23 @@ def test_overrides_use_dotted_keys_and_yaml_values():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["optim.bse_lr=0.1"], r"--set optim.bse_lr: unknown key 'optim.bse_lr' \(did you mean 'base_lr'\?\)"),
-        (["batchsize=4"], r"unknown key 'batchsize' \(did you mean 'batch_size'\?\)"),
-        (["datasets.3.root=/x"], r"datasets.3: index out of range"),
-        (["batch_size=four"], r"batch_size: expected a number, got 'four'"),
-        (["batch_size=2.5"], r"batch_size: expected an integer"),
-        (["precision=fp8"], r"precision: must be one of"),
-        (["transform.scale=[2, 1]"], r"transform.scale: must be \[min, max\]"),
-        (["taxonomy=universal"], r"cannot train camvid-11 in the universal taxonomy"),
-        (["model.arch=pspnet50"], r"model.hrnet: is only for arch 'hrnet'"),
-        (["model.arch=pspnet50", "model.hrnet=null"], r"PSPNet needs crop sizes of the form 8k\+1"),
-        (["datasets=[camvid-11, cityscapes-19]", "taxonomy=own"], r"'own' trains one dataset"),
-        (["optim=3"], r"optim: expected a mapping"),
+        (["optim.bse_lr=0.1"], r"^--set: key 'optim.bse_lr': unknown key, did you mean 'base_lr'\? \(known: base_lr, "),
+        (["batchsize=4"], r"^--set: key 'batchsize': unknown key, did you mean 'batch_size'\? \(known: datasets, "),
+        (["datasets.3.root=/x"], r"^--set: key 'datasets.3': index out of range"),
+        (["batch_size=four"], r"^--set: key 'batch_size': expected int, got 'four'$"),
+        (["batch_size=2.5"], r"^--set: key 'batch_size': expected int, got 2.5$"),
+        (["channels_last=maybe"], r"^--set: key 'channels_last': expected bool, got 'maybe'$"),
+        (["transform.crop=[1, 2, 3]"], r"^--set: key 'transform.crop': expected 2 values, got \[1, 2, 3\]$"),
+        (["precision=fp8"], r"^--set: key 'precision': must be one of fp32, bf16, fp16, got 'fp8'$"),
+        (["transform.scale=[2, 1]"], r"^--set: key 'transform.scale': must be \[min, max\]"),
+        (["checkpoint.keep=0"], r"^--set: key 'checkpoint.keep': must be at least 1, got 0$"),
+        (["taxonomy=universal"], r"^config camvid11: key 'datasets.0.name': cannot train camvid-11 in the universal"),
+        (["model.arch=pspnet50"], r"^config camvid11: key 'model.hrnet': is only for arch 'hrnet'"),
+        (["model.arch=pspnet50", "model.hrnet=null"], r"key 'transform.crop': PSPNet needs crop sizes of the form"),
+        (["datasets=[camvid-11, cityscapes-19]", "taxonomy=own"], r"^--set: key 'taxonomy': 'own' trains one dataset"),
+        (["optim=3"], r"^--set: key 'optim': expected a mapping, got 3$"),
+        (["seed.x=1"], r"^--set: key 'seed': is a value, not a section$"),
+        (["model.hrnet.STAGE1.NUM_BLOCKS=[x]"], r"^--set: key 'model.hrnet.STAGE1.NUM_BLOCKS.0': expected int, got"),
         (["seed"], r"--set expects KEY=VALUE"),
     ],
 )
@@ -84,10 +89,28 @@ def test_bad_overrides_are_named(overrides, message):
         load_train_config("camvid11", overrides)
 
 
-def test_unknown_key_in_a_yaml_file(tmp_path):
+def test_a_dataset_given_by_name_takes_keys_and_arguments_are_named():
+    _, config = load_train_config("camvid11", ["datasets=[camvid-11]", "datasets.0.root=/data", "val.every=0"])
+    assert config.datasets[0].name == "camvid-11" and config.datasets[0].root == "/data"
+    with pytest.raises(InputError, match=r"^arguments: key 'max_iters': must be at least 1, got 0$"):
+        load_train_config("camvid11", max_iters=0)
+
+
+def test_unknown_key_and_wrong_type_in_a_yaml_file(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("datasets: [camvid-11]\ntaxonomy: own\noptim:\n  base_lr: 0.1\n  momentun: 0.9\n")
-    with pytest.raises(InputError, match=r"mine.yaml: unknown key 'optim.momentun' \(did you mean 'momentum'\?\)"):
+    with pytest.raises(
+        InputError, match=r"mine.yaml: key 'optim.momentun': unknown key, did you mean 'momentum'\? \(known: base_lr, "
+    ):
+        load_train_config(path)
+    path.write_text("datasets: [camvid-11]\ntaxonomy: own\nworkers: two\n")
+    with pytest.raises(InputError, match=r"^.*mine.yaml: key 'workers': expected int, got 'two'$"):
+        load_train_config(path)
+    path.write_text("datasets: [camvid-11]\ntaxonomy: own\nmodel:\n  arch: hrnet\n  hrnet: {STAGE1: {}}\n")
+    with pytest.raises(InputError, match=r"mine.yaml: key 'model.hrnet.STAGE1.NUM_MODULES': missing required key$"):
+        load_train_config(path)
+    path.write_text("datasets: [camvid-11\n")
+    with pytest.raises(InputError, match=r"mine.yaml: not valid YAML \(.*\)$"):
         load_train_config(path)
     with pytest.raises(InputError, match=r"camvid1: unknown config; did you mean 'camvid11'"):
         load_train_config("camvid1")

@@ -11,15 +11,14 @@ was run. Their defaults are the original algorithm; ``fast=True`` switches on th
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mseg_semantic.configs import ConfigError, check, check_choice, parse_yaml, read_config, read_yaml, show
 from mseg_semantic.errors import InputError
 
 # Imported under this name by cli/modelargs.py (which could take INFERENCE_PRECISIONS from mseg_semantic.precision).
@@ -58,13 +57,66 @@ PRESET_FILES: dict[str, str] = {
     "compact_360_ss": "compact_360_ss.yaml",  # the bundled camvid11-compact model's own
 }
 
-# Keys of the original test YAML files that do not change how an image is predicted: accepted and ignored.
-_IGNORED_ORIGINAL_KEYS = {
-    "dataset", "version", "split", "small", "arch", "network_name", "layers", "zoom_factor", "ignore_label",
-    "has_prediction", "index_start", "index_step", "test_gpu", "model_path", "model_name", "input_file",
-    "save_folder", "workers", "vis_freq", "img_name_unique", "batch_size_val", "native_img_h", "native_img_w",
-    "test_list", "data_root", "classes", "colors_path", "names_path",
-}  # fmt: skip
+
+@dataclass
+class OriginalTestConfig:
+    """The keys of the original test YAML files (sections merged), e.g. for its demo command line.
+
+    :func:`load_config` reads ``base_size``, ``scales``, ``test_h``/``test_w`` (our ``crop_h``/``crop_w``) and
+    ``native_img_h`` (present in batched presets) and accepts the others, which do not change how an image is
+    predicted.
+    """
+
+    base_size: int | None = None
+    test_h: int = 713
+    test_w: int = 713
+    scales: list[float] | None = None
+    native_img_h: int | None = None
+    native_img_w: int | None = None
+    arch: str | None = "hrnet"
+    model_name: str | None = "default"
+    model_path: str | None = "default"
+    input_file: str | None = "default"
+    save_folder: str | None = "default"
+    dataset: str | None = "default"
+    version: Any = None
+    split: str | None = "val"
+    small: bool = True
+    network_name: str | None = None
+    layers: int = 50
+    zoom_factor: int = 8
+    ignore_label: int = 255
+    has_prediction: bool = False
+    index_start: int = 0
+    index_step: int = 0
+    test_gpu: list[int] = field(default_factory=lambda: [0])
+    workers: int = 16
+    vis_freq: int = 20
+    img_name_unique: bool = False
+    batch_size_val: int = 1
+    test_list: str | None = None
+    data_root: str | None = None
+    classes: int | None = None
+    colors_path: str | None = None
+    names_path: str | None = None
+
+
+#: The original layout's names of our keys; its other keys, but base_size and scales, change nothing and are ignored.
+_ORIGINAL_ALIASES = {"test_h": "crop_h", "test_w": "crop_w"}
+_IGNORED_ORIGINAL_KEYS = {f.name for f in fields(OriginalTestConfig)} - {"base_size", "scales", *_ORIGINAL_ALIASES}
+
+
+def flatten_sections(data: Any, source: str) -> dict[str, Any]:
+    """One mapping of the original sectioned layout (``DATA:``/``TEST:``) or of our flat one."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping of settings, got {show(data)}", source=source)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(value)  # the original merges its DATA/TRAIN/TEST sections into one namespace
+        else:
+            flat[key] = value
+    return flat
 
 
 @dataclass(frozen=True)
@@ -107,26 +159,19 @@ class InferenceConfig:
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        if self.base_size is None and not self.batched:
-            raise InputError("base_size is required unless the preset is batched")
-        if self.base_size is not None and self.base_size <= 0:
-            raise InputError(f"base_size must be positive, got {self.base_size}")
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise InputError(f"scales must be a non-empty list of positive numbers, got {list(self.scales)}")
-        if self.crop_h <= 0 or self.crop_w <= 0:
-            raise InputError(f"crop size must be positive, got {self.crop_h}x{self.crop_w}")
-        if self.batched and tuple(self.scales) != (1.0,):
-            raise InputError("batched inference is single-scale: scales must be [1.0]")
+        check(self.base_size is not None or self.batched, "base_size", "is required unless the preset is batched")
+        check(self.base_size is None or self.base_size > 0, "base_size", f"must be positive, got {self.base_size}")
+        scales = list(self.scales)
+        check(bool(scales) and min(scales) > 0, "scales", f"must be a non-empty list of positive numbers, got {scales}")
+        for key in ("crop_h", "crop_w"):
+            check(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
+        check(not self.batched or scales == [1.0], "scales", "batched inference is single-scale: must be [1.0]")
         for key, allowed in (("precision", PRECISIONS), ("pad", PADS), ("head", HEADS)):
-            if getattr(self, key) not in allowed:
-                raise InputError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
-        if not isinstance(self.batch_windows, int) or self.batch_windows < 1:
-            raise InputError(f"batch_windows must be a positive integer, got {self.batch_windows!r}")
+            check_choice(getattr(self, key), allowed, key)
+        check(self.batch_windows >= 1, "batch_windows", f"must be at least 1, got {self.batch_windows}")
         if self.max_window is not None:
-            if not isinstance(self.max_window, int) or self.max_window < 33:
-                raise InputError(f"max_window must be an integer of at least 33 pixels, got {self.max_window!r}")
-            if self.pad != "minimal":
-                raise InputError("max_window needs pad='minimal' (with pad='crop' every window is the crop)")
+            check(self.max_window >= 33, "max_window", f"must be at least 33 pixels, got {self.max_window}")
+            check(self.pad == "minimal", "max_window", "needs pad='minimal' (with pad='crop' every window is the crop)")
 
     @property
     def faithful(self) -> bool:
@@ -146,15 +191,10 @@ class InferenceConfig:
         if "crop_size" in overrides:
             size = overrides.pop("crop_size")
             overrides["crop_h"], overrides["crop_w"] = (size, size) if isinstance(size, int) else tuple(size)
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise InputError(f"unknown inference setting(s) {unknown}; known: {sorted(known | {'crop_size'})}")
-        if "scales" in overrides:
-            overrides["scales"] = tuple(float(s) for s in overrides["scales"])
         if overrides and "name" not in overrides:
             overrides["name"] = self.name + suffix
-        return dataclasses.replace(self, **overrides)
+        values = {**{f.name: getattr(self, f.name) for f in fields(self)}, **overrides}
+        return read_config(InferenceConfig, values, source="inference settings")
 
 
 def preset_names() -> list[str]:
@@ -171,46 +211,20 @@ def load_config(config: str | os.PathLike | InferenceConfig = "360_ms", **overri
     name = str(config)
     if name in PRESET_FILES:
         text = resources.files("mseg_semantic").joinpath("config", "test", PRESET_FILES[name]).read_text()
-        base = _from_mapping(yaml.safe_load(text), name, source=f"preset {name}")
+        base = _from_mapping(parse_yaml(text, f"preset {name}"), name, source=f"preset {name}")
     else:
         path = Path(name)
         if path.suffix.lower() not in (".yaml", ".yml"):
             raise InputError(f"unknown inference preset {name!r}; presets: {', '.join(PRESET_FILES)} (or a YAML file)")
-        if not path.is_file():
-            raise InputError(f"{path}: config file does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML ({exc})") from None
-        base = _from_mapping(data, path.stem, source=str(path))
+        base = _from_mapping(read_yaml(path), path.stem, source=str(path))
     return base.replace(**overrides) if overrides else base
 
 
 def _from_mapping(data: Any, name: str, source: str) -> InferenceConfig:
-    """Read our flat keys or the original sectioned layout (``DATA:``/``TEST:``; keys ``test_h``/``test_w``)."""
-    if not isinstance(data, dict):
-        raise InputError(f"{source}: expected a mapping of settings")
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(value)  # the original merges its DATA/TRAIN/TEST sections into one namespace
-        else:
-            flat[key] = value
-    flat = {("crop_h" if k == "test_h" else "crop_w" if k == "test_w" else k): v for k, v in flat.items()}
-    is_batched = "native_img_h" in flat or bool(flat.get("batched", False))
-    fast = bool(flat.pop("fast", False))
-    fields = {f.name for f in dataclasses.fields(InferenceConfig)}
-    unknown = sorted(k for k in flat if k not in fields and k not in _IGNORED_ORIGINAL_KEYS)
-    if unknown:
-        raise InputError(f"{source}: unknown setting(s) {unknown}; known: {sorted(fields - {'name'})}")
-    values = {k: v for k, v in flat.items() if k in fields}
-    values["batched"] = is_batched
-    values.setdefault("name", name)
-    if fast:
-        values = {**FAST, **values}
-    if "scales" in values:
-        values["scales"] = tuple(float(s) for s in values["scales"])
-    try:
-        return InferenceConfig(**values)
-    except TypeError as exc:
-        raise InputError(f"{source}: {exc}") from None
+    """Read our flat keys or the original sectioned layout (keys ``test_h``/``test_w``, ``native_img_h``)."""
+    flat = flatten_sections(data, source)
+    if bool(flat.pop("fast", False)):
+        flat = {**FAST, **flat}
+    flat.setdefault("name", name)
+    flat["batched"] = "native_img_h" in flat or flat.get("batched", False)
+    return read_config(InferenceConfig, flat, source=source, aliases=_ORIGINAL_ALIASES, ignore=_IGNORED_ORIGINAL_KEYS)

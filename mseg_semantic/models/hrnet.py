@@ -19,14 +19,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
+from mseg_semantic.configs import check, check_choice, read_config, read_yaml
 from mseg_semantic.errors import InputError
 from mseg_semantic.models.resnet import BasicBlock, Bottleneck, make_layer
 
@@ -50,20 +49,22 @@ class HRNetStageConfig:
     fuse_method: str = "SUM"
 
     def __post_init__(self) -> None:
-        if self.block not in _BLOCKS:
-            raise InputError(f"HRNet stage BLOCK must be one of {sorted(_BLOCKS)}, got {self.block!r}")
-        if self.fuse_method != "SUM":
-            raise InputError(
-                f"HRNet FUSE_METHOD must be 'SUM' (the only one the original has), got {self.fuse_method!r}"
-            )
-        if not len(self.num_blocks) == len(self.num_channels) == self.num_branches:
-            raise InputError(
-                f"HRNet stage has NUM_BRANCHES {self.num_branches} but NUM_BLOCKS {list(self.num_blocks)} "
-                f"and NUM_CHANNELS {list(self.num_channels)}: all three must agree"
-            )
-        values = (self.num_modules, self.num_branches, *self.num_blocks, *self.num_channels)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-            raise InputError(f"HRNet stage numbers must be positive integers, got {self}")
+        for name in ("block", "fuse_method"):  # the original layout's values are matched case-insensitively
+            object.__setattr__(self, name, str(getattr(self, name)).upper())
+        check_choice(self.block, sorted(_BLOCKS), "BLOCK")
+        fuse = self.fuse_method
+        check(fuse == "SUM", "FUSE_METHOD", f"must be SUM (the only one the original has), got {fuse!r}")
+        check(
+            len(self.num_blocks) == len(self.num_channels) == self.num_branches,
+            "NUM_BRANCHES",
+            f"is {self.num_branches} but NUM_BLOCKS is {list(self.num_blocks)} and NUM_CHANNELS "
+            f"{list(self.num_channels)}: all three must agree",
+        )
+        for name in ("num_modules", "num_branches", "num_blocks", "num_channels"):
+            values = getattr(self, name)
+            values = values if isinstance(values, tuple) else (values,)  # one number or one per branch
+            ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+            check(ok, name.upper(), f"must be positive integers, got {getattr(self, name)!r}")
 
     @property
     def out_channels(self) -> list[int]:
@@ -84,10 +85,9 @@ class HRNetConfig:
     def __post_init__(self) -> None:
         # The head concatenates exactly four branches, and stage n adds branch n (as in the original).
         for number, stage in enumerate(self.stages, start=1):
-            if stage.num_branches != number:
-                raise InputError(f"HRNet STAGE{number} must have NUM_BRANCHES {number}, got {stage.num_branches}")
-        if self.final_conv_kernel not in (1, 3):
-            raise InputError(f"HRNet FINAL_CONV_KERNEL must be 1 or 3, got {self.final_conv_kernel}")
+            branches = stage.num_branches
+            check(branches == number, f"STAGE{number}.NUM_BRANCHES", f"must be {number}, got {branches}")
+        check_choice(self.final_conv_kernel, (1, 3), "FINAL_CONV_KERNEL")
 
     @property
     def stages(self) -> tuple[HRNetStageConfig, ...]:
@@ -106,61 +106,11 @@ class HRNetConfig:
     def from_dict(cls, data: Mapping[str, Any], source: str = "HRNet config") -> HRNetConfig:
         """Read the original layout; the ``HRNetArchConfig`` wrapper and ``_target_`` keys are optional.
 
-        Keys are matched case-insensitively; an unknown or missing key raises :class:`InputError` naming it.
+        Keys are matched case-insensitively; a problem raises :class:`~mseg_semantic.configs.ConfigError`.
         """
-        data = _without_targets(data)
-        if set(data) == {"HRNETARCHCONFIG"}:
-            data = _without_targets(data["HRNETARCHCONFIG"])
-        stage_names = [f"STAGE{n}" for n in range(1, 5)]
-        _check_keys(data, required=stage_names, optional=["FINAL_CONV_KERNEL"], where=source)
-        stages = []
-        for name in stage_names:
-            stage = _without_targets(data[name])
-            _check_keys(
-                stage,
-                required=["NUM_MODULES", "NUM_BRANCHES", "BLOCK", "NUM_BLOCKS", "NUM_CHANNELS"],
-                optional=["FUSE_METHOD"],
-                where=f"{source}: {name}",
-            )
-            try:
-                stages.append(
-                    HRNetStageConfig(
-                        num_modules=stage["NUM_MODULES"],
-                        num_branches=stage["NUM_BRANCHES"],
-                        block=str(stage["BLOCK"]).upper(),
-                        num_blocks=_int_list(stage["NUM_BLOCKS"], "NUM_BLOCKS"),
-                        num_channels=_int_list(stage["NUM_CHANNELS"], "NUM_CHANNELS"),
-                        fuse_method=str(stage.get("FUSE_METHOD", "SUM")).upper(),
-                    )
-                )
-            except InputError as exc:
-                raise InputError(f"{source}: {name}: {exc}") from exc
-        try:
-            return cls(*stages, final_conv_kernel=data.get("FINAL_CONV_KERNEL", 1))
-        except InputError as exc:
-            raise InputError(f"{source}: {exc}") from exc
-
-
-def _without_targets(data: Any) -> dict[str, Any]:
-    """Upper-case the keys and drop hydra's ``_target_`` (which names classes of the original package)."""
-    if not isinstance(data, Mapping):
-        raise InputError(f"expected a mapping in the HRNet config, got {type(data).__name__}: {data!r}")
-    return {str(k).upper(): v for k, v in data.items() if k != "_target_"}
-
-
-def _int_list(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)):
-        raise InputError(f"{where} must be a list of integers, got {value!r}")
-    return tuple(value)
-
-
-def _check_keys(data: Mapping[str, Any], required: list[str], optional: list[str], where: str) -> None:
-    unknown = sorted(set(data) - set(required) - set(optional))
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {unknown}; expected {required + optional}")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise InputError(f"{where}: missing key(s) {missing}")
+        if isinstance(data, Mapping) and [str(k).upper() for k in data if k != "_target_"] == ["HRNETARCHCONFIG"]:
+            data = next(v for k, v in data.items() if k != "_target_")
+        return read_config(cls, data, source=source, spelling=str.upper, ignore=("_target_",))
 
 
 def load_hrnet_config(config: HRNetConfig | Mapping[str, Any] | str | os.PathLike[str]) -> HRNetConfig:
@@ -169,14 +119,7 @@ def load_hrnet_config(config: HRNetConfig | Mapping[str, Any] | str | os.PathLik
         return config
     if isinstance(config, Mapping):
         return HRNetConfig.from_dict(config)
-    path = Path(config)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read HRNet config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise InputError(f"HRNet config {path} is not valid YAML: {exc}") from exc
-    return HRNetConfig.from_dict(data or {}, source=str(path))
+    return HRNetConfig.from_dict(read_yaml(config) or {}, source=str(config))
 
 
 def _stage(widths: tuple[int, ...], blocks: int, modules: int, block: str = "BASIC") -> HRNetStageConfig:

@@ -11,13 +11,14 @@ Train mode returns ``(logits, aux_logits)`` (the aux head reads ``layer3``; the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mseg_semantic.configs import check, check_choice, read_config, to_plain
 from mseg_semantic.errors import InputError
 from mseg_semantic.models.resnet import RESNET_DEPTHS, dilated_resnet_layers, imagenet_resnet_key
 
@@ -37,29 +38,22 @@ class PSPNetConfig:
     zoom_factor: int = 8
 
     def __post_init__(self) -> None:
-        if self.layers not in RESNET_DEPTHS:
-            raise InputError(f"PSPNet layers must be one of {sorted(RESNET_DEPTHS)}, got {self.layers}")
-        if not self.bins or FEATURE_CHANNELS % len(self.bins) != 0:
-            raise InputError(f"PSPNet needs 1 to {FEATURE_CHANNELS} bins dividing {FEATURE_CHANNELS}, got {self.bins}")
-        if self.zoom_factor not in (1, 2, 4, 8):
-            raise InputError(f"PSPNet zoom_factor must be 1, 2, 4 or 8, got {self.zoom_factor}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise InputError(f"PSPNet dropout must be in [0, 1), got {self.dropout}")
+        check_choice(self.layers, sorted(RESNET_DEPTHS), "layers")
+        check(
+            bool(self.bins) and FEATURE_CHANNELS % len(self.bins) == 0,
+            "bins",
+            f"must be 1 to {FEATURE_CHANNELS} bins, as many as divide {FEATURE_CHANNELS}, got {list(self.bins)}",
+        )
+        check(self.zoom_factor in (1, 2, 4, 8), "zoom_factor", f"must be 1, 2, 4 or 8, got {self.zoom_factor}")
+        check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "bins": list(self.bins)}
+        return to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PSPNetConfig:
-        """Missing keys take the defaults; an unknown key raises :class:`InputError` naming it."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown PSPNet config key(s) {unknown}; expected {sorted(known)}")
-        values = dict(data)
-        if "bins" in values:
-            values["bins"] = tuple(values["bins"])
-        return cls(**values)
+    def from_dict(cls, data: Mapping[str, Any], source: str = "PSPNet config") -> PSPNetConfig:
+        """Missing keys take the defaults; a problem raises :class:`~mseg_semantic.configs.ConfigError`."""
+        return read_config(cls, data, source=source)
 
 
 class PyramidPooling(nn.Module):

@@ -16,15 +16,16 @@ import argparse
 import ast
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
-import yaml
-
+from mseg_semantic.configs import field_type, read_config, read_yaml, strip_optional
 from mseg_semantic.errors import InputError, MsegError
+from mseg_semantic.inference.config import InferenceConfig, OriginalTestConfig, flatten_sections
 
 
-def parse_legacy_args(argv: Sequence[str]) -> tuple[Path, dict]:
-    """``--config=FILE key value ...`` -> (config path, flattened settings with the overrides applied)."""
+def parse_legacy_args(argv: Sequence[str]) -> tuple[Path, OriginalTestConfig]:
+    """``--config=FILE key value ...`` -> (config path, the file's settings with the overrides applied)."""
     parser = argparse.ArgumentParser(
         prog="universal_demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -33,60 +34,51 @@ def parse_legacy_args(argv: Sequence[str]) -> tuple[Path, dict]:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key value pairs overriding the config")
     args = parser.parse_args(argv)
     path = Path(args.config)
-    if not path.is_file():
-        raise InputError(f"{path}: config file does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    flat: dict = {}
-    for key, value in data.items():
-        flat.update(value if isinstance(value, dict) else {key: value})
+    flat = flatten_sections(read_yaml(path) or {}, str(path))
     if len(args.opts) % 2:
         raise InputError(f"overrides must be 'key value' pairs, got {args.opts}")
     for key, text in zip(args.opts[::2], args.opts[1::2], strict=True):
-        if key not in flat:
-            raise InputError(f"unknown config key {key!r} (not in {path.name})")
+        if strip_optional(field_type(OriginalTestConfig, key, source="command line")) is str:
+            flat[key] = text  # a path or a name, even if it looks like a number
+            continue
         try:
-            value = ast.literal_eval(text)
+            flat[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            value = text
-        old = flat[key]
-        if (
-            old is not None
-            and not isinstance(value, type(old))
-            and not (isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)))
-        ) and not (isinstance(old, str) and old == "default"):
-            raise InputError(f"config key {key!r} expects {type(old).__name__}, got {text!r}")
-        flat[key] = value
-    return path, flat
+            flat[key] = text
+    origins = dict.fromkeys(args.opts[::2], "command line")
+    ours = {f.name for f in fields(InferenceConfig)} - {f.name for f in fields(OriginalTestConfig)} | {"fast"}
+    # Keys of our layout are accepted (the demo reads the file too); those of the original are typed.
+    return path, read_config(OriginalTestConfig, flat, source=str(path), origins=origins, ignore=ours)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from mseg_semantic.cli import main as mseg_main
 
     try:
-        config_path, flat = parse_legacy_args(sys.argv[1:] if argv is None else argv)
+        config_path, cfg = parse_legacy_args(sys.argv[1:] if argv is None else argv)
     except MsegError as exc:
         print(f"universal_demo.py: error: {exc}", file=sys.stderr)
         return 2
     for key in ("model_path", "input_file"):
-        if flat.get(key) in (None, "default"):
+        if getattr(cfg, key) in (None, "default"):
             print(f"universal_demo.py: error: '{key} PATH' is required", file=sys.stderr)
             return 2
-    scales = list(flat.get("scales") or [1.0])
+    scales = list(cfg.scales or [1.0])
     mode = "ss" if len(scales) == 1 else "ms"
-    save = flat.get("save_folder")
+    save = cfg.save_folder
     if save in (None, "default"):
-        save = f"temp_files/{flat.get('model_name', 'model')}_universal_{mode}/{flat.get('base_size')}"
+        save = f"temp_files/{cfg.model_name}_universal_{mode}/{cfg.base_size}"
     argv_new = [
-        "demo", str(flat["input_file"]), "--model", str(flat["model_path"]), "--out", str(save),
+        "demo", cfg.input_file, "--model", cfg.model_path, "--out", save,
         "--config", str(config_path), "--scales", *[str(s) for s in scales],
     ]  # fmt: skip
-    arch = flat.get("arch", "hrnet")
-    if str(flat["model_path"]).endswith((".pth", ".pt", ".tar")):
+    if cfg.model_path.endswith((".pth", ".pt", ".tar")):
+        arch = cfg.arch or "hrnet"
         argv_new += ["--arch", {"hrnet": "hrnet_w48", "psp": "pspnet50"}.get(arch, arch)]
-    if flat.get("base_size"):
-        argv_new += ["--base-size", str(flat["base_size"])]
-    if flat.get("test_h"):
-        argv_new += ["--crop-size", str(flat["test_h"])]
+    if cfg.base_size:
+        argv_new += ["--base-size", str(cfg.base_size)]
+    if cfg.test_h:
+        argv_new += ["--crop-size", str(cfg.test_h)]
     return mseg_main(argv_new)
 
 

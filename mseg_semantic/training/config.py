@@ -1,27 +1,35 @@
 """Training configs: YAML files read into dataclasses and validated once, so the loop never sees a bad value.
 
 A config is a file shipped in ``mseg_semantic/config/train/`` (named by its path there without ``.yaml``, e.g.
-``camvid11`` or ``1080_release/mseg-relabeled-3m``) or a YAML path. Unknown keys, wrong types and impossible
-values raise :class:`InputError` naming the dotted key (``optim.base_lr``). ``key=value`` overrides
-(``--set``) use the same dotted keys, list items by index (``datasets.0.root=/data``); values are YAML
-(``transform.crop=[473,473]``, ``model.backbone_weights=null``).
+``camvid11`` or ``1080_release/mseg-relabeled-3m``) or a YAML path, read by :func:`mseg_semantic.configs.read_config`:
+unknown keys, wrong types and impossible values raise :class:`~mseg_semantic.configs.ConfigError` naming the file
+(or ``--set``) and the dotted key (``optim.base_lr``). ``key=value`` overrides (``--set``) use the same dotted
+keys, list items by index (``datasets.0.root=/data``); values are YAML (``transform.crop=[473,473]``,
+``model.backbone_weights=null``).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import difflib
-import types
-import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
+from mseg_semantic.configs import (
+    ConfigError,
+    check,
+    check_choice,
+    did_you_mean,
+    parse_yaml,
+    read_config,
+    read_yaml,
+    set_key,
+    show,
+    to_plain,
+)
 from mseg_semantic.data.sampling import LAYOUTS
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.precision import PRECISIONS
@@ -37,6 +45,10 @@ class DatasetConfig:
     root: str | None = None  # its folder; default: the run's data_root (or data_root/<MSeg folder of the dataset>)
     train_list: str | None = None  # "image label" lines relative to root; default: the list shipped for `name`
     val_list: str | None = None  # for periodic validation; none by default
+
+
+#: ``datasets: [camvid-11]``: a dataset given by name only.
+_SHORTHAND = {DatasetConfig: "name"}
 
 
 @dataclass
@@ -166,22 +178,19 @@ def list_train_configs() -> list[tuple[str, str]]:
     return result
 
 
-def _read_config_text(name_or_path: str | Path) -> tuple[str, str, str]:
-    """(config name, YAML text, where it came from) for a YAML path or the name of a shipped config."""
+def _read_config_data(name_or_path: str | Path) -> tuple[str, Any, str]:
+    """(config name, YAML data, where it came from) for a YAML path or the name of a shipped config."""
     text_name = str(name_or_path)
     path = Path(text_name)
     if path.is_file():
-        try:
-            return path.stem, path.read_text(encoding="utf-8"), str(path)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: cannot read the config ({exc})") from None
+        return path.stem, read_yaml(path), str(path)
     shipped = dict(_walk_yaml(_config_folder()))
     key = text_name.removesuffix(".yaml")
     if key in shipped:
-        return key, shipped[key].read_text(encoding="utf-8"), f"config {key}"
-    close = difflib.get_close_matches(key, shipped, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+        return key, parse_yaml(shipped[key].read_text(encoding="utf-8"), f"config {key}"), f"config {key}"
     what = "no such config file" if path.suffix in (".yaml", ".yml") else "unknown config"
+    hint = did_you_mean(key, list(shipped)).removeprefix(", ")
+    hint += " " * bool(hint)
     raise InputError(f"{text_name}: {what}; {hint}'mseg train --list-configs' lists the shipped ones")
 
 
@@ -195,315 +204,137 @@ def load_train_config(
     ``overrides``: ``"dotted.key=yaml value"`` strings (the command line's ``--set``); ``values``: top-level keys
     set directly (``data_root=...``, ``max_iters=...``; None values are ignored). Raises :class:`InputError`.
     """
-    name, text, source = _read_config_text(name_or_path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputError(f"{source} is not valid YAML: {exc}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise InputError(f"{source}: expected a mapping of keys to values at the top level")
-    raw = apply_overrides(dict(raw), overrides)
+    name, raw, source = _read_config_data(name_or_path)
+    raw = apply_overrides({} if raw is None else raw, overrides, source)
+    origins = {item.partition("=")[0].strip(): "--set" for item in overrides}
     for key, value in values.items():
         if value is not None:
-            raw = set_value(raw, key, value, origin=key)
-    try:
-        config = config_from_dict(raw)
-    except InputError as exc:
-        raise InputError(f"{source}: {exc}") from None
-    return name, config
+            raw = set_key(raw, TrainConfig, key, value, source="arguments")
+            origins[key] = "arguments"
+    return name, config_from_dict(raw, source, origins)
 
 
-def config_from_dict(raw: Mapping[str, Any]) -> TrainConfig:
+def config_from_dict(
+    raw: Mapping[str, Any], source: str = "config", origins: Mapping[str, str] | None = None
+) -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from plain data (the YAML layout)."""
-    config = _from_mapping(TrainConfig, raw, "")
-    validate(config)
+    try:
+        config = read_config(TrainConfig, raw, source=source, origins=origins, shorthand=_SHORTHAND)
+        validate(config)
+    except ConfigError as exc:
+        raise exc.located(source, origins) from None
     return config
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     """Plain data in the YAML layout (tuples as lists), e.g. to save the resolved config next to the run."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(dataclasses.asdict(config))
+    return to_plain(config)
 
 
-# ---------------------------------------------------------------------------------------------- overrides
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key=value`` strings to the raw config data; keys are checked against the schema first."""
+def apply_overrides(raw: Any, overrides: Sequence[str], source: str = "config") -> dict[str, Any]:
+    """Apply ``key=value`` strings (values are YAML) to the raw config data; keys are checked against the schema."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"expected a mapping of keys to values at the top level, got {show(raw)}", source=source)
+    raw = dict(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
+        if not sep or not key.strip():
             raise InputError(f"--set expects KEY=VALUE (e.g. optim.base_lr=0.02), got {item!r}")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             value = text  # not YAML (e.g. a path with a colon): take it as a string
-        raw = set_value(raw, key, value, origin=f"--set {key}")
+        raw = set_key(raw, TrainConfig, key.strip(), value, source="--set", shorthand=_SHORTHAND)
     return raw
-
-
-def set_value(raw: dict[str, Any], key: str, value: Any, origin: str) -> dict[str, Any]:
-    """A copy of ``raw`` with the dotted ``key`` set to ``value``; unknown keys raise naming ``origin``."""
-    parts = key.split(".")
-    _check_path(parts, origin)
-    result = copy.deepcopy(raw)
-    node: Any = result
-    for depth, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            node = node[_list_index(node, part, parts[: depth + 1], origin)]
-            continue
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif isinstance(child, str) and parts[depth + 1] in ("name", "root", "train_list", "val_list"):
-            child = node[part] = {"name": child}  # a dataset given by name only
-        node = child
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_list_index(node, last, parts, origin)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise InputError(f"{origin}: {'.'.join(parts[:-1])} is not a section")
-    return result
-
-
-def _list_index(node: list, part: str, path: list[str], origin: str) -> int:
-    if not part.isdigit():
-        raise InputError(f"{origin}: {'.'.join(path)}: a list is indexed by a number")
-    index = int(part)
-    if index >= len(node):
-        raise InputError(f"{origin}: {'.'.join(path)}: index out of range (the list has {len(node)} item(s))")
-    return index
-
-
-def _check_path(parts: list[str], origin: str) -> None:
-    tp: Any = TrainConfig
-    for depth, part in enumerate(parts):
-        here = ".".join(parts[: depth + 1])
-        tp = _strip_optional(tp)
-        if is_dataclass(tp):
-            names = [f.name for f in fields(tp)]
-            if part not in names:
-                raise InputError(f"{origin}: unknown key {here!r}{_did_you_mean(part, names)}; {_known(tp)}")
-            tp = typing.get_type_hints(tp)[part]
-        elif typing.get_origin(tp) is list:
-            if not part.isdigit():
-                raise InputError(f"{origin}: {here}: a list is indexed by a number")
-            tp = typing.get_args(tp)[0]
-        elif typing.get_origin(tp) is dict or tp is Any:
-            return  # free-form (the HRNet stage config is checked when the model is built)
-        else:
-            raise InputError(f"{origin}: {'.'.join(parts[:depth])} is a value, not a section")
-
-
-# ---------------------------------------------------------------------------------------------- conversion
-def _strip_optional(tp: Any) -> Any:
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def _did_you_mean(name: str, names: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _known(tp: type) -> str:
-    return f"known keys{' of ' + tp.__name__ if tp is not TrainConfig else ''}: {', '.join(f.name for f in fields(tp))}"
-
-
-def _join(where: str, key: str | int) -> str:
-    return f"{where}.{key}" if where else str(key)
-
-
-def _from_mapping(cls: type, data: Any, where: str) -> Any:
-    if cls is DatasetConfig and isinstance(data, str):
-        data = {"name": data}
-    if not isinstance(data, Mapping):
-        raise InputError(f"{where or 'config'}: expected a mapping of keys, got {data!r}")
-    names = [f.name for f in fields(cls)]
-    for key in data:
-        if key not in names:
-            raise InputError(f"unknown key {_join(where, key)!r}{_did_you_mean(str(key), names)}; {_known(cls)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in fields(cls):
-        key = _join(where, f.name)
-        if f.name in data:
-            values[f.name] = _convert(hints[f.name], data[f.name], key)
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise InputError(f"missing key {key!r}")
-    return cls(**values)
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    optional = typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
-    tp = _strip_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise InputError(f"{key}: a value is required (got null)")
-    origin = typing.get_origin(tp)
-    if is_dataclass(tp):
-        return _from_mapping(tp, value, key)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"{key}: expected a list, got {value!r}")
-        return [_convert(typing.get_args(tp)[0], v, _join(key, i)) for i, v in enumerate(value)]
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            value = [value] * len(args)  # one number for both: crop 713 = (713, 713), scale 1.0 = no scaling
-        if len(value) != len(args):
-            raise InputError(f"{key}: expected {len(args)} values, got {list(value)!r}")
-        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise InputError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise InputError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        number = _number(value, key)
-        if not float(number).is_integer():
-            raise InputError(f"{key}: expected an integer, got {value!r}")
-        return int(number)
-    if tp is float:
-        return float(_number(value, key))
-    if tp is str:
-        if not isinstance(value, str):
-            raise InputError(f"{key}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def _number(value: Any, key: str) -> int | float:
-    if isinstance(value, bool):
-        raise InputError(f"{key}: expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        try:
-            return float(value.replace("_", ""))  # YAML 1.1 reads 1e-4 (no dot) as a string
-        except ValueError:
-            pass
-    raise InputError(f"{key}: expected a number, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------- validation
 def validate(config: TrainConfig) -> None:
-    """Check the values that types cannot: names that must exist, ranges, and how keys fit together."""
+    """Check the values that types cannot: names that must exist, ranges, and how keys fit together.
+
+    Raises :class:`ConfigError` naming the dotted key.
+    """
     from mseg_semantic.models import list_models, load_hrnet_config
     from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy
 
-    def require(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            raise InputError(f"{key}: {message}")
-
-    require(
+    check(
         bool(config.datasets),
         "datasets",
         "no dataset given; this config expects them on the command line, e.g. --set datasets=[cityscapes-19-relabeled]",
     )
-    require(config.taxonomy in TAXONOMY_MODES, "taxonomy", f"must be one of {TAXONOMY_MODES}, got {config.taxonomy!r}")
+    for key, allowed in (("taxonomy", TAXONOMY_MODES), ("dataset_layout", LAYOUTS), ("precision", PRECISIONS)):
+        check_choice(getattr(config, key), allowed, key)
     converter = TaxonomyConverter()
-    seen: set[str] = set()
-    for i, dataset in enumerate(config.datasets):
+    names = [dataset.name for dataset in config.datasets]
+    for i, name in enumerate(names):
         key = f"datasets.{i}.name"
+        check(name not in names[:i], key, f"{name} is listed twice")
         try:
-            get_taxonomy(dataset.name)
+            get_taxonomy(name)
+            if config.taxonomy in ("universal", "naive"):
+                try:
+                    converter.lookup_table(name, config.taxonomy)
+                except MsegError as exc:
+                    raise MsegError(f"cannot train {name} in the {config.taxonomy} taxonomy: {exc}") from None
         except MsegError as exc:
-            raise InputError(f"{key}: {exc}") from None
-        require(dataset.name not in seen, key, f"{dataset.name} is listed twice")
-        seen.add(dataset.name)
-        if config.taxonomy in ("universal", "naive"):
-            try:
-                converter.lookup_table(dataset.name, config.taxonomy)
-            except MsegError as exc:
-                raise InputError(
-                    f"{key}: cannot train {dataset.name} in the {config.taxonomy} taxonomy: {exc}"
-                ) from None
-    require(
-        config.taxonomy != "own" or len(config.datasets) == 1,
+            raise ConfigError(str(exc), key) from None
+    check(
+        config.taxonomy != "own" or len(names) == 1,
         "taxonomy",
-        f"'own' trains one dataset in its own classes, but {len(config.datasets)} datasets are listed; "
+        f"'own' trains one dataset in its own classes, but {len(names)} datasets are listed; "
         "use 'universal' to train them together",
     )
-    require(
-        config.dataset_layout in LAYOUTS, "dataset_layout", f"must be one of {LAYOUTS}, got {config.dataset_layout!r}"
-    )
-    num = len(config.datasets)
-    require(config.batch_size >= 1, "batch_size", f"must be at least 1, got {config.batch_size}")
-    require(
-        config.batch_size % num == 0,
+    for key, lowest in _MINIMUM.items():
+        value = _get(config, key)
+        check(value is None or value >= lowest, key, f"must be at least {lowest}, got {value}")
+    check(
+        config.batch_size % len(names) == 0,
         "batch_size",
-        f"{config.batch_size} is not a multiple of the {num} datasets (every step takes the same number of crops "
-        f"from each); use {max(num, config.batch_size // num * num)}",
+        f"{config.batch_size} is not a multiple of the {len(names)} datasets (every step takes the same number of "
+        f"crops from each); use {max(len(names), config.batch_size // len(names) * len(names))}",
     )
-    require(config.num_examples >= 1, "num_examples", f"must be positive, got {config.num_examples}")
-    require(config.max_iters is None or config.max_iters >= 1, "max_iters", f"must be positive, got {config.max_iters}")
-    require(config.total_iters() >= 1, "num_examples", "gives less than one iteration for this batch_size")
+    check(config.total_iters() >= 1, "num_examples", "gives less than one iteration for this batch_size")
 
-    model = config.model
-    require(
-        model.arch in list_models(), "model.arch", f"unknown arch {model.arch!r}; known: {', '.join(list_models())}"
-    )
+    model, t = config.model, config.transform
+    check_choice(model.arch, list_models(), "model.arch")
     if model.arch == "hrnet":
-        require(model.hrnet is not None, "model.hrnet", "arch 'hrnet' needs its stage config (STAGE1..STAGE4)")
+        check(model.hrnet is not None, "model.hrnet", "arch 'hrnet' needs its stage config (STAGE1..STAGE4)")
         try:
             load_hrnet_config(model.hrnet)
-        except MsegError as exc:
-            raise InputError(f"model.hrnet: {exc}") from None
+        except ConfigError as exc:
+            raise exc.inside("model.hrnet") from None
     else:
-        require(model.hrnet is None, "model.hrnet", f"is only for arch 'hrnet', not {model.arch!r}")
-
-    t = config.transform
-    require(t.short_size >= 1, "transform.short_size", f"must be positive, got {t.short_size}")
-    require(min(t.crop) >= 1, "transform.crop", f"must be positive, got {list(t.crop)}")
+        check(model.hrnet is None, "model.hrnet", f"is only for arch 'hrnet', not {model.arch!r}")
     if model.arch.startswith("pspnet"):
-        require(
+        check(
             all((c - 1) % 8 == 0 for c in t.crop),
             "transform.crop",
             f"PSPNet needs crop sizes of the form 8k+1 (473, 593, 713), got {list(t.crop)}",
         )
-    require(
-        0 < t.scale[0] <= t.scale[1], "transform.scale", f"must be [min, max] with 0 < min <= max, got {list(t.scale)}"
-    )
-    require(t.rotate[0] <= t.rotate[1], "transform.rotate", f"must be [min, max] degrees, got {list(t.rotate)}")
+    scale, rotate = list(t.scale), list(t.rotate)
+    check(0 < scale[0] <= scale[1], "transform.scale", f"must be [min, max] with 0 < min <= max, got {scale}")
+    check(rotate[0] <= rotate[1], "transform.rotate", f"must be [min, max] degrees, got {rotate}")
     for name in ("rotate_prob", "blur_prob", "flip_prob"):
         value = getattr(t, name)
-        require(0.0 <= value <= 1.0, f"transform.{name}", f"must lie in [0, 1], got {value}")
-
-    o = config.optim
-    require(o.base_lr > 0, "optim.base_lr", f"must be positive, got {o.base_lr}")
-    for name in ("momentum", "weight_decay", "power", "head_lr_mult", "aux_weight"):
-        require(getattr(o, name) >= 0, f"optim.{name}", f"must not be negative, got {getattr(o, name)}")
-
-    require(config.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {config.precision!r}")
-    require(config.workers >= 0, "workers", f"must not be negative, got {config.workers}")
-    require(config.log_every >= 1, "log_every", f"must be at least 1, got {config.log_every}")
-    require(config.checkpoint.every >= 1, "checkpoint.every", f"must be at least 1, got {config.checkpoint.every}")
-    require(config.checkpoint.keep >= 1, "checkpoint.keep", f"must be at least 1, got {config.checkpoint.keep}")
-    require(config.val.every >= 0, "val.every", f"must not be negative, got {config.val.every}")
-    require(
+        check(0.0 <= value <= 1.0, f"transform.{name}", f"must lie in [0, 1], got {value}")
+    check(config.optim.base_lr > 0, "optim.base_lr", f"must be positive, got {config.optim.base_lr}")
+    check(
         config.val.every == 0 or any(d.val_list for d in config.datasets),
         "val.every",
         "validation is on but no dataset has a val_list",
     )
-    for name in ("short_size", "max_images"):
-        value = getattr(config.val, name)
-        require(value is None or value >= 1, f"val.{name}", f"must be positive, got {value}")
+
+
+#: The smallest allowed value of the numeric keys (None, where a key may be null, is always allowed).
+_MINIMUM = {
+    "batch_size": 1, "num_examples": 1, "max_iters": 1, "workers": 0, "log_every": 1,
+    "transform.short_size": 1, "transform.crop.0": 1, "transform.crop.1": 1,
+    "optim.momentum": 0, "optim.weight_decay": 0, "optim.power": 0, "optim.head_lr_mult": 0, "optim.aux_weight": 0,
+    "checkpoint.every": 1, "checkpoint.keep": 1, "val.every": 0, "val.short_size": 1, "val.max_images": 1,
+}  # fmt: skip
+
+
+def _get(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = config[int(part)] if part.isdigit() else getattr(config, part)
+    return config
