@@ -14,15 +14,10 @@ from torch import nn
 
 from mseg_semantic import InputError, TaxonomyError
 from mseg_semantic.inference import InferenceConfig, Segmenter, load_config, preset_names
-from mseg_semantic.inference.geometry import (
-    max_base_size,
-    pad_to_crop,
-    resize_rows,
-    resize_short_side,
-    scaled_short_side_size,
-    window_starts,
-)
-from mseg_semantic.normalization import MEAN_RGB, STD_RGB
+from mseg_semantic.inference.geometry import max_base_size, resize_rows, window_starts
+from mseg_semantic.inference.windows import window_grid
+from mseg_semantic.normalization import MEAN_RGB, STD_RGB, normalize
+from mseg_semantic.resizing import resize_short_side, scaled_short_side_size
 from mseg_semantic.taxonomy import TaxonomyConverter
 
 
@@ -49,13 +44,15 @@ def test_short_side_resize_rules():
 
 
 def test_mean_padding_geometry():
-    padded, top, left = pad_to_crop(np.zeros((4, 6, 3), np.float32), 8, 8, (50, 100, 150))
-    assert padded.shape == (8, 8, 3) and (top, left) == (2, 1)
-    assert padded[0, 0, 0] == 50 and padded[7, 7, 2] == 150 and padded[2:6, 1:7].max() == 0
-    padded, top, left = pad_to_crop(np.ones((5, 5, 3), np.float32), 8, 8)
-    assert (top, left) == (1, 1) and tuple(padded[0, 0]) == pytest.approx(MEAN_RGB)  # odd pixel at bottom/right
-    big = np.ones((9, 9, 3), np.float32)
-    assert pad_to_crop(big, 8, 8)[0] is big
+    grid = window_grid(4, 6, 8, 8)
+    assert grid.canvas == (8, 8) and (grid.pad_top, grid.pad_left) == (2, 1)
+    grid = window_grid(5, 5, 8, 8)
+    assert (grid.pad_top, grid.pad_left) == (1, 1)  # the odd pixel of padding at the bottom/right
+    grid = window_grid(9, 9, 8, 8)
+    assert grid.canvas == (9, 9) and (grid.pad_top, grid.pad_left) == (0, 0)
+    # The canvas is padded with 0 after normalisation, which is the mean pixel before it.
+    mean_pixel = torch.tensor(MEAN_RGB, dtype=torch.float32).view(3, 1, 1)
+    assert normalize(mean_pixel).abs().max() == 0
 
 
 def test_windows_and_batched_base_size():
