@@ -14,8 +14,9 @@ and everything else were free).
 Agreement per setting is also measured with the trained model that ships with the package (camvid11-compact).
 
 Paths: ``faithful`` (the default Segmenter), ``fast`` (``fast=True``), ``fastest`` (``fast=True`` with minimal
-padding, whole-image windows and no flip: below 99% agreement), ``reference`` (one forward per crop and per flip,
-full-resolution float64 accumulation, the original's structure; for the faithful speed-up).
+padding, whole-image windows and no flip: below 99% agreement), ``reference`` (``mseg_semantic.inference.reference``:
+the original algorithm written out literally, one forward per crop and per flip, full-resolution float64
+accumulation; for the faithful speed-up).
 
 The model: without ``--model``, a stand-in whose predictions are not degenerate. Weights made by the project's
 ``make_weights.py`` alone give 1-2 classes per image with saturated probabilities (its random BN statistics do not
@@ -49,9 +50,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mseg_semantic.fileio import read_image, read_label
 from mseg_semantic.inference import Segmenter
+from mseg_semantic.inference.reference import reference_predict
 from mseg_semantic.models import build_model, load_model
-from mseg_semantic.normalization import MEAN_RGB, normalize
-from mseg_semantic.resizing import resize_short_side, scaled_short_side_size
+from mseg_semantic.normalization import normalize
+from mseg_semantic.resizing import resize_short_side
 from mseg_semantic.taxonomy import class_names, get_taxonomy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,58 +173,13 @@ def get_agreement_model() -> nn.Module:
     return zoo.load_model("camvid11-compact")
 
 
-# ---------------------------------------------------------------------------------- the straightforward reference
-def straightforward_labels(model: nn.Module, image: np.ndarray, base: int, scales: tuple[float, ...], crop: int):
-    """The original algorithm as plainly as it can be written: one forward per crop and per flip, probabilities
-    accumulated in float64 at full resolution, each scale resized back with OpenCV (4 channels at a time)."""
-    h, w = image.shape[:2]
-    total = None
-    for scale in scales:
-        new_h, new_w = scaled_short_side_size(h, w, round(scale * base))
-        resized = cv2.resize(image.astype(np.float32), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        pad_h, pad_w = max(crop - new_h, 0), max(crop - new_w, 0)
-        top, left = pad_h // 2, pad_w // 2
-        padded = cv2.copyMakeBorder(
-            resized, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=MEAN_RGB
-        )
-        ph, pw = padded.shape[:2]
-        stride = math.ceil(crop * 2 / 3)
-        acc = None
-        count = np.zeros((ph, pw), np.float32)
-        for gy in range(math.ceil((ph - crop) / stride) + 1):
-            for gx in range(math.ceil((pw - crop) / stride) + 1):
-                y1, x1 = min(gy * stride + crop, ph), min(gx * stride + crop, pw)
-                y0, x0 = y1 - crop, x1 - crop
-                x = _normalised(padded[y0:y1, x0:x1])
-                with torch.no_grad():
-                    probs = model(x[None]).softmax(1)[0]
-                    flipped = model(x.flip(-1)[None]).softmax(1)[0].flip(-1)
-                window = ((probs + flipped) / 2).numpy()
-                if acc is None:
-                    acc = np.zeros((window.shape[0], ph, pw), np.float32)
-                acc[:, y0:y1, x0:x1] += window
-                count[y0:y1, x0:x1] += 1
-        assert acc is not None
-        acc = (acc / count)[:, top : top + new_h, left : left + new_w]
-        back = np.concatenate(
-            [
-                cv2.resize(np.ascontiguousarray(acc[c : c + 4].transpose(1, 2, 0)), (w, h)).reshape(h, w, -1)
-                for c in range(0, acc.shape[0], 4)
-            ],
-            axis=2,
-        ).astype(np.float64)
-        total = back if total is None else total + back
-    assert total is not None
-    return (total / len(scales)).argmax(2).astype(np.uint8)
-
-
 # ---------------------------------------------------------------------------------------------------- measurements
 def predictor(model: nn.Module, preset: str, path: str, device: str):
     if path == "reference":
         seg = Segmenter(model, config=preset, device=device)  # for its settings only
         cfg = seg.config
-        return functools.partial(straightforward_labels, model, base=cfg.base_size, scales=cfg.scales,
-                                 crop=cfg.crop_h)  # fmt: skip
+        return functools.partial(reference_predict, model, base_size=cfg.base_size, scales=cfg.scales,
+                                 crop_size=(cfg.crop_h, cfg.crop_w))  # fmt: skip
     return Segmenter(model, config=preset, device=device, **PATH_SETTINGS[path]).predict
 
 

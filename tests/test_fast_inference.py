@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import skip_without_shared, tiny_hrnet
-from test_inference import PixelModel, random_image, reference_predict_proba
+from test_inference import PixelModel, random_image
+from torch import nn
 
 from mseg_semantic import InputError
 from mseg_semantic.cli import main
@@ -20,8 +22,16 @@ from mseg_semantic.inference import Segmenter, load_config, run_demo
 from mseg_semantic.inference import segmenter as segmenter_module
 from mseg_semantic.inference.background import WriteBehind, read_ahead
 from mseg_semantic.inference.config import FAST
-from mseg_semantic.inference.network import Network, cpu_has_native_bf16, resolve_precision
+from mseg_semantic.inference.network import (
+    Network,
+    cpu_has_native_bf16,
+    folded_copy,
+    low_precision_copy,
+    resolve_precision,
+)
+from mseg_semantic.inference.reference import reference_predict_proba
 from mseg_semantic.inference.windows import PAD_PHASE, window_grid
+from mseg_semantic.models import build_model
 from mseg_semantic.models.hrnet import HRNet
 from mseg_semantic.normalization import normalize
 from mseg_semantic.resizing import resize_short_side
@@ -277,6 +287,14 @@ class DoubledHRNet(HRNet):
         return 2 * super().forward(x)
 
 
+class HalvedLowResHRNet(HRNet):
+    """An HRNet that takes ``resize`` but returns something else without it: the check must notice."""
+
+    def forward(self, x: torch.Tensor, resize: bool = True) -> torch.Tensor:
+        out = super().forward(x, resize)
+        return out if resize else out / 2
+
+
 def test_early_exit_is_verified_numerically():
     model = tiny_hrnet(11)
     assert Network(model, torch.device("cpu")).early_exit
@@ -284,10 +302,77 @@ def test_early_exit_is_verified_numerically():
     doubled.load_state_dict(model.state_dict())
     doubled.eval()
     assert not Network(doubled, torch.device("cpu")).early_exit
+    halved = HalvedLowResHRNet(model.config, 11)
+    halved.load_state_dict(model.state_dict())
+    assert not Network(halved.eval(), torch.device("cpu")).early_exit
     image = random_image(40, 60, seed=4)
     seg = Segmenter(doubled, config="360_ss", base_size=40, crop_size=49, model_taxonomy="camvid-11")
     np.testing.assert_allclose(seg.predict_proba(image), reference_predict_proba(doubled, image, 40, (1.0,), 49),
                                atol=2e-6)  # fmt: skip
+
+
+class CallersModel(nn.Module):
+    """A module of the caller's that ends with the original's resize: torch.fx cuts it off (ours need no tracing)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, num_classes, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.conv(x), size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def test_a_callers_module_has_its_final_resize_cut_with_torch_fx():
+    model = CallersModel(11).eval()
+    image = random_image(40, 60, seed=8)
+    seg = Segmenter(model, config="360_ss", base_size=40, crop_size=49, model_taxonomy="camvid-11")
+    assert seg.network.early_exit and isinstance(seg.model, torch.fx.GraphModule)
+    np.testing.assert_allclose(seg.predict_proba(image), reference_predict_proba(model, image, 40, (1.0,), 49),
+                               atol=2e-6)  # fmt: skip
+
+
+def test_our_models_stop_early_and_fold_without_torch_fx(monkeypatch):
+    """HRNet and PSPNet skip their final resize themselves (``forward(x, resize=False)``) and name their (conv, BN)
+    pairs, so a Segmenter never traces them; the bf16 copy computes exactly what the traced one did."""
+    model = tiny_hrnet(194)
+    x = torch.randn(2, 3, 49, 65, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():  # the way it was done: traced, then folded in the graph
+        graph = torch.fx.symbolic_trace(model, concrete_args={"resize": False})
+        traced = low_precision_copy(graph, torch.bfloat16)(x.to(torch.bfloat16), False)
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("torch.fx used on one of our models")
+
+    monkeypatch.setattr(torch.fx, "symbolic_trace", no_tracing)
+    fp32 = Segmenter(model, **SMALL, precision="fp32")
+    assert fp32.network.early_exit and fp32.model is model
+    bf16 = Segmenter(model, **SMALL, precision="bf16", channels_last=True)
+    assert bf16.network.early_exit and type(bf16.model) is HRNet
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in bf16.model.modules())
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    assert torch.equal(bf16.network(x), traced)
+    psp = build_model("pspnet50", 11).eval()
+    assert Network(psp, torch.device("cpu"), "bf16").early_exit
+    # zoom_factor 4 resizes to half the input size, which the caller resizes again: no early exit.
+    psp.config = type(psp.config)(zoom_factor=4)
+    assert not Network(psp, torch.device("cpu")).early_exit
+
+
+def test_folded_copy_computes_what_the_model_computes():
+    torch.manual_seed(0)
+    pspnet = build_model("pspnet50", 11)
+    with torch.no_grad():
+        pspnet(torch.randn(2, 3, 49, 49) * 50)
+    for model in (tiny_hrnet(11), pspnet.eval()):
+        folded = folded_copy(model, model.conv_bn_pairs(), torch.float32)
+        originals = {t.data_ptr() for t in (*model.parameters(), *model.buffers())}
+        assert not originals & {t.data_ptr() for t in (*folded.parameters(), *folded.buffers())}
+        x = torch.randn(1, 3, 37, 50, generator=torch.Generator().manual_seed(2))
+        with torch.inference_mode():
+            expected = model(x, resize=False)
+            torch.testing.assert_close(folded(x, resize=False), expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+        assert model.training is False and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
 # ---------------------------------------------------------------------------- background I/O

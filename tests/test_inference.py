@@ -15,7 +15,9 @@ from torch import nn
 from mseg_semantic import InputError, TaxonomyError
 from mseg_semantic.inference import InferenceConfig, Segmenter, load_config, preset_names
 from mseg_semantic.inference.geometry import max_base_size, resize_rows, window_starts
+from mseg_semantic.inference.reference import reference_predict_proba
 from mseg_semantic.inference.windows import window_grid
+from mseg_semantic.models import build_model
 from mseg_semantic.normalization import MEAN_RGB, STD_RGB, normalize
 from mseg_semantic.resizing import resize_short_side, scaled_short_side_size
 from mseg_semantic.taxonomy import TaxonomyConverter
@@ -163,6 +165,8 @@ def test_pixel_model_matches_direct_computation(h, w, base, scales, crop):
     got = seg.predict_proba(image)
     assert got.shape == (11, h, w) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    # The reference itself, on the same exact answer: the tests below compare the Segmenter with something right.
+    np.testing.assert_allclose(reference_predict_proba(model, image, base, scales, crop), expected, atol=1e-5)
     labels = seg.predict(image)
     assert labels.dtype == np.uint8 and (labels == got.argmax(0)).all()
 
@@ -179,46 +183,14 @@ def test_batched_preset_matches_direct_computation():
 
 
 # ---------------------------------------------------------------------------- a real (tiny) HRNet
-def reference_predict_proba(model, image, base, scales, crop, project=None):
-    """The original algorithm written out literally (numpy accumulators, OpenCV resizes)."""
-    h, w = image.shape[:2]
-    total = None
-    for scale in scales:
-        short = round(scale * base)
-        new_h, new_w = (round(short / w * h), short) if h > w else (short, round(short / h * w))
-        resized = cv2.resize(image.astype(np.float32), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        pad_h, pad_w = max(crop - new_h, 0), max(crop - new_w, 0)
-        top, left = int(pad_h / 2), int(pad_w / 2)
-        padded = cv2.copyMakeBorder(resized, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT,
-                                    value=MEAN_RGB)  # fmt: skip
-        ph, pw = padded.shape[:2]
-        stride = int(np.ceil(crop * 2 / 3))
-        grid_h, grid_w = int(np.ceil(float(ph - crop) / stride) + 1), int(np.ceil(float(pw - crop) / stride) + 1)
-        acc, count = None, np.zeros((ph, pw), np.float32)
-        for ih in range(grid_h):
-            for iw in range(grid_w):
-                e_h, e_w = min(ih * stride + crop, ph), min(iw * stride + crop, pw)
-                s_h, s_w = e_h - crop, e_w - crop
-                x = torch.from_numpy(padded[s_h:e_h, s_w:e_w].transpose(2, 0, 1).copy())
-                for t, m, sd in zip(x, MEAN_RGB, STD_RGB, strict=True):
-                    t.sub_(m).div_(sd)
-                with torch.no_grad():
-                    out = model(torch.stack([x, x.flip(2)])).softmax(1)
-                if project is not None:
-                    out = torch.einsum("tc,nchw->nthw", torch.from_numpy(project), out)
-                prob = ((out[0] + out[1].flip(2)) / 2).numpy()
-                acc = np.zeros((prob.shape[0], ph, pw), np.float32) if acc is None else acc
-                acc[:, s_h:e_h, s_w:e_w] += prob
-                count[s_h:e_h, s_w:e_w] += 1
-        acc = (acc / count)[:, top : top + new_h, left : left + new_w]
-        resized_back = cv2_resize_chw(acc, h, w).astype(np.float64)
-        total = resized_back if total is None else total + resized_back
-    return total / len(scales)
-
-
 @pytest.mark.parametrize(
     ("h", "w", "base", "scales", "crop"),
-    [(40, 60, 40, (1.0,), 65), (70, 110, 70, (1.0,), 49), (110, 70, 64, (0.5, 1.25), 49)],
+    [
+        (40, 60, 40, (1.0,), 65),
+        (70, 110, 70, (1.0,), 49),
+        (110, 70, 64, (0.5, 1.25), 49),
+        (70, 110, 60, (1.0, 0.75), (41, 65)),  # a crop that is not square
+    ],
 )
 def test_tiny_hrnet_matches_the_literal_algorithm(h, w, base, scales, crop):
     model = tiny_hrnet(194)
@@ -237,11 +209,25 @@ def test_test_taxonomy_output_is_projected_before_averaging():
     image = random_image(50, 70, seed=5)
     seg = Segmenter(model, config="360_ms", base_size=50, scales=(1.0, 1.5), crop_size=49, output_taxonomy="camvid-11")
     matrix = TaxonomyConverter().universal_to_test_matrix("camvid-11")
-    expected = reference_predict_proba(model, image, 50, (1.0, 1.5), 49, project=matrix)
+    expected = reference_predict_proba(model, image, 50, (1.0, 1.5), 49, projection=matrix)
     np.testing.assert_allclose(seg.predict_proba(image), expected, atol=2e-6)
     universal = Segmenter(model, config="360_ms", base_size=50, scales=(1.0, 1.5), crop_size=49).predict_proba(image)
     np.testing.assert_allclose(seg.predict_proba(image), np.einsum("tc,chw->thw", matrix, universal), atol=1e-5)
     assert seg.class_names[10] == "Bicyclist" and seg.num_classes == 11
+
+
+def test_pspnet_matches_the_literal_algorithm():
+    # PSPNet stops before its final resize (stride 8) as HRNet does (stride 4).
+    torch.manual_seed(0)
+    model = build_model("pspnet50", 11)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 49, 49) * 50)  # BN statistics that normalise something
+    model.eval()
+    image = random_image(50, 80, seed=6)
+    seg = Segmenter(model, config="360_ss", base_size=50, crop_size=49, model_taxonomy="camvid-11")
+    assert seg.network.early_exit
+    np.testing.assert_allclose(seg.predict_proba(image), reference_predict_proba(model, image, 50, (1.0,), 49),
+                               atol=2e-6)  # fmt: skip
 
 
 def test_naive_model_outputs_uint16_labels_and_maps_to_test():

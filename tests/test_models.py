@@ -157,6 +157,42 @@ def test_small_hrnet_forward_backward_and_output_sizes():
         assert model(torch.randn(1, 3, 30, 45)).shape == (1, 5, 30, 45)
 
 
+def test_models_return_their_logits_before_the_final_resize():
+    """``forward(x, resize=False)``: the logits that inference upsamples itself (only the pixels it keeps)."""
+    torch.manual_seed(0)
+    hrnet = build_model("hrnet", num_classes=5, config=TINY_HRNET).eval()
+    pspnet = build_model("pspnet50", num_classes=3).eval()
+    x = torch.randn(1, 3, 37, 50)
+    with torch.no_grad():
+        for model, stride in [(hrnet, 4), (pspnet, 8)]:
+            low = model(x, resize=False)
+            assert low.shape == (1, model.num_classes, -(-37 // stride), -(-50 // stride))
+            up = F.interpolate(low, size=(37, 50), mode="bilinear", align_corners=True)
+            torch.testing.assert_close(up, model(x), rtol=0, atol=0)
+        pspnet.train()
+        logits, aux = pspnet(torch.randn(2, 3, 33, 33), resize=False)
+    assert logits.shape == aux.shape == (2, 3, 5, 5)
+
+
+@pytest.mark.parametrize("arch", ["hrnet", "pspnet50"])
+def test_every_batchnorm_folds_into_the_convolution_before_it(arch: str):
+    """``conv_bn_pairs()`` (what inference folds without tracing) is what the data flow says: every BatchNorm reads
+    the output of the convolution paired with it, and nothing else reads that output."""
+    options = {"config": TINY_HRNET} if arch == "hrnet" else {}
+    with torch.device("meta"):
+        model = build_model(arch, num_classes=5, **options)  # train mode: PSPNet's aux head runs too
+    modules = dict(model.named_modules())
+    found = []
+    for node in torch.fx.symbolic_trace(model, concrete_args={"resize": False}).graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], torch.nn.BatchNorm2d):
+            source = node.args[0]
+            assert source.op == "call_module" and isinstance(modules[source.target], torch.nn.Conv2d)
+            assert len(source.users) == 1
+            found.append((source.target, node.target))
+    assert len(found) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert sorted(found) == sorted(model.conv_bn_pairs())
+
+
 def test_pspnet50_forward_backward_train_and_eval_outputs():
     torch.manual_seed(0)
     model = build_model("pspnet50", num_classes=3)

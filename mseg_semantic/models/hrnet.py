@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from mseg_semantic.configs import check, check_choice, read_config, read_yaml
 from mseg_semantic.errors import InputError
-from mseg_semantic.models.resnet import BasicBlock, Bottleneck, make_layer
+from mseg_semantic.models.resnet import BasicBlock, Bottleneck, conv_bn_pairs, make_layer
 
 #: The original code's BatchNorm momentum for every HRNet BN (PyTorch convention).
 BN_MOMENTUM = 0.01
@@ -267,8 +267,13 @@ class HRNet(nn.Module):
                 # The original init: conv weights N(0, 0.001), biases and BN at PyTorch's defaults.
                 nn.init.normal_(module.weight, std=0.001)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: normalised RGB (N, 3, H, W) float; returns logits (N, num_classes, H, W), no softmax."""
+    def forward(self, x: Tensor, resize: bool = True) -> Tensor:
+        """``x``: normalised RGB (N, 3, H, W) float; returns logits (N, num_classes, H, W), no softmax.
+
+        ``resize=False`` returns the logits before the final resize, at a quarter of the input size
+        (``ceil(H / 4)`` x ``ceil(W / 4)``): ``forward(x)`` is them resized to (H, W), bilinear with
+        ``align_corners=True``. Inference uses them to upsample only the pixels it keeps.
+        """
         height, width = x.shape[-2:]
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
@@ -289,7 +294,13 @@ class HRNet(nn.Module):
             F.interpolate(b, size=size, mode="bilinear", align_corners=False) for b in branches[1:]
         ]
         logits = self.last_layer(torch.cat(features, dim=1))
+        if not resize:
+            return logits
         return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=True)
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """Each BatchNorm2d with the Conv2d whose output only it reads (names), for folding in inference copies."""
+        return conv_bn_pairs(self)
 
     def backbone_key(self, file_key: str) -> str:
         """Where an entry of the HRNet authors' ImageNet file goes: the names are already ours."""

@@ -20,7 +20,12 @@ from torch import Tensor, nn
 
 from mseg_semantic.configs import check, check_choice, read_config, to_plain
 from mseg_semantic.errors import InputError
-from mseg_semantic.models.resnet import RESNET_DEPTHS, dilated_resnet_layers, imagenet_resnet_key
+from mseg_semantic.models.resnet import (
+    RESNET_DEPTHS,
+    conv_bn_pairs,
+    dilated_resnet_layers,
+    imagenet_resnet_key,
+)
 
 #: Channels of ``layer4`` (Bottleneck ResNets only, which is why the original rejects ResNet-18/34).
 FEATURE_CHANNELS = 2048
@@ -114,15 +119,27 @@ class PSPNet(nn.Module):
         size = (int((height - 1) / 8 * self.config.zoom_factor + 1), int((width - 1) / 8 * self.config.zoom_factor + 1))
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        """``x``: normalised RGB (N, 3, H, W); eval: logits; train: ``(logits, aux_logits)``."""
+    def forward(self, x: Tensor, resize: bool = True) -> Tensor | tuple[Tensor, Tensor]:
+        """``x``: normalised RGB (N, 3, H, W); eval: logits; train: ``(logits, aux_logits)``.
+
+        ``resize=False`` returns the logits before the final resize, at an eighth of the input size
+        (``ceil(H / 8)`` x ``ceil(W / 8)``). With the default zoom factor 8, ``forward(x)`` is them resized to
+        (H, W), bilinear with ``align_corners=True``.
+        """
         height, width = x.shape[-2:]
         x = self.layer2(self.layer1(self.layer0(x)))
         mid = self.layer3(x)
-        logits = self._resize(self.cls(self.ppm(self.layer4(mid))), height, width)
+        logits = self.cls(self.ppm(self.layer4(mid)))
+        if resize:
+            logits = self._resize(logits, height, width)
         if not self.training:
             return logits
-        return logits, self._resize(self.aux(mid), height, width)
+        aux = self.aux(mid)
+        return logits, self._resize(aux, height, width) if resize else aux
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """Each BatchNorm2d with the Conv2d whose output only it reads (names), for folding in inference copies."""
+        return conv_bn_pairs(self)
 
     def backbone_key(self, file_key: str) -> str:
         """Where an entry of a deep-stem ImageNet ResNet file goes (the stem is packed into ``layer0``)."""

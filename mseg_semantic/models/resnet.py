@@ -159,6 +159,22 @@ def dilated_resnet_layers(depth: int) -> list[nn.Sequential]:
     return layers
 
 
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(conv, bn)`` names of every BatchNorm2d registered right after a Conv2d, in module order.
+
+    In the models of this package (these blocks and stems, HRNet's and PSPNet's own layers) every BatchNorm2d is
+    registered right after the Conv2d whose output it normalises, and nothing else reads that output: such a BN
+    folds into its convolution for inference. A model whose forward wires its modules otherwise must not use this.
+    """
+    pairs = []
+    previous: tuple[str, nn.Module] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d) and previous is not None and isinstance(previous[1], nn.Conv2d):
+            pairs.append((previous[0], name))
+        previous = (name, module)
+    return pairs
+
+
 def imagenet_resnet_key(file_key: str) -> str:
     """Where an entry of an ImageNet deep-stem ResNet file goes in a PSPNet (``conv1.weight`` -> ``layer0.0.weight``).
 
