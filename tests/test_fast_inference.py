@@ -232,8 +232,9 @@ def test_fast_path_outputs(probe_model, real_images):
 
 
 def test_low_precision_copy_lets_the_fp32_model_go():
-    """With a bf16 copy nothing of ours holds the fp32 model: the caller dropping it frees its weights at once
-    (torch.fx tracing leaves reference cycles that would otherwise keep it until the cyclic collector runs)."""
+    """With a bf16 copy nothing of ours holds the fp32 model: the caller dropping it frees its weights at once, without
+    waiting for the cyclic collector (no reference cycles: our models are copied without torch.fx tracing, and
+    the cycles that tracing leaves for a caller's module are collected when its copy is made)."""
     import gc
     import weakref
 

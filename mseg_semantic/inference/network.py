@@ -218,9 +218,10 @@ class Network:
         self.precision = precision
         self.channels_last = channels_last
         self._dtype = low_precision_dtype(precision)
-        #: What runs: the model, its traced copy without the final resize, or its low-precision copy. No other
-        #: reference to the caller's model is kept, so with a low-precision copy an fp32 model that nobody else
-        #: holds (one a Segmenter loaded from a path or name) is freed: 264 MB for HRNet-W48.
+        #: What runs: the model (called with ``resize=False`` when it stops early), a module of the caller's traced
+        #: without its final resize, or a low-precision copy of either. No other reference to the caller's model is
+        #: kept, so with a low-precision copy an fp32 model that nobody else holds (one a Segmenter loaded from a
+        #: path or name) is freed: 264 MB for HRNet-W48.
         self.module: nn.Module = model
         #: Keywords of every call: ``resize=False`` when the module is one of ours that stops early.
         self._options: dict[str, bool] = {}
