@@ -168,9 +168,10 @@ class InferenceConfig:
         check(not self.batched or scales == [1.0], "scales", "batched inference is single-scale: must be [1.0]")
         for key, allowed in (("precision", PRECISIONS), ("pad", PADS), ("head", HEADS)):
             check_choice(getattr(self, key), allowed, key)
-        check(self.batch_windows >= 1, "batch_windows", f"must be at least 1, got {self.batch_windows}")
-        if self.max_window is not None:
-            check(self.max_window >= 33, "max_window", f"must be at least 33 pixels, got {self.max_window}")
+        windows, largest = self.batch_windows, self.max_window  # also checked when built directly, not read
+        check(isinstance(windows, int) and windows >= 1, "batch_windows", f"must be an integer >= 1, got {windows!r}")
+        if largest is not None:
+            check(isinstance(largest, int) and largest >= 33, "max_window", f"must be an integer >= 33, got {largest}")
             check(self.pad == "minimal", "max_window", "needs pad='minimal' (with pad='crop' every window is the crop)")
 
     @property
