@@ -100,6 +100,7 @@ def evaluate(
                 f"{gray}: {len(existing)} prediction(s) already exist; "
                 f"pass --resume to reuse them or choose another --out"
             )
+    distributed.barrier()  # every process has looked before any writes: a fast one must not trip a slow one's check
     num_classes = get_taxonomy(plan.eval_taxonomy).num_classes
     converter = TaxonomyConverter()
     cm = ConfusionMatrix(num_classes)
