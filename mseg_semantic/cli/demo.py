@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     spec.model.apply_threads()
     collect_inputs(spec.inputs, Path(spec.out))
     prepare_output_dir(Path(spec.out))
-    model, model_taxonomy = spec.model.load_model()
+    model, model_taxonomy = spec.model.load()
     segmenter = Segmenter(
         model,
         config=spec.model.config,

@@ -116,7 +116,7 @@ def _run(spec: EvalSpec, ctx: distributed.ProcessContext) -> int:
     spec.model.apply_threads()
     entries = read_list(spec.list, spec.data_root, dataset=spec.dataset, split=spec.split)
     config = spec.model.config
-    model, model_taxonomy = spec.model.load_model()
+    model, model_taxonomy = spec.model.load()
     plan = plan_evaluation(spec.dataset, model_taxonomy, relabeled=spec.relabeled)
     relabeled_entries = None
     if plan.relabeled is not None:

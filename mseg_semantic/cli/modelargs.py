@@ -40,7 +40,7 @@ class ModelSpec:
         if self.threads is not None:
             torch.set_num_threads(self.threads)
 
-    def load_model(self) -> tuple[nn.Module, str]:
+    def load(self) -> tuple[nn.Module, str]:
         """The model on :attr:`device` and its taxonomy (what :func:`mseg_semantic.load_model` gives the model; a
         model whose class count does not tell it needs ``--model-taxonomy``)."""
         # A checkpoint path, or a zoo name downloaded and cached on first use (options contradicting it are errors).
