@@ -3,7 +3,7 @@
 Layout, in the order a run uses it: ``config`` (YAML -> dataclasses, ``--set`` overrides, validation), ``data``
 (datasets and the balanced loader), ``distributed`` (torchrun processes), ``optim`` (parameter groups, poly
 LR), ``validation`` (periodic mIoU), ``checkpoints`` (original layout + safetensors, resume), ``logs`` (CSV,
-TensorBoard, progress), ``loop`` (:func:`train`).
+TensorBoard, progress), ``loop`` (:func:`train`, which runs a ``Trainer``).
 
 >>> from mseg_semantic.training import load_train_config, train
 >>> name, config = load_train_config("camvid11", ["batch_size=4"], data_root="camvid11/")  # doctest: +SKIP

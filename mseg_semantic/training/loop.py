@@ -1,8 +1,9 @@
 """The training loop: the MSeg recipe in one process or under torchrun, resumable to the bit.
 
-One step: poly LR from the steps done so far; forward under autocast (bf16/fp16 when asked); cross-entropy in
-fp32 over the non-ignored pixels of this process's batch (plus 0.4 x the aux loss for PSPNet); backward; SGD
-step (DDP averages gradients over processes). Rank 0 logs, validates with the others, and checkpoints.
+One step (:meth:`Trainer.step`): poly LR from the steps done so far; forward under autocast (bf16/fp16 when
+asked); cross-entropy in fp32 over the non-ignored pixels of this process's batch (plus 0.4 x the aux loss for
+PSPNet); backward; SGD step (DDP averages gradients over processes). After each step, the periodic events that are
+due (:meth:`Trainer.run`): rank 0 logs, validates with the others, and checkpoints.
 
 Exact resume: the data of step ``s`` (which samples, their augmentation) is a function of ``(seed, s)`` (see
 :mod:`mseg_semantic.data.sampling`), torch's generator is reseeded from ``(seed, s, rank)`` before every step
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
+from mseg_semantic.data import BalancedBatchSampler
 from mseg_semantic.distributed import (
     ProcessContext,
     all_gather_objects,
@@ -105,12 +108,7 @@ def _step_seed(seed: int, iteration: int, rank: int) -> int:
 def _train(
     config: TrainConfig, out_dir: Path, ctx: ProcessContext, resume: bool, progress: bool, log: Callable[[str], None]
 ) -> TrainResult:
-    if config.batch_size % ctx.world_size:
-        raise InputError(
-            f"batch_size {config.batch_size} (crops per step over all processes) is not a multiple of the "
-            f"{ctx.world_size} processes; use --set batch_size=N with N a multiple of both {ctx.world_size} and "
-            f"the {len(config.datasets)} dataset(s)"
-        )
+    _check_batch_size(config, ctx)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not config.deterministic
@@ -120,106 +118,262 @@ def _train(
     start_iter = int(state["current_iter"]) if state else 0
     _check_same_start(start_iter, ctx)
     if start_iter >= max_iters:
-        log(f"training already finished: {previous} is at iteration {start_iter} of {max_iters}")
-        final = out_dir / FINAL_MODEL
-        if ctx.is_main and not final.is_file():  # killed between the last checkpoint and the export
-            save_checkpoint(load_model(previous), final, taxonomy=config.model_taxonomy, current_iter=start_iter)
-        barrier()
-        return TrainResult(out_dir, start_iter, max_iters, None, previous, final)
+        return _already_finished(config, out_dir, ctx, previous, start_iter, max_iters, log)
+    trainer = Trainer.start(config, out_dir, ctx, datasets, previous, state, progress=progress, log=log)
+    del state  # copied into the model and optimizer; not kept for the whole run
+    return trainer.run()
 
+
+@dataclass(eq=False)
+class Trainer:
+    """One process's run: what trains, the data stream, the position in the run, and what reports on it.
+
+    :meth:`run` is the loop: :meth:`step` after :meth:`step`, each followed by the events that are due
+    (:meth:`log_window`, :meth:`validate`, :meth:`save_checkpoint`), then :meth:`finish`. Build it with
+    :meth:`start`. Under DDP every process runs the same loop; only rank 0 writes (``run_log``, checkpoints).
+    """
+
+    config: TrainConfig
+    ctx: ProcessContext
+    out_dir: Path
+    datasets: list[PreparedDataset]
+    model: nn.Module  # unwrapped: what is validated and saved
+    network: nn.Module  # what steps: the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loader: DataLoader
+    sampler: BalancedBatchSampler
+    iteration: int  # steps done, over all sessions of the run
+    max_iters: int
+    run_log: RunLog | None  # rank 0 only
+    bar: Progress
+    stats: _WindowStats
+    log: Callable[[str], None]
+    last_checkpoint: Path | None  # the newest checkpoint written or resumed from
+    last_loss: float | None = None  # the loss of the newest logged row
+    lr: float = 0.0  # the LR of the newest step
+    _batches: Iterator | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def start(
+        cls,
+        config: TrainConfig,
+        out_dir: Path,
+        ctx: ProcessContext,
+        datasets: list[PreparedDataset],
+        previous: Path | None,
+        state: dict[str, Any] | None,
+        *,
+        progress: bool,
+        log: Callable[[str], None],
+    ) -> Trainer:
+        """Model and optimizer (resumed from ``state``, the contents of ``previous``), data, logs, progress."""
+        start_iter, max_iters = int(state["current_iter"]) if state else 0, config.total_iters()
+        model, network, optimizer, scaler = _model_and_optimizer(config, ctx, state)
+        if state:
+            log(f"resumed from {previous} at iteration {start_iter} of {max_iters}")
+        loader, sampler = build_train_loader(
+            config,
+            datasets,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            start_iter=start_iter,
+            max_iters=max_iters,
+            pin_memory=ctx.device.type == "cuda",
+        )
+        names = [d.config.name for d in datasets]
+        run_log = _open_run_log(config, out_dir, names, start_iter, log) if ctx.is_main else None
+        if start_iter == 0:
+            log(_plan_summary(config, datasets, model, ctx, max_iters, out_dir))
+        if run_log is not None:
+            log(_log_location(run_log, out_dir))
+        bar = Progress(start_iter, max_iters, progress and ctx.is_main, log)
+        stats = _WindowStats(len(datasets), ctx)
+        return cls(
+            config=config, ctx=ctx, out_dir=out_dir, datasets=datasets, model=model, network=network,
+            optimizer=optimizer, scaler=scaler, loader=loader, sampler=sampler, iteration=start_iter,
+            max_iters=max_iters, run_log=run_log, bar=bar, stats=stats, log=log, last_checkpoint=previous,
+        )  # fmt: skip
+
+    def run(self) -> TrainResult:
+        """Step to ``max_iters``; after each step, the periodic events that are due."""
+        try:
+            self._batches = iter(self.loader)
+            while self.iteration < self.max_iters:
+                self.step()
+                row: dict[str, Any] = {}
+                if self.due(self.config.log_every):
+                    row.update(self.log_window())
+                if self.config.val.every and self.due(self.config.val.every):
+                    row.update(self.validate())
+                self.report(row)
+                if self.due(self.config.checkpoint.every) and self.ctx.is_main:
+                    self.save_checkpoint()
+        finally:
+            self.bar.close()
+            if self.run_log is not None:
+                self.run_log.close()
+        return self.finish()
+
+    def step(self) -> None:
+        """One iteration: the next batch, the poly LR of the steps done so far, forward, loss, backward, SGD."""
+        images, labels, dataset_ids = self._next_batch()
+        self.lr = poly_lr(self.config.optim.base_lr, self.iteration, self.max_iters, self.config.optim.power)
+        set_lr(self.optimizer, self.lr)
+        images = images.to(self.ctx.device, non_blocking=True)
+        labels = labels.to(self.ctx.device, non_blocking=True)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        torch.manual_seed(_step_seed(self.config.seed, self.iteration, self.ctx.rank))  # dropout: the step's own
+        with autocast(self.ctx.device, self.config.precision):
+            output = self.network(images)
+        loss, total, pixel_loss, valid = _losses(output, labels, self.config.optim.aux_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.stats.add(loss.detach(), pixel_loss.detach(), valid, dataset_ids.to(self.ctx.device), images.shape[0])
+        self.iteration += 1
+        self.bar.step()
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        assert self._batches is not None, "step() runs inside run()"
+        wait_start = time.perf_counter()
+        try:
+            batch = next(self._batches)
+        except InputError as exc:
+            raise InputError(worker_error_message(exc)) from None
+        self.stats.data_wait += time.perf_counter() - wait_start
+        return batch
+
+    def due(self, every: int) -> bool:
+        """Whether an event run every ``every`` steps happens now (it always happens after the last step)."""
+        return self.iteration % every == 0 or self.iteration == self.max_iters
+
+    def log_window(self) -> dict[str, Any]:
+        """Loss and speed columns of the steps since the last logged row (every process takes part)."""
+        first_size = len(self.datasets[0].train)
+        row = self.stats.flush(self.iteration, self.lr, self.sampler.per_dataset, first_size, self.names)
+        self.last_loss = row["loss"]
+        return row
+
+    def validate(self) -> dict[str, float]:
+        """Validation mIoU columns; every process validates its share of each val list."""
+        return _validation_columns(validate(self.model, self.config, self.datasets, self.ctx), self.names)
+
+    def report(self, row: dict[str, Any]) -> None:
+        """Write the row to the run log (rank 0) and show it on the progress bar or as a line."""
+        if row and self.run_log is not None:
+            self.run_log.write({"iter": self.iteration, **row})
+        if "loss" in row:
+            val_text = "".join(f"  {k} {v:.4f}" for k, v in row.items() if k.startswith("val_miou"))
+            self.bar.report(self.iteration, row["loss"], self.lr, row["images_per_s"], val_text)
+        elif any(k.startswith("val_miou") for k in row):
+            self.bar.write(f"iter {self.iteration}: " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
+
+    def save_checkpoint(self) -> None:
+        """Rank 0: ``iter_N.pth`` and ``.safetensors`` of the model, optimizer and scaler; old ones pruned."""
+        self.last_checkpoint = save_training_checkpoint(
+            self.out_dir / CHECKPOINT_FOLDER,
+            self.model,
+            self.optimizer,
+            self.scaler,
+            iteration=self.iteration,
+            max_iters=self.max_iters,
+            epoch=self.iteration * self.sampler.per_dataset // len(self.datasets[0].train),
+            taxonomy=self.config.model_taxonomy,
+            train_config=config_to_dict(self.config),
+            keep=self.config.checkpoint.keep,
+        )
+
+    def finish(self) -> TrainResult:
+        """Rank 0 copies the last checkpoint's weights to ``model.safetensors``; every process waits for it."""
+        model_file = None
+        if self.ctx.is_main:
+            assert self.last_checkpoint is not None
+            model_file = self.out_dir / FINAL_MODEL
+            with atomic_path(model_file) as tmp:
+                shutil.copyfile(self.last_checkpoint.with_suffix(".safetensors"), tmp)
+            self.log(
+                f"done: {self.max_iters} iterations; weights for inference in {model_file}, "
+                f"last checkpoint {self.last_checkpoint}"
+            )
+        barrier()
+        return TrainResult(
+            self.out_dir, self.iteration, self.max_iters, self.last_loss, self.last_checkpoint, model_file
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [d.config.name for d in self.datasets]
+
+
+def _losses(
+    output: torch.Tensor | tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, aux_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, total, pixel_loss, valid)``: cross-entropy in fp32 over the labelled pixels, what is backpropagated
+    (plus ``aux_weight`` x PSPNet's aux loss), the per-pixel loss and the labelled-pixel mask."""
+    logits, aux = output if isinstance(output, tuple) else (output, None)
+    pixel_loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL, reduction="none")
+    valid = labels != IGNORE_LABEL
+    loss = pixel_loss.sum() / valid.sum().clamp(min=1)  # mean over labelled pixels; 0 for an all-void batch
+    total = loss
+    if aux is not None:
+        aux_loss = F.cross_entropy(aux.float(), labels, ignore_index=IGNORE_LABEL)
+        total = loss + aux_weight * torch.nan_to_num(aux_loss)
+    return loss, total, pixel_loss, valid
+
+
+def _check_batch_size(config: TrainConfig, ctx: ProcessContext) -> None:
+    if config.batch_size % ctx.world_size:
+        raise InputError(
+            f"batch_size {config.batch_size} (crops per step over all processes) is not a multiple of the "
+            f"{ctx.world_size} processes; use --set batch_size=N with N a multiple of both {ctx.world_size} and "
+            f"the {len(config.datasets)} dataset(s)"
+        )
+
+
+def _already_finished(
+    config: TrainConfig,
+    out_dir: Path,
+    ctx: ProcessContext,
+    previous: Path | None,
+    start_iter: int,
+    max_iters: int,
+    log: Callable[[str], None],
+) -> TrainResult:
+    """The result of a run whose newest checkpoint is its last; exports ``model.safetensors`` if it is missing."""
+    log(f"training already finished: {previous} is at iteration {start_iter} of {max_iters}")
+    final = out_dir / FINAL_MODEL
+    if ctx.is_main and not final.is_file():  # killed between the last checkpoint and the export
+        save_checkpoint(load_model(previous), final, taxonomy=config.model_taxonomy, current_iter=start_iter)
+    barrier()
+    return TrainResult(out_dir, start_iter, max_iters, None, previous, final)
+
+
+def _model_and_optimizer(
+    config: TrainConfig, ctx: ProcessContext, state: dict[str, Any] | None
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
+    """The model, what steps it (DDP under torchrun), SGD and the fp16 gradient scaler, resumed from ``state``."""
     model = _build_model(config, ctx, state)
-    optimizer = build_optimizer(
-        model, config.optim.base_lr, config.optim.momentum, config.optim.weight_decay, config.optim.head_lr_mult
-    )
+    optim = config.optim
+    optimizer = build_optimizer(model, optim.base_lr, optim.momentum, optim.weight_decay, optim.head_lr_mult)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.precision == "fp16")
     if state:
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
-        log(f"resumed from {previous} at iteration {start_iter} of {max_iters}")
-    del state
     network: nn.Module = model
     if ctx.distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         network = DistributedDataParallel(model, device_ids=device_ids)
+    return model, network, optimizer, scaler
 
-    loader, sampler = build_train_loader(
-        config,
-        datasets,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        start_iter=start_iter,
-        max_iters=max_iters,
-        pin_memory=ctx.device.type == "cuda",
-    )
-    names = [d.config.name for d in datasets]
-    run_log = _open_run_log(config, out_dir, names, start_iter, log) if ctx.is_main else None
-    if start_iter == 0:
-        log(_plan_summary(config, datasets, model, ctx, max_iters, out_dir))
-    if run_log is not None:
-        if run_log.tensorboard is not None:
-            log(f"log: {run_log.path}, TensorBoard events in {out_dir / 'tensorboard'}")
-        else:
-            log(f"log: {run_log.path} (TensorBoard event files too once the tensorboard package is installed)")
-    bar = Progress(start_iter, max_iters, progress and ctx.is_main, log)
-    stats = _WindowStats(len(datasets), ctx)
-    last_loss = None
-    checkpoint = previous
-    iteration = start_iter
-    try:
-        batches = iter(loader)
-        while iteration < max_iters:
-            wait_start = time.perf_counter()
-            try:
-                images, labels, dataset_ids = next(batches)
-            except InputError as exc:
-                raise InputError(worker_error_message(exc)) from None
-            stats.data_wait += time.perf_counter() - wait_start
-            lr = poly_lr(config.optim.base_lr, iteration, max_iters, config.optim.power)
-            set_lr(optimizer, lr)
-            _train_step(network, optimizer, scaler, config, ctx, images, labels, dataset_ids, iteration, stats)
-            iteration += 1
-            bar.step()
-            row: dict[str, Any] = {}
-            if iteration % config.log_every == 0 or iteration == max_iters:
-                row.update(stats.flush(iteration, lr, config, sampler.per_dataset, len(datasets[0].train), names))
-                last_loss = row["loss"]
-            if config.val.every and (iteration % config.val.every == 0 or iteration == max_iters):
-                row.update(_validation_columns(validate(model, config, datasets, ctx), names))
-            if row and run_log is not None:
-                run_log.write({"iter": iteration, **row})
-            if "loss" in row:
-                val_text = "".join(f"  {k} {v:.4f}" for k, v in row.items() if k.startswith("val_miou"))
-                bar.report(iteration, row["loss"], lr, row["images_per_s"], val_text)
-            elif any(k.startswith("val_miou") for k in row):
-                bar.write(f"iter {iteration}: " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
-            checkpoint_due = iteration % config.checkpoint.every == 0 or iteration == max_iters
-            if checkpoint_due and ctx.is_main:
-                checkpoint = save_training_checkpoint(
-                    out_dir / CHECKPOINT_FOLDER,
-                    model,
-                    optimizer,
-                    scaler,
-                    iteration=iteration,
-                    max_iters=max_iters,
-                    epoch=iteration * sampler.per_dataset // len(datasets[0].train),
-                    taxonomy=config.model_taxonomy,
-                    train_config=config_to_dict(config),
-                    keep=config.checkpoint.keep,
-                )
-    finally:
-        bar.close()
-        if run_log is not None:
-            run_log.close()
-    model_file = None
-    if ctx.is_main:
-        assert checkpoint is not None
-        model_file = out_dir / FINAL_MODEL
-        with atomic_path(model_file) as tmp:
-            shutil.copyfile(checkpoint.with_suffix(".safetensors"), tmp)
-        log(f"done: {max_iters} iterations; weights for inference in {model_file}, last checkpoint {checkpoint}")
-    barrier()
-    return TrainResult(out_dir, iteration, max_iters, last_loss, checkpoint, model_file)
+
+def _log_location(run_log: RunLog, out_dir: Path) -> str:
+    if run_log.tensorboard is not None:
+        return f"log: {run_log.path}, TensorBoard events in {out_dir / 'tensorboard'}"
+    return f"log: {run_log.path} (TensorBoard event files too once the tensorboard package is installed)"
 
 
 def _resume_point(
@@ -280,40 +434,6 @@ def _build_model(config: TrainConfig, ctx: ProcessContext, state: dict | None) -
     return model.train()
 
 
-def _train_step(
-    network: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    config: TrainConfig,
-    ctx: ProcessContext,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    dataset_ids: torch.Tensor,
-    iteration: int,
-    stats: _WindowStats,
-) -> None:
-    images = images.to(ctx.device, non_blocking=True)
-    labels = labels.to(ctx.device, non_blocking=True)
-    if config.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    torch.manual_seed(_step_seed(config.seed, iteration, ctx.rank))  # dropout draws depend on the step only
-    with autocast(ctx.device, config.precision):
-        output = network(images)
-    logits, aux = output if isinstance(output, tuple) else (output, None)
-    pixel_loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL, reduction="none")
-    valid = labels != IGNORE_LABEL
-    loss = pixel_loss.sum() / valid.sum().clamp(min=1)  # mean over labelled pixels; 0 for an all-void batch
-    total = loss
-    if aux is not None:
-        aux_loss = F.cross_entropy(aux.float(), labels, ignore_index=IGNORE_LABEL)
-        total = loss + config.optim.aux_weight * torch.nan_to_num(aux_loss)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(total).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    stats.add(loss.detach(), pixel_loss.detach(), valid, dataset_ids.to(ctx.device), images.shape[0])
-
-
 class _WindowStats:
     """Loss sums since the last logged row, kept on the device (no sync per step), summed over processes."""
 
@@ -338,9 +458,7 @@ class _WindowStats:
         self.sums[3 : 3 + d].index_add_(0, dataset_ids, per_image_loss)
         self.sums[3 + d :].index_add_(0, dataset_ids, per_image_pixels)
 
-    def flush(
-        self, iteration: int, lr: float, config: TrainConfig, per_dataset: int, first_size: int, names: list[str]
-    ) -> dict[str, Any]:
+    def flush(self, iteration: int, lr: float, per_dataset: int, first_size: int, names: list[str]) -> dict[str, Any]:
         d = self.num_datasets
         sums = all_reduce_sum(self.sums.clone()).cpu().numpy()
         seconds = time.perf_counter() - self.clock
@@ -419,4 +537,4 @@ def _plan_summary(
     )
 
 
-__all__ = ["TrainResult", "log_columns", "train"]
+__all__ = ["TrainResult", "Trainer", "log_columns", "train"]
