@@ -1,9 +1,9 @@
 """Training: the MSeg recipe (HRNet/PSPNet, SGD + poly LR, the original augmentation) on torch DDP.
 
-Layout, in the order a run uses it: ``config`` (YAML -> dataclasses, ``--set`` overrides, validation), ``data``
-(datasets and the balanced loader), ``distributed`` (torchrun processes), ``optim`` (parameter groups, poly
-LR), ``validation`` (periodic mIoU), ``checkpoints`` (original layout + safetensors, resume), ``logs`` (CSV,
-TensorBoard, progress), ``loop`` (:func:`train`, which runs a ``Trainer``).
+Layout, in the order a run uses it: ``config`` (YAML -> dataclasses, ``--set`` overrides, checks), ``data``
+(datasets and the balanced loader), ``optim`` (parameter groups, poly LR), ``validation`` (periodic mIoU),
+``checkpoints`` (original layout + safetensors, resume), ``logs`` (CSV, TensorBoard, progress), ``loop``
+(:func:`train`, which runs a ``Trainer``). Processes and devices are :mod:`mseg_semantic.distributed`'s.
 
 >>> from mseg_semantic.training import load_train_config, train
 >>> name, config = load_train_config("camvid11", ["batch_size=4"], data_root="camvid11/")  # doctest: +SKIP

@@ -220,7 +220,7 @@ def config_from_dict(
     """Build and validate a :class:`TrainConfig` from plain data (the YAML layout)."""
     try:
         config = read_config(TrainConfig, raw, source=source, origins=origins, shorthand=_SHORTHAND)
-        validate(config)
+        check_config(config)
     except ConfigError as exc:
         raise exc.located(source, origins) from None
     return config
@@ -249,7 +249,7 @@ def apply_overrides(raw: Any, overrides: Sequence[str], source: str = "config") 
 
 
 # ---------------------------------------------------------------------------------------------- validation
-def validate(config: TrainConfig) -> None:
+def check_config(config: TrainConfig) -> None:
     """Check the values that types cannot: names that must exist, ranges, and how keys fit together.
 
     Raises :class:`ConfigError` naming the dotted key.
