@@ -49,6 +49,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import cpu_description  # noqa: E402  (benchmarks/machine.py, beside this script)
+
 from mseg_semantic.data.lists import list_lines  # noqa: E402
 from mseg_semantic.taxonomy import get_taxonomy  # noqa: E402
 from mseg_semantic.taxonomy.converter import TaxonomyConverter  # noqa: E402
@@ -70,14 +72,7 @@ WRAPPER = (
 def machine_line() -> str:
     import PIL
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_description()
     return (
         f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, numpy {np.__version__}, "
         f"OpenCV {cv2.__version__}, Pillow {PIL.__version__}"

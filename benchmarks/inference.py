@@ -34,7 +34,6 @@ import functools
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from machine import cpu_description  # benchmarks/machine.py, beside this script
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -332,17 +332,6 @@ def settings_table(args: argparse.Namespace, model: nn.Module) -> None:
         agree = 100.0 * float((labels == base_labels).mean())
         print(f"| {name} | {cells[0]} | {cells[1]} | {agree:.2f} | {seconds:.2f} | {base_seconds / seconds:.2f}x |",
               flush=True)  # fmt: skip
-
-
-def cpu_description() -> str:
-    """The CPU model and its bf16 hardware (from /proc/cpuinfo on Linux)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = [f for f in ("avx512_bf16", "amx_bf16") if f" {f}" in info]
-    return f"{name or platform.machine()} ({', '.join(flags) or 'no bf16 hardware'})"
 
 
 def main() -> None:

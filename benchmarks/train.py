@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import cpu_description  # benchmarks/machine.py, beside this script
 
 from mseg_semantic.models import build_model
 from mseg_semantic.training import load_train_config
@@ -40,14 +40,7 @@ DEFAULT_CAMVID = ROOT.parent / "shared" / "data" / "camvid11"
 
 
 def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_description()
     return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
