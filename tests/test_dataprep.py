@@ -452,3 +452,12 @@ def test_prepare_extracts_a_gated_archive_placed_by_hand(tmp_path: Path, capsys)
     assert np.array_equal(out, TaxonomyConverter().convert_labels(label, "kitti-34", "kitti-19"))
     assert "kitti train: 1 images, 1 files written" in capsys.readouterr().out
     assert _cli("verify", "kitti", "--root", str(tmp_path), "--list", str(listing), "--quiet") == 0
+
+
+def test_the_python_api_is_the_commands_own() -> None:
+    import mseg_semantic.dataprep as dataprep
+    from mseg_semantic.dataprep import run, verify
+
+    assert dataprep.prepare is run.prepare and dataprep.relabel is run.relabel and dataprep.verify is verify.verify
+    with pytest.raises(AttributeError, match="no attribute 'prepar'"):
+        dataprep.prepar  # noqa: B018
