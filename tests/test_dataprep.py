@@ -456,8 +456,10 @@ def test_prepare_extracts_a_gated_archive_placed_by_hand(tmp_path: Path, capsys)
 
 def test_the_python_api_is_the_commands_own() -> None:
     import mseg_semantic.dataprep as dataprep
-    from mseg_semantic.dataprep import run, verify
+    from mseg_semantic.dataprep import run, verification
 
-    assert dataprep.prepare is run.prepare and dataprep.relabel is run.relabel and dataprep.verify is verify.verify
+    # Also after the modules are imported: no submodule shadows a function of the same name.
+    assert dataprep.prepare is run.prepare and dataprep.relabel is run.relabel
+    assert dataprep.verify is verification.verify and dataprep.status is verification.status
     with pytest.raises(AttributeError, match="no attribute 'prepar'"):
         dataprep.prepar  # noqa: B018

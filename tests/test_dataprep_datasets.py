@@ -26,7 +26,7 @@ from PIL import Image
 from mseg_semantic.cli import main
 from mseg_semantic.data.lists import DATASET_FOLDERS
 from mseg_semantic.dataprep.run import prepare, relabel
-from mseg_semantic.dataprep.verify import verify
+from mseg_semantic.dataprep.verification import verify
 from mseg_semantic.errors import InputError
 from mseg_semantic.taxonomy import get_taxonomy
 from mseg_semantic.taxonomy.converter import TaxonomyConverter

@@ -164,7 +164,7 @@ def _workers(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from mseg_semantic.dataprep.verify import status
+    from mseg_semantic.dataprep.verification import status
 
     rows = status(_root_of(args))
     if args.json:
@@ -227,7 +227,7 @@ def run_step(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from mseg_semantic.dataprep.verify import MAX_SHOWN, verify
+    from mseg_semantic.dataprep.verification import MAX_SHOWN, verify
 
     _check_dataset(args.dataset)
 

@@ -13,8 +13,8 @@ from typing import Any
 _LAZY = {
     "prepare": "mseg_semantic.dataprep.run",
     "relabel": "mseg_semantic.dataprep.run",
-    "verify": "mseg_semantic.dataprep.verify",
-    "status": "mseg_semantic.dataprep.verify",
+    "verify": "mseg_semantic.dataprep.verification",
+    "status": "mseg_semantic.dataprep.verification",
     "download_dataset": "mseg_semantic.dataprep.download",
     "download_records": "mseg_semantic.dataprep.records",
     "DATASETS": "mseg_semantic.dataprep.datasets",
