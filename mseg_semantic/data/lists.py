@@ -67,13 +67,16 @@ def generated_list_path(dataset: str, data_root: str | os.PathLike) -> Path:
     return Path(data_root) / DATASET_FOLDERS.get(dataset, "") / GENERATED_LISTS / dataset
 
 
-def _generated(dataset: str, split: str, data_root: str | os.PathLike | None) -> Path | None:
+def _generated_folders(dataset: str, data_root: str | os.PathLike | None) -> tuple[Path, ...]:
+    """Where generated lists may be: below the MSeg root, or below the dataset's own folder given as the root."""
     if data_root is None:
-        return None
-    for base in (generated_list_path(dataset, data_root), Path(data_root) / GENERATED_LISTS / dataset):
-        if (base / f"{split}.txt").is_file():
-            return base / f"{split}.txt"
-    return None
+        return ()
+    return generated_list_path(dataset, data_root), Path(data_root) / GENERATED_LISTS / dataset
+
+
+def _generated(dataset: str, split: str, data_root: str | os.PathLike | None) -> Path | None:
+    return next((b / f"{split}.txt" for b in _generated_folders(dataset, data_root) if (b / f"{split}.txt").is_file()),
+                None)  # fmt: skip
 
 
 def available_splits(dataset: str, data_root: str | os.PathLike | None = None) -> list[str]:
@@ -84,10 +87,9 @@ def available_splits(dataset: str, data_root: str | os.PathLike | None = None) -
     splits = set()
     if folder.is_dir():
         splits |= {p.name.removesuffix(".txt.gz") for p in folder.iterdir() if p.name.endswith(".txt.gz")}
-    if data_root is not None:
-        for base in (generated_list_path(dataset, data_root), Path(data_root) / GENERATED_LISTS / dataset):
-            if base.is_dir():
-                splits |= {p.stem for p in base.glob("*.txt")}
+    for base in _generated_folders(dataset, data_root):
+        if base.is_dir():
+            splits |= {p.stem for p in base.glob("*.txt")}
     return sorted(splits)
 
 
@@ -125,6 +127,18 @@ def dataset_root(dataset: str, data_root: str | os.PathLike) -> Path:
     return root
 
 
+def read_list_file(list_file: str | os.PathLike) -> list[list[str]]:
+    """The fields of each line of a user's list file (blank lines kept as [], so line numbers stay right)."""
+    path = Path(list_file)
+    if not path.is_file():
+        raise InputError(f"{path}: list file does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the list file ({exc})") from None
+    return [line.split() for line in text.splitlines()]
+
+
 def read_list(
     list_file: str | os.PathLike | None,
     data_root: str | os.PathLike,
@@ -145,15 +159,7 @@ def read_list(
         root = dataset_root(dataset, data_root)
         name, lines = list_lines(dataset, split, data_root)
     else:
-        path = Path(list_file)
-        if not path.is_file():
-            raise InputError(f"{path}: list file does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: cannot read the list file ({exc})") from None
-        name = str(path)
-        lines = [line.split() for line in text.splitlines()]
+        name, lines = str(list_file), read_list_file(list_file)
         root = Path(data_root)
         if not root.is_dir():
             raise InputError(f"{root}: data root does not exist")

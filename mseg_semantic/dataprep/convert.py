@@ -71,7 +71,7 @@ def idd_semantic(path: Path) -> np.ndarray:
     """idd-40 labels rasterised from a ``*_gtFine_polygons.json`` (as the original: PIL polygon fill, file order)."""
     from PIL import Image, ImageDraw
 
-    data = _read_json(path)
+    data = read_json(path)
     classes = {name: i for i, name in enumerate(get_taxonomy("idd-40").classes)}
     try:
         size = (int(data["imgWidth"]), int(data["imgHeight"]))
@@ -104,7 +104,7 @@ def pascal_context_mat(path: Path) -> np.ndarray:
     return np.asarray(label).astype(np.uint16)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)

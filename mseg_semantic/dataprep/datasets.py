@@ -9,7 +9,6 @@ one chain are aligned (line *i* of each names the same image), which is how the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from mseg_semantic.data.lists import DATASET_FOLDERS
 from mseg_semantic.errors import InputError
@@ -56,10 +55,6 @@ class DatasetSpec:
         if self.stages and self.stages[0].source:
             names.insert(0, self.stages[0].source)
         return tuple(names) or (self.semseg,)
-
-    @property
-    def raw(self) -> str:
-        return self.chain[0]
 
 
 def _remap(source: str, target: str) -> tuple[Stage, ...]:
@@ -112,7 +107,3 @@ def get_dataset(name: str) -> DatasetSpec:
 
 def relabeled(taxonomy: str) -> str:
     return f"{taxonomy}-relabeled"
-
-
-def list_root(spec: DatasetSpec, root: Path) -> Path:
-    return Path(root) / spec.list_root

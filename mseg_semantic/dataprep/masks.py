@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mseg_semantic.dataprep.convert import panoptic_ids, read_grey
+from mseg_semantic.dataprep.convert import panoptic_ids, read_grey, read_json
 from mseg_semantic.errors import InputError
 from mseg_semantic.fileio import read_label
 
@@ -103,9 +103,7 @@ class MaskReader:
             elif kind == "instance":
                 self._data = read_grey(path)
             elif kind == "polygon":
-                from mseg_semantic.dataprep.convert import _read_json
-
-                self._data = _read_json(path)
+                self._data = read_json(path)
             else:  # pragma: no cover - kinds are fixed above
                 raise AssertionError(kind)
             if kind != "polygon" and self._data.shape[:2] != self.shape:

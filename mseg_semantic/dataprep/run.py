@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mseg_semantic.data.lists import GENERATED_LISTS, list_lines
+from mseg_semantic.data.lists import generated_list_path, list_lines, read_list_file
 from mseg_semantic.dataprep import convert
 from mseg_semantic.dataprep.datasets import SPLITS, DatasetSpec, get_dataset, relabeled
 from mseg_semantic.dataprep.masks import MaskJob, MaskReader, ade_instance_paths, mask_job
@@ -94,7 +94,7 @@ def write_coco_train_lists(root: Path, stems: Iterable[str]) -> None:
     stems = sorted(stems)
     for taxonomy, pattern in COCO_TRAIN.items():
         text = "".join(f"images/train2017/{s}.jpg {pattern.format(s)}\n" for s in stems)
-        path = root / "COCOPanoptic" / GENERATED_LISTS / taxonomy / "train.txt"
+        path = generated_list_path(taxonomy, root) / "train.txt"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             write_bytes_atomic(path, text.encode("utf-8"))
 
@@ -103,20 +103,12 @@ def selection(list_file: str | os.PathLike | None, images: set[str]) -> set[str]
     """Images named by ``--list FILE`` (first column); a line naming no image of the dataset is an error."""
     if list_file is None:
         return None
-    path = Path(list_file)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: list file does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the list file ({exc})") from None
     chosen = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
+    for number, fields in enumerate(read_list_file(list_file), start=1):
         if not fields:
             continue
         if fields[0] not in images:
-            raise InputError(f"{path}:{number}: {fields[0]} is not an image of the dataset's train/val lists")
+            raise InputError(f"{list_file}:{number}: {fields[0]} is not an image of the dataset's train/val lists")
         chosen.add(fields[0])
     return chosen
 
@@ -313,10 +305,8 @@ def check_root(root: str | os.PathLike) -> Path:
 
 def _extract(spec: DatasetSpec, root: Path, progress: bool) -> None:
     """Unpack archives of the dataset that lie in its folder (downloaded by hand) before converting."""
-    try:
-        from mseg_semantic.dataprep.download import extract_archives
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return
+    from mseg_semantic.dataprep.download import extract_archives
+
     extract_archives(spec.name, root, progress=progress)
 
 
@@ -382,11 +372,19 @@ def relabel(
     record_rows = read_manifest(manifest, folder, datasets=spec.relabel)
     base = root / spec.list_root
     plans = []
+    instances: dict[str, Path] | None = None  # ADE20K's instance masks, indexed once (only when a record needs them)
+
+    def instance_paths() -> dict[str, Path]:
+        nonlocal instances
+        if instances is None:
+            instances = ade_instance_paths(base)
+        return instances
+
     for task in spec.relabel:
         per_split = {split: _aligned((task, relabeled(task)), split, root) for split in SPLITS}
         chosen = selection(list_file, {image for entries in per_split.values() for image, _ in entries})
         for split, entries in per_split.items():
-            plans.append(_plan(spec, task, split, entries, chosen, record_rows, root, base, overwrite))
+            plans.append(_plan(spec, task, split, entries, chosen, record_rows, root, base, overwrite, instance_paths))
     summaries = {task: Summary(spec.name if len(spec.relabel) == 1 else task, "relabel") for task in spec.relabel}
     for _, _, jobs in plans:
         missing = [job.source for job in jobs if not job.source.is_file() and (overwrite or not job.final.exists())]
@@ -434,11 +432,12 @@ def _plan(
     root: Path,
     base: Path,
     overwrite: bool,
+    instance_paths: Callable[[], dict[str, Path]],
 ) -> tuple[str, str, list[RelabelJob]]:
     keys = {(Path(labels[0]).parent.name, Path(image).stem): image for image, labels in entries}
     in_run = None if chosen is None else {k for k, image in keys.items() if image in chosen}
     updates = updates_by_image(task, record_rows, split, set(keys), in_run)
-    seg_paths = ade_instance_paths(base) if updates and task == "ade20k-150" else {}
+    seg_paths = instance_paths() if updates and task == "ade20k-150" else {}
     coco_segments = _coco_index(root, split) if updates and task == "coco-panoptic-133" else {}
     jobs = []
     staging = base / STAGING / f"{task}-{split}"
