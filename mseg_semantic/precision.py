@@ -3,7 +3,8 @@
 ``fp32`` is float32 throughout (the original numerics); ``bf16`` and ``fp16`` compute in that dtype where
 ``torch.autocast`` does (inference may run a BatchNorm-folded bf16 copy of the network instead, see
 :mod:`mseg_semantic.inference.network`). Inference also accepts ``auto``: the fastest of them the device
-computes natively (:func:`mseg_semantic.inference.network.resolve_precision`). Torch is imported only when a
+computes natively (:func:`mseg_semantic.inference.network.resolve_precision`), and ``int8`` on the ONNX Runtime and
+OpenVINO backends (:mod:`mseg_semantic.inference.runtimes`). Torch is imported only when a
 function here needs it, so config readers can use the names without it.
 """
 
@@ -19,9 +20,10 @@ if TYPE_CHECKING:
 
 #: Precisions of training and of a network run.
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-#: Inference's choices: the above, or ``auto`` (resolved per device).
+#: Inference's choices: the above, ``int8`` (the ONNX Runtime and OpenVINO backends, after calibration), or ``auto``
+#: (resolved per device and backend).
 AUTO = "auto"
-INFERENCE_PRECISIONS: tuple[str, ...] = (*PRECISIONS, AUTO)
+INFERENCE_PRECISIONS: tuple[str, ...] = (*PRECISIONS, "int8", AUTO)
 
 # The torch dtype of each precision's low-precision arithmetic (by name: torch is imported lazily).
 _DTYPE_NAMES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}

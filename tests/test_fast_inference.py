@@ -30,6 +30,7 @@ from mseg_semantic.inference.network import (
     resolve_precision,
 )
 from mseg_semantic.inference.reference import reference_predict_proba
+from mseg_semantic.inference.runtimes import available
 from mseg_semantic.inference.windows import PAD_PHASE, window_grid
 from mseg_semantic.models import build_model
 from mseg_semantic.models.hrnet import HRNet
@@ -436,7 +437,8 @@ def test_demo_fast_flags(shared, tiny_checkpoint, tmp_path, capsys):
     code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--fast", "--precision", "fp32"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "settings: 360_ss+fast, fp32" in err and "1 image(s)" in out
+    backend = "openvino" if available("openvino") else "torch" if cpu_has_native_bf16() else "onnxruntime"
+    assert f"settings: 360_ss+fast, {backend} fp32" in err and "1 image(s)" in out
     assert read_label(tmp_path / "3dogs_gray.png").shape == (427, 640)
     code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--max-window", "500"])
     err = capsys.readouterr().err

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mseg_semantic.cli import add_command_parser
 from mseg_semantic.cli.modelargs import ModelSpec, add_config_arguments, add_model_arguments, model_spec
+from mseg_semantic.cli.text import notice
 from mseg_semantic.errors import InputError
 from mseg_semantic.examples import EXAMPLES, example_path
 from mseg_semantic.inference import Segmenter, collect_inputs, run_demo
@@ -111,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
         model_taxonomy=model_taxonomy,
         output_taxonomy=spec.output_taxonomy,
         device=spec.model.device,
+        log=notice,
     )
     del model  # with a low-precision copy (--fast) the fp32 weights are no longer needed
     described = spec.model.describe_default_model() or (
         f"model: {spec.model.model} ({model_taxonomy}, {segmenter.num_classes} output classes in "
         f"{segmenter.output_taxonomy})"
     )
-    print(f"{described}; settings: {segmenter.config.name}, {segmenter.precision}", file=sys.stderr)
+    print(f"{described}; settings: {segmenter.config.name}, {segmenter.backend} {segmenter.precision}", file=sys.stderr)
     report = run_demo(
         segmenter,
         spec.inputs,

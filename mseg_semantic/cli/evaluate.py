@@ -11,6 +11,7 @@ from pathlib import Path
 from mseg_semantic import __version__, distributed
 from mseg_semantic.cli import add_command_parser
 from mseg_semantic.cli.modelargs import ModelSpec, add_config_arguments, add_model_arguments, model_spec
+from mseg_semantic.cli.text import notice
 from mseg_semantic.data import read_list
 from mseg_semantic.errors import InputError
 from mseg_semantic.evaluation import evaluate, plan_evaluation
@@ -124,14 +125,15 @@ def _run(spec: EvalSpec, ctx: distributed.ProcessContext) -> int:
             raise InputError("--relabeled with --list needs --relabeled-list (the relabeled labels of those images)")
         relabeled_entries = read_list(spec.relabeled_list, spec.data_root, dataset=plan.relabeled, split=spec.split)
     segmenter = Segmenter(model, config=config, model_taxonomy=model_taxonomy, output_taxonomy=plan.eval_taxonomy,
-                          device=ctx.device)  # fmt: skip
+                          device=ctx.device, log=notice if ctx.is_main else None)  # fmt: skip
     del model  # with a low-precision copy the fp32 weights are no longer needed
     if ctx.is_main:
         if line := spec.model.describe_default_model():
             print(line, file=sys.stderr)
         print(
             f"{spec.name} ({model_taxonomy}) on {spec.dataset}: {plan.regime}, scored in {plan.eval_taxonomy}; "
-            f"{len(entries)} images; settings {config.name}; {ctx.world_size} process(es)",
+            f"{len(entries)} images; settings {config.name} ({segmenter.backend}, {segmenter.precision}); "
+            f"{ctx.world_size} process(es)",
             file=sys.stderr,
         )
     info = {

@@ -17,7 +17,15 @@ from torch import nn
 
 from mseg_semantic import distributed, zoo
 from mseg_semantic.errors import InputError, TaxonomyError
-from mseg_semantic.inference.config import HEADS, PADS, SPEED_FIELDS, InferenceConfig, load_config, preset_names
+from mseg_semantic.inference.config import (
+    BACKENDS,
+    HEADS,
+    PADS,
+    SPEED_FIELDS,
+    InferenceConfig,
+    load_config,
+    preset_names,
+)
 from mseg_semantic.precision import INFERENCE_PRECISIONS
 from mseg_semantic.taxonomy import get_taxonomy, taxonomy_names
 
@@ -167,8 +175,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_p
     group.add_argument("--no-flip", action="store_true", help="override: no flip averaging (faster, not the original)")
     speed = parser.add_argument_group(
         "speed-ups",
-        "Defaults reproduce the original numerics. --fast = --precision auto --head low_res --channels-last: label "
-        "maps agreeing with the original ones on >= 99% of pixels (speed: README, Fast inference). --pad minimal, "
+        "Defaults reproduce the original numerics. --fast = --backend auto --precision auto --head low_res "
+        "--channels-last: label maps agreeing with the original ones on >= 99%% of pixels (speed: README, Fast "
+        "inference); on a CPU with OpenVINO installed that is OpenVINO in bf16. --precision int8, --pad minimal, "
         "--max-window and --no-flip save more but change more labels. An explicit option wins over --fast: "
         "--fast --precision fp32.",
     )
@@ -176,8 +185,27 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_p
     speed.add_argument(
         "--precision",
         choices=INFERENCE_PRECISIONS,
-        help="network arithmetic: fp32 (original), bf16 (a BatchNorm-folded bf16 copy), fp16 (autocast), "
-        "auto = bf16 where the hardware has it",
+        help="network arithmetic: fp32 (original), bf16 (torch: a BatchNorm-folded bf16 copy; openvino), fp16 "
+        "(torch autocast), int8 (onnxruntime, openvino: calibrated once, cached), auto: bf16 where the hardware has "
+        "it",
+    )
+    speed.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="what runs the network: torch (original), onnxruntime or openvino (CPU; the model is exported once and "
+        "cached; pip install 'mseg-semantic[onnx]' or '[openvino]'), auto = the fastest installed for the device",
+    )
+    speed.add_argument(
+        "--calibrate",
+        dest="calibration",
+        metavar="DIR",
+        help="with --precision int8: calibrate on these images/videos instead of the bundled examples (once, cached)",
+    )
+    speed.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the network (backend torch): each window size compiles once; pays off for many images",
     )
     speed.add_argument(
         "--pad",

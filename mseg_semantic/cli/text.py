@@ -20,3 +20,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
+
+
+def notice(message: str) -> None:
+    """A one-time progress notice of a command (exporting a model, calibrating), on stderr."""
+    print(message, file=sys.stderr)

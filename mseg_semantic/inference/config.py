@@ -3,7 +3,8 @@
 A preset name maps to a YAML file shipped in ``mseg_semantic/config/test/`` (the same files the original
 ``universal_demo.py --config=...`` command line reads), so there is one source for the values.
 
-The speed-up settings (``precision``, ``pad``, ``max_window``, ``head``, ``batch_windows``, ``channels_last``) live
+The speed-up settings (``precision``, ``pad``, ``max_window``, ``head``, ``batch_windows``, ``channels_last``,
+``backend``, ``compile``, ``calibration``) live
 in the same object, so whatever carries a config (the demo, the evaluation, its results file) also carries how it
 was run. Their defaults are the original algorithm; ``fast=True`` switches on those that keep >= 99% of the labels
 (:data:`FAST`).
@@ -34,15 +35,21 @@ HEADS = ("full", "low_res")
 #: 99.2% on the worst image; see benchmarks/inference.py and the README). ``precision="auto"`` is bf16 where the
 #: device computes it natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs), fp16 on older GPUs, else fp32. Not included,
 #: because they change more pixels: ``pad="minimal"``, ``max_window`` and ``flip=False`` (93-96% with the same
-#: network).
+#: network). ``backend="auto"`` runs the network on OpenVINO (bf16) on a CPU when it is installed: the fastest
+#: measured combination that keeps >= 99% (:mod:`mseg_semantic.inference.runtimes`).
 FAST: dict[str, Any] = {
+    "backend": "auto",
     "precision": "auto",
     "head": "low_res",
     "channels_last": True,
 }
 
 # Settings that change speed, not the algorithm's definition; they are not part of the original YAML files.
-SPEED_FIELDS = ("precision", "pad", "max_window", "head", "batch_windows", "channels_last")
+SPEED_FIELDS = (
+    "precision", "pad", "max_window", "head", "batch_windows", "channels_last", "backend", "compile", "calibration",
+)
+#: Where the network runs (``auto``: see :func:`mseg_semantic.inference.runtimes.resolve_backend`).
+BACKENDS = ("torch", "onnxruntime", "openvino", "auto")
 
 PRESET_FILES: dict[str, str] = {
     "360_ss": "default_config_360_ss.yaml",
@@ -141,7 +148,11 @@ class InferenceConfig:
       softmax, projection and flip average at the network's output resolution (1/4) and upsamples probabilities;
     - ``batch_windows``: windows (each with its flip) per forward pass, also across the frames of
       :meth:`Segmenter.predict_batch`;
-    - ``channels_last``: NHWC memory layout for the convolutions.
+    - ``channels_last``: NHWC memory layout for the convolutions;
+    - ``backend``: what runs the network: ``torch`` (original), ``onnxruntime``, ``openvino`` (the model exported
+      once and cached, :mod:`~mseg_semantic.inference.runtimes`) or ``auto``;
+    - ``compile``: ``torch.compile`` the network (backend torch; pays off over many images, not one);
+    - ``calibration``: a folder of images to calibrate ``precision="int8"`` on (default: the bundled examples).
     """
 
     base_size: int | None = 360
@@ -156,6 +167,9 @@ class InferenceConfig:
     head: str = "full"
     batch_windows: int = 1
     channels_last: bool = False
+    backend: str = "torch"
+    compile: bool = False
+    calibration: str | None = None
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -166,7 +180,7 @@ class InferenceConfig:
         for key in ("crop_h", "crop_w"):
             check(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
         check(not self.batched or scales == [1.0], "scales", "batched inference is single-scale: must be [1.0]")
-        for key, allowed in (("precision", PRECISIONS), ("pad", PADS), ("head", HEADS)):
+        for key, allowed in (("precision", PRECISIONS), ("pad", PADS), ("head", HEADS), ("backend", BACKENDS)):
             check_choice(getattr(self, key), allowed, key)
         windows, largest = self.batch_windows, self.max_window  # also checked when built directly, not read
         check(isinstance(windows, int) and windows >= 1, "batch_windows", f"must be an integer >= 1, got {windows!r}")
@@ -177,7 +191,8 @@ class InferenceConfig:
     @property
     def faithful(self) -> bool:
         """True when every speed-up is off: the original numerics (batching windows does not change them)."""
-        return (self.precision, self.pad, self.head, self.channels_last) == ("fp32", "crop", "full", False)
+        speed = (self.precision, self.pad, self.head, self.channels_last, self.backend, self.compile)
+        return speed == ("fp32", "crop", "full", False, "torch", False)
 
 
     def replace(self, **overrides: Any) -> InferenceConfig:

@@ -211,6 +211,7 @@ class Network:
         precision: str = "fp32",
         channels_last: bool = False,
         early_exit: bool = True,
+        compile: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
@@ -249,6 +250,10 @@ class Network:
                 self.module = folded.to(memory_format=torch.channels_last) if channels_last else folded
                 self._copied = True
                 release_free_memory()  # the folding's temporaries, back to the system
+        if compile:
+            # Shapes are static per window size (a preset has one or a few), so each compiles once; the first call
+            # of each shape pays the compilation.
+            self.module = torch.compile(self.module, dynamic=False)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:

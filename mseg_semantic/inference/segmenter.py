@@ -18,7 +18,7 @@ The speed-ups that do change the numbers (precision, minimal padding, low-resolu
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,8 @@ from mseg_semantic.errors import InputError, TaxonomyError
 from mseg_semantic.inference.config import InferenceConfig, load_config
 from mseg_semantic.inference.geometry import max_base_size, resize_rows, source_rows
 from mseg_semantic.inference.images import as_rgb_array
-from mseg_semantic.inference.network import Network, resolve_precision
+from mseg_semantic.inference.network import Network
+from mseg_semantic.inference.runtimes import RuntimeNetwork, calibration_images, resolve_backend, runtime_network
 from mseg_semantic.inference.windows import ScaleMap, WindowGrid, WindowOutput, window_grid, window_output
 from mseg_semantic.normalization import normalize
 from mseg_semantic.resizing import scaled_short_side_size, truncated_short_side_size
@@ -41,6 +42,8 @@ from mseg_semantic.taxonomy.tables import NAIVE, UNIVERSAL
 _BAND_BYTES = 64 * 2**20  # size of one band of output rows while combining scales
 #: The preset of a model that recommends none: the original demo's multi-scale setting.
 DEFAULT_PRESET = "360_ms"
+#: How many windows (flips included) int8 calibration runs at most.
+CALIBRATION_WINDOWS = 64
 
 
 @dataclass
@@ -79,7 +82,9 @@ class Segmenter:
             faithful ones on >= 99% of pixels, not exactly); explicit keywords below still win.
         **overrides: any :class:`InferenceConfig` value: the algorithm's (``base_size``, ``scales``, ``crop_size``,
             ``flip``, ...) and the speed-ups' (``precision``, ``pad``, ``head``, ``batch_windows``,
-            ``channels_last``).
+            ``channels_last``, ``backend``, ``compile``, ``calibration``).
+        log: where one-time notices go (exporting the network for a runtime backend, int8 calibration);
+            default: none.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class Segmenter:
         output_taxonomy: str | None = None,
         device: str | torch.device = "cpu",
         fast: bool = False,
+        log: Callable[[str], None] | None = None,
         **overrides: Any,
     ) -> None:
         if fast:
@@ -129,15 +135,35 @@ class Segmenter:
             matrix = TaxonomyConverter().universal_to_test_matrix(self.output_taxonomy, source=self.model_taxonomy)
             self._projection = torch.from_numpy(matrix).to(self.device)
         self.class_names: list[str] = list(get_taxonomy(self.output_taxonomy).classes)
-        #: The arithmetic the network runs in (``precision="auto"`` resolved for this device).
-        self.precision = resolve_precision(self.config.precision, self.device)
-        # The Segmenter keeps no reference of its own to ``model``: with a low-precision copy, an fp32 model it
-        # loaded itself (or that the caller drops) is freed.
-        self.network = Network(model, self.device, self.precision, self.config.channels_last)
+        #: What runs the network and in which arithmetic (``auto`` resolved for this device and installation).
+        self.backend, self.precision = resolve_backend(
+            self.config.backend, self.config.precision, self.device, model
+        )
+        if self.config.compile and self.backend != "torch":
+            raise InputError(f"compile=True compiles PyTorch's network; backend {self.backend!r} compiles its own")
+        # The Segmenter keeps no reference of its own to ``model``: with a low-precision copy or a runtime, an fp32
+        # model it loaded itself (or that the caller drops) is freed.
+        self.network: Network | RuntimeNetwork
+        if self.backend == "torch":
+            self.network = Network(
+                model, self.device, self.precision, self.config.channels_last, compile=self.config.compile
+            )
+        else:
+            images, key = calibration_images(self.config.calibration)
+            self.network = runtime_network(
+                model,
+                self.backend,
+                self.precision,
+                crop=(self.config.crop_h, self.config.crop_w),
+                calibration=lambda: self.calibration_windows(images()),
+                calibration_key=self._windows_key(key),
+                log=log,
+            )
 
     @property
-    def model(self) -> nn.Module:
-        """The module that runs: the model, or the low-precision copy of it (``precision="bf16"``)."""
+    def model(self) -> nn.Module | None:
+        """The module that runs: the model, or the low-precision copy of it (``precision="bf16"``); None when a
+        runtime backend (``onnxruntime``, ``openvino``) runs the network."""
         return self.network.module
 
     @property
@@ -189,6 +215,28 @@ class Segmenter:
         return probs
 
     __call__ = predict
+
+    def _windows_key(self, images: str) -> str:
+        """What decides the calibration windows: the images and the settings that cut them."""
+        c = self.config
+        return f"{images}; base {c.base_size}, scales {list(c.scales)}, flip {c.flip}, pad {c.pad}, batched {c.batched}"
+
+    def calibration_windows(self, images: Iterable[Any], limit: int = CALIBRATION_WINDOWS) -> Iterator[np.ndarray]:
+        """The network inputs these images give under this Segmenter's settings, as float32 (1, 3, h, w) arrays:
+        every window of every scale, with its flip; at most ``limit``, taken evenly from each image's windows."""
+        images = list(images)
+        per_image = max(1, limit // max(1, len(images)))
+        passes = (False, True) if self.config.flip else (False,)
+        count = 0
+        for image in images:
+            jobs = [_Job(0, grid, resized) for resized, grid in self._resized_images(as_rgb_array(image))]
+            inputs = [(job, y, x, f) for job in jobs for y, x in job.grid.windows() for f in passes]
+            step = max(1, len(inputs) // per_image)
+            for job, y, x, flipped in inputs[::step][:per_image]:
+                if count == limit:
+                    return
+                yield self._crop(job, y, x, flipped)[None].float().cpu().numpy()
+                count += 1
 
     # ------------------------------------------------------------------ the algorithm
     def window_grids(self, height: int, width: int) -> list[WindowGrid]:

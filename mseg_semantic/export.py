@@ -1,0 +1,287 @@
+"""The network as a file for a deployment runtime: ONNX (ONNX Runtime) and OpenVINO IR, fp32 or int8.
+
+One owner for turning a model into such a file, used by ``mseg export`` (a file to use without this package) and by
+the ``onnxruntime``/``openvino`` inference backends (:mod:`mseg_semantic.inference.runtimes`, which cache the files
+they make). What is exported is the network's forward pass only; resizing, sliding windows, flips and the taxonomy
+projection stay in :class:`~mseg_semantic.Segmenter`.
+
+- :func:`export_onnx` traces the model with ``torch.onnx.export`` (the dynamo exporter: the older TorchScript exporter
+  gives wrong HRNet logits), with a dynamic batch and image size unless ``input_size`` fixes them, and records
+  :func:`model_metadata` in the file: class names, mean/std, taxonomy, preset, the output's resolution.
+- :func:`quantize_onnx` makes the int8 file with ONNX Runtime's static post-training quantization (QDQ format, weights
+  per channel, activation ranges from calibration windows). The first convolution (it sees raw pixels) and the
+  classifier stay in float: rounding there changes the most labels for the least time.
+- :func:`onnx_to_openvino` converts either file to OpenVINO IR (``.xml`` + ``.bin``); OpenVINO reads the QDQ int8 file
+  as int8.
+
+The runtimes are optional dependencies: ``pip install "mseg-semantic[onnx]"`` (onnx, onnxscript, onnxruntime) and
+``"mseg-semantic[openvino]"``; without them these functions raise an :class:`~mseg_semantic.errors.InputError` naming
+the extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mseg_semantic.errors import InputError
+from mseg_semantic.normalization import MEAN_RGB, STD_RGB
+
+#: The ONNX opset the files use (ONNX Runtime >= 1.16 and OpenVINO >= 2023.1 read it).
+OPSET = 18
+#: Input and output names of every exported file.
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+#: Which extra installs a missing module.
+EXTRAS = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
+#: Metadata keys are prefixed with this (ONNX ``metadata_props``; OpenVINO ``rt_info`` section ``mseg``).
+METADATA_PREFIX = "mseg."
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import an optional dependency, or raise an :class:`InputError` saying which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        extra = EXTRAS.get(module.split(".")[0], module)
+        raise InputError(
+            f"{purpose} needs the Python package {module.split('.')[0]!r}, which is not installed ({error}); "
+            f'install it with: pip install "mseg-semantic[{extra}]" (in a checkout: pip install -e ".[{extra}]")'
+        ) from None
+
+
+class _Forward(nn.Module):
+    """The model's forward pass as exported: full-resolution logits, or with ``low_res`` the logits before the
+    final resize (our models' ``resize=False``)."""
+
+    def __init__(self, model: nn.Module, low_res: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.low_res = low_res
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x, resize=False) if self.low_res else self.model(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def model_metadata(
+    model: nn.Module, *, low_res: bool = False, precision: str = "fp32", preset: str | None = None
+) -> dict[str, str]:
+    """What a user of the file needs to feed it and read its output, as string values (keys without the prefix)."""
+    from mseg_semantic import __version__
+    from mseg_semantic.taxonomy import get_taxonomy
+
+    taxonomy = getattr(model, "taxonomy", None)
+    num_classes = getattr(model, "num_classes", None)
+    names: list[str] | None = None
+    if taxonomy is not None:
+        names = list(get_taxonomy(taxonomy).classes)
+        num_classes = len(names)
+    output = (
+        "logits (N, K, ceil(H/4), ceil(W/4)) before the model's final resize: resize them to (H, W) with bilinear "
+        "interpolation, align_corners=True"
+        if low_res
+        else "logits (N, K, H, W) at the input size; the label map is their argmax over K"
+    )
+    values: dict[str, Any] = {
+        "producer": f"mseg-semantic {__version__}",
+        "arch": getattr(model, "arch", type(model).__name__),
+        "num_classes": num_classes,
+        "taxonomy": taxonomy,
+        "class_names": names,
+        "preset": preset or getattr(model, "preset", None),
+        "precision": precision,
+        "input": f"{INPUT_NAME}: float32 (N, 3, H, W), RGB in 0..255 normalised as (x - mean) / std",
+        "mean": list(MEAN_RGB),
+        "std": list(STD_RGB),
+        "output": f"{OUTPUT_NAME}: {output}",
+        "output_stride": 4 if low_res else 1,
+    }
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items() if v is not None}
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``mseg.*`` metadata of an exported ``.onnx`` or OpenVINO ``.xml`` file (keys without the prefix)."""
+    path = Path(path)
+    if path.suffix == ".xml":
+        ov = require("openvino", "reading an OpenVINO file")
+        model = ov.Core().read_model(str(path))
+        info = model.get_rt_info()
+        if "mseg" not in info:
+            return {}
+        return {key: str(value) for key, value in info["mseg"].astype(dict).items()}
+    onnx = require("onnx", "reading an ONNX file")
+    proto = onnx.load(str(path), load_external_data=False)
+    return {
+        p.key[len(METADATA_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)
+    }
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    input_size: tuple[int, int] | None = None,
+    low_res: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the eval-mode ``model``'s forward pass to ``path`` (``.onnx``, one file, fp32), atomically.
+
+    ``input_size`` (H, W) fixes the image size (some runtimes are faster with it); without it batch, height and
+    width are dynamic. ``low_res``: output the logits before the final resize (see :func:`model_metadata`); only
+    for models whose forward takes ``resize`` (ours). ``metadata`` defaults to :func:`model_metadata`.
+    """
+    require("onnx", "ONNX export")
+    require("onnxscript", "ONNX export")
+    from mseg_semantic.inference.network import takes_resize
+
+    if low_res and not takes_resize(model):
+        raise InputError(f"a low-resolution export needs a forward that takes resize= (got {type(model).__name__})")
+    path = Path(path)
+    model = model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    height, width = input_size or (128, 160)  # a sample size that specialises nothing (not 1, not square)
+    sample = torch.zeros(2 if input_size is None else 1, 3, height, width, device=device)
+    dynamic = None
+    if input_size is None:
+        any_size = torch.export.Dim.DYNAMIC
+        dynamic = ({0: any_size, 2: any_size, 3: any_size},)
+    values = dict(model_metadata(model, low_res=low_res) if metadata is None else metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".mseg-export-") as tmp:
+        staged = Path(tmp) / "model.onnx"
+        with torch.inference_mode(False), torch.no_grad(), _quiet():
+            program = torch.onnx.export(
+                _Forward(model, low_res).eval(),
+                (sample,),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        proto = program.model_proto
+        _set_metadata(proto, values)
+        import onnx
+
+        onnx.save_model(proto, str(staged))
+        os.replace(staged, path)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter's progress lines, warnings and log records are for its developers, not our users."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _set_metadata(proto: Any, values: Mapping[str, str]) -> None:
+    del proto.metadata_props[:]
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, str(value)
+
+
+def quantize_onnx(
+    source: str | os.PathLike,
+    path: str | os.PathLike,
+    windows: Iterable[np.ndarray],
+    *,
+    keep_float: Iterable[str] | None = None,
+) -> Path:
+    """Write an int8 version of the fp32 ONNX file ``source`` to ``path``, atomically.
+
+    ``windows``: calibration inputs, float32 (1, 3, h, w) normalised images as the network sees them (the
+    activation ranges are their min/max). ``keep_float``: names of nodes left in float; default the first and the
+    last convolution.
+    """
+    onnx = require("onnx", "int8 quantization")
+    quantization = require("onnxruntime.quantization", "int8 quantization")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source, path = Path(source), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = read_metadata(source)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".mseg-quantize-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        if keep_float is None:
+            convs = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Conv"]
+            keep_float = [convs[0], convs[-1]] if convs else []
+        staged = Path(tmp) / "int8.onnx"
+        quantization.quantize_static(
+            str(prepared),
+            str(staged),
+            _Windows(windows),
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+            calibrate_method=quantization.CalibrationMethod.MinMax,
+            nodes_to_exclude=list(keep_float),
+        )
+        proto = onnx.load(str(staged))
+        _set_metadata(proto, {**values, "precision": "int8"})
+        onnx.save_model(proto, str(staged))
+        os.replace(staged, path)
+    return path
+
+
+class _Windows:
+    """ONNX Runtime's calibration reader over our windows (it calls ``get_next`` until None)."""
+
+    def __init__(self, windows: Iterable[np.ndarray]) -> None:
+        self._windows = iter(windows)
+        self.count = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        window = next(self._windows, None)
+        if window is None:
+            if self.count == 0:
+                raise InputError("int8 calibration needs at least one image; none was given")
+            return None
+        self.count += 1
+        return {INPUT_NAME: np.ascontiguousarray(window, dtype=np.float32)}
+
+
+def onnx_to_openvino(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Convert an ONNX file (fp32 or QDQ int8) to OpenVINO IR: ``path`` (``.xml``) and its ``.bin``, with the
+    metadata in ``rt_info`` section ``mseg``. Weights are kept as they are (no fp16 compression)."""
+    ov = require("openvino", "OpenVINO export")
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise InputError(f"an OpenVINO model is written as NAME.xml (with NAME.bin beside it); got {path}")
+    values = read_metadata(source)
+    model = ov.convert_model(str(source))
+    for key, value in values.items():
+        model.set_rt_info(value, ["mseg", key])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".mseg-export-") as tmp:
+        staged = Path(tmp) / path.name
+        ov.save_model(model, str(staged), compress_to_fp16=False)
+        os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(staged, path)
+    return path
