@@ -458,3 +458,18 @@ def test_demo_threads_option(shared, tiny_checkpoint, tmp_path, capsys):
     code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--threads", "0", "--overwrite"])
     err = capsys.readouterr().err
     assert code == 2 and "--threads must be at least 1, got 0" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_compiled_network_gives_the_eager_labels(shared):
+    """compile=True runs the same network through torch.compile: the same labels (one window shape, compiled once;
+    about a minute of inductor compilation on 2 cores the first time, cached by PyTorch afterwards)."""
+    image = read_image(shared / "data" / "demo" / "3dogs.jpg")[::4, ::4].copy()
+    model = tiny_hrnet(11)
+    eager = Segmenter(model, model_taxonomy="camvid-11", config="360_ss", base_size=64, crop_size=97, flip=False)
+    compiled = Segmenter(model, model_taxonomy="camvid-11", config="360_ss", base_size=64, crop_size=97, flip=False,
+                         compile=True)  # fmt: skip
+    assert not compiled.config.faithful and eager.config.faithful
+    a, b = eager.predict_proba(image), compiled.predict_proba(image)
+    assert np.abs(a - b).max() < 1e-4
+    assert (a.argmax(0) == b.argmax(0)).mean() > 0.999
