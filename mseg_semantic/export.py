@@ -13,6 +13,9 @@ projection stay in :class:`~mseg_semantic.Segmenter`.
   classifier stay in float: rounding there changes the most labels for the least time.
 - :func:`onnx_to_openvino` converts either file to OpenVINO IR (``.xml`` + ``.bin``); OpenVINO reads the QDQ int8 file
   as int8.
+- :func:`export_model` is ``mseg export``: the three above in sequence for one format and precision, int8 calibrated on
+  the windows a preset cuts from images; :func:`output_files` checks the destination first (never overwriting a file
+  unasked). :func:`read_metadata` and :func:`tensor_shapes` read a written file back.
 
 The runtimes are optional dependencies: ``pip install "mseg-semantic[onnx]"`` (onnx, onnxscript, onnxruntime) and
 ``"mseg-semantic[openvino]"``; without them these functions raise an :class:`~mseg_semantic.errors.InputError` naming
@@ -27,12 +30,13 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +44,9 @@ from torch import nn
 
 from mseg_semantic.errors import InputError
 from mseg_semantic.normalization import MEAN_RGB, STD_RGB
+
+if TYPE_CHECKING:
+    from mseg_semantic.inference.config import InferenceConfig
 
 #: The ONNX opset the files use (ONNX Runtime >= 1.16 and OpenVINO >= 2023.1 read it).
 OPSET = 18
@@ -78,10 +85,23 @@ class _Forward(nn.Module):
 
 
 def model_metadata(
-    model: nn.Module, *, low_res: bool = False, precision: str = "fp32", preset: str | None = None
+    model: nn.Module,
+    *,
+    low_res: bool = False,
+    precision: str = "fp32",
+    preset: str | os.PathLike | InferenceConfig | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> dict[str, str]:
-    """What a user of the file needs to feed it and read its output, as string values (keys without the prefix)."""
+    """What a user of the file needs to feed it and read its output, as string values (keys without the prefix).
+
+    ``preset``: the inference preset to run the file with (a name or a YAML path; default the model's own, else
+    the :class:`~mseg_semantic.Segmenter` default); its settings are recorded too, so that a user without this
+    package can reproduce the algorithm around the network (short side, windows, flips). ``input_size``: the fixed
+    (H, W) of a static file; None: dynamic.
+    """
     from mseg_semantic import __version__
+    from mseg_semantic.inference.config import load_config
+    from mseg_semantic.inference.segmenter import DEFAULT_PRESET
     from mseg_semantic.taxonomy import get_taxonomy
 
     taxonomy = getattr(model, "taxonomy", None)
@@ -90,11 +110,12 @@ def model_metadata(
     if taxonomy is not None:
         names = list(get_taxonomy(taxonomy).classes)
         num_classes = len(names)
+    config = load_config(preset or getattr(model, "preset", None) or DEFAULT_PRESET)
     output = (
-        "logits (N, K, ceil(H/4), ceil(W/4)) before the model's final resize: resize them to (H, W) with bilinear "
-        "interpolation, align_corners=True"
+        "float32 (N, K, ceil(H/4), ceil(W/4)), the logits before the model's final resize: resize them to (H, W) "
+        "bilinearly with align_corners=True; the label map is their argmax over K"
         if low_res
-        else "logits (N, K, H, W) at the input size; the label map is their argmax over K"
+        else "float32 (N, K, H, W), logits at the input size; the label map is their argmax over K"
     )
     values: dict[str, Any] = {
         "producer": f"mseg-semantic {__version__}",
@@ -102,11 +123,20 @@ def model_metadata(
         "num_classes": num_classes,
         "taxonomy": taxonomy,
         "class_names": names,
-        "preset": preset or getattr(model, "preset", None),
+        "preset": config.name,
+        "preset_settings": {
+            "base_size": config.base_size,
+            "scales": list(config.scales),
+            "crop_h": config.crop_h,
+            "crop_w": config.crop_w,
+            "flip": config.flip,
+            "batched": config.batched,
+        },
         "precision": precision,
-        "input": f"{INPUT_NAME}: float32 (N, 3, H, W), RGB in 0..255 normalised as (x - mean) / std",
-        "mean": list(MEAN_RGB),
-        "std": list(STD_RGB),
+        "input": f"{INPUT_NAME}: float32 (N, 3, H, W), RGB in 0..255 normalised per channel as (x - mean) / std",
+        "input_size": "dynamic" if input_size is None else f"{input_size[0]}x{input_size[1]}",
+        "mean": [round(v, 6) for v in MEAN_RGB],
+        "std": [round(v, 6) for v in STD_RGB],
         "output": f"{OUTPUT_NAME}: {output}",
         "output_stride": 4 if low_res else 1,
     }
@@ -122,7 +152,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         info = model.get_rt_info()
         if "mseg" not in info:
             return {}
-        return {key: str(value) for key, value in info["mseg"].astype(dict).items()}
+        section = info["mseg"]
+        # OpenVINO 2026 gives the section as a dict of OVAny values; .astype(dict) reads it where it is one OVAny.
+        section = section.astype(dict) if hasattr(section, "astype") else section
+        return {key: value.astype(str) if hasattr(value, "astype") else str(value) for key, value in section.items()}
     onnx = require("onnx", "reading an ONNX file")
     proto = onnx.load(str(path), load_external_data=False)
     return {
@@ -159,7 +192,7 @@ def export_onnx(
     if input_size is None:
         any_size = torch.export.Dim.DYNAMIC
         dynamic = ({0: any_size, 2: any_size, 3: any_size},)
-    values = dict(model_metadata(model, low_res=low_res) if metadata is None else metadata)
+    values = dict(model_metadata(model, low_res=low_res, input_size=input_size) if metadata is None else metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".mseg-export-") as tmp:
         staged = Path(tmp) / "model.onnx"
@@ -176,6 +209,7 @@ def export_onnx(
                 verbose=False,
             )
         proto = program.model_proto
+        _name_dims(proto)
         _set_metadata(proto, values)
         import onnx
 
@@ -196,6 +230,41 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
+
+
+def _name_dims(proto: Any) -> None:
+    """Call the dynamic input dimensions N, H and W (the exporter's names are s77, s53, ...), in every shape of the
+    graph, so that the output reads (N, K, H, W) too (or ``(((H - 1)//4)) + 1`` for a low-resolution one)."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    names = {dims[i].dim_param: name for i, name in ((0, "N"), (2, "H"), (3, "W")) if dims[i].dim_param}
+    if not names:
+        return
+    symbol = re.compile(r"\b(" + "|".join(re.escape(name) for name in names) + r")\b")
+    values = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
+    values += [value for function in proto.functions for value in getattr(function, "value_info", ())]
+    for value in values:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = symbol.sub(lambda match: names[match.group(1)], dim.dim_param)
+
+
+def tensor_shapes(path: str | os.PathLike) -> dict[str, list[int | str]]:
+    """The input's and the output's shape in an exported ``.onnx`` or ``.xml`` file, by name: sizes, and for a
+    dynamic dimension its name (ONNX: ``N``, ``H``, ``W`` and expressions of them; OpenVINO: ``?``)."""
+    path = Path(path)
+    if path.suffix == ".xml":
+        ov = require("openvino", "reading an OpenVINO file")
+        model = ov.Core().read_model(str(path))
+        return {
+            port.get_any_name(): [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
+            for port in (*model.inputs, *model.outputs)
+        }
+    onnx = require("onnx", "reading an ONNX file")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {
+        value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        for value in (*graph.input, *graph.output)
+    }
 
 
 def _set_metadata(proto: Any, values: Mapping[str, str]) -> None:
@@ -285,3 +354,122 @@ def onnx_to_openvino(source: str | os.PathLike, path: str | os.PathLike) -> Path
         os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
         os.replace(staged, path)
     return path
+
+
+#: The file formats of :func:`export_model` and the suffix each is written with.
+FORMATS: dict[str, str] = {"onnx": ".onnx", "openvino": ".xml"}
+#: The precisions of an exported file.
+PRECISIONS = ("fp32", "int8")
+
+
+def output_files(
+    path: str | os.PathLike, format: str | None = None, *, overwrite: bool = False
+) -> tuple[str, list[Path]]:
+    """The format of an export to ``path`` (``format``, else told by the suffix: ``.onnx``, ``.xml``) and the files
+    it writes (OpenVINO: ``NAME.xml`` and ``NAME.bin``). A file that exists already is an error unless
+    ``overwrite``. Cheap: call it before loading a model."""
+    path = Path(path)
+    if format is None:
+        format = next((name for name, suffix in FORMATS.items() if path.suffix.lower() == suffix), None)
+        if format is None:
+            raise InputError(
+                f"cannot tell the format from {path.name!r}: name the file NAME.onnx (ONNX) or NAME.xml (OpenVINO), "
+                "or pass --format onnx|openvino"
+            )
+    if format not in FORMATS:
+        raise InputError(f"unknown export format {format!r}; formats: {', '.join(FORMATS)}")
+    if format == "openvino" and path.suffix != ".xml":
+        raise InputError(f"an OpenVINO model is written as NAME.xml (with NAME.bin beside it); got {path}")
+    if format == "onnx" and path.suffix.lower() == ".xml":
+        raise InputError(f"{path} is an OpenVINO file name; an ONNX model is written as NAME.onnx")
+    files = [path, path.with_suffix(".bin")] if format == "openvino" else [path]
+    for file in files:
+        if file.is_dir():
+            raise InputError(f"{file} is a folder; give the name of the file to write")
+        if file.exists() and not overwrite:
+            raise InputError(f"{file} already exists; pass --overwrite to replace it")
+    return format, files
+
+
+def require_for(format: str, precision: str) -> None:
+    """Check that the packages an export to ``format`` in ``precision`` needs are installed (before a model loads)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    modules = ["onnx", "onnxscript"]
+    modules += ["onnxruntime"] if precision == "int8" else []  # int8 calibration runs the network in ONNX Runtime
+    modules += ["openvino"] if format == "openvino" else []
+    for module in modules:
+        require(module, f"exporting to {format} in {precision}")
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    format: str | None = None,
+    precision: str = "fp32",
+    input_size: tuple[int, int] | None = None,
+    low_res: bool = False,
+    preset: str | os.PathLike | None = None,
+    calibration: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """Write the model as a file for ONNX Runtime (``.onnx``) or OpenVINO (``.xml`` + ``.bin``); returns the files.
+
+    What ``mseg export`` does. ``format``: ``onnx`` or ``openvino`` (default: from the suffix, see
+    :func:`output_files`). ``precision``: ``fp32``, or ``int8`` calibrated on the network inputs that
+    ``preset`` cuts from the ``calibration`` images (a folder or file of images and videos; default the bundled
+    examples; see :func:`~mseg_semantic.inference.runtimes.calibration_images`); a static file calibrates on
+    windows of its own size. ``input_size`` (H, W): a static file (batch 1); None: batch and size dynamic.
+    ``low_res``: the logits before the final resize (1/4 of the input size). ``preset``: the preset recorded as
+    the one to run the file with (default the model's own). ``metadata``: extra string entries, added to
+    :func:`model_metadata`'s. The output appears whole or not at all (written in a temporary folder beside it).
+    """
+    from mseg_semantic.inference.config import load_config
+    from mseg_semantic.inference.segmenter import DEFAULT_PRESET
+
+    format, files = output_files(path, format, overwrite=overwrite)
+    path = files[0]
+    require_for(format, precision)
+    if calibration is not None and precision != "int8":
+        raise InputError("calibration images are for precision int8 only")
+    if input_size is not None and (len(input_size) != 2 or min(input_size) < 1):
+        raise InputError(f"input_size must be (height, width), both positive; got {input_size}")
+    config = load_config(preset or getattr(model, "preset", None) or DEFAULT_PRESET)
+    values = model_metadata(model, low_res=low_res, precision=precision, preset=config, input_size=input_size)
+    windows = None
+    if precision == "int8":
+        windows, source = _calibration(model, config, calibration, input_size)
+        size = f" at {input_size[0]}x{input_size[1]}" if input_size else ""
+        values["calibration"] = f"{source}: the windows of preset {config.name}{size}"
+    values.update(metadata or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".mseg-export-") as tmp:
+        last = path if format == "onnx" and precision == "fp32" else Path(tmp) / "fp32.onnx"
+        export_onnx(model, last, input_size=input_size, low_res=low_res, metadata=values)
+        if windows is not None:
+            int8 = path if format == "onnx" else Path(tmp) / "int8.onnx"
+            last = quantize_onnx(last, int8, windows)
+        if format == "openvino":
+            onnx_to_openvino(last, path)
+    return files
+
+
+def _calibration(
+    model: nn.Module, config: InferenceConfig, images: str | os.PathLike | None, input_size: tuple[int, int] | None
+) -> tuple[Iterator[np.ndarray], str]:
+    """The int8 calibration windows: what the preset gives the network for the calibration images (for a static
+    file, the preset's windows made the file's size), and a description of their source."""
+    from mseg_semantic.inference.runtimes import calibration_images
+    from mseg_semantic.inference.segmenter import Segmenter
+
+    read, _ = calibration_images(images)
+    # Named without its full path: the file may be shipped.
+    source = "the bundled examples" if images is None else f"{Path(images).resolve().name}"
+    # The geometry of the preset cuts the windows; PyTorch fp32 runs nothing here (the windows are inputs).
+    settings: dict[str, Any] = {"backend": "torch", "precision": "fp32", "compile": False}
+    if input_size is not None:
+        settings.update(crop_size=tuple(input_size), pad="crop", max_window=None)
+    segmenter = Segmenter(model, config=config.replace(**settings))
+    return segmenter.calibration_windows(read()), source

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "taxonomy": ("taxonomy", "list taxonomies, show their classes, show the maps between them"),
     "remap": ("remap", "convert a folder of label PNGs from one taxonomy to another"),
     "convert": ("convert", "convert an original .pth checkpoint to a weights-only .safetensors file"),
+    "export": ("export", "write a model as an ONNX or OpenVINO file (fp32 or int8) to run without this package"),
 }
 
 
