@@ -2,7 +2,8 @@
 
 Small reference files (the tiny HRNet and its original outputs, the model key lists, the mseg-api taxonomy
 tables) are in ``tests/data/`` (see its README), so a clean clone checks them. Larger or non-redistributable data
-(CamVid, the demo images, the data-preparation fixtures, the specs) stays in the sibling ``../shared`` folder.
+(CamVid, the demo images, the data-preparation fixtures, the specs) stays in the sibling ``../shared`` folder
+(or the folder the environment variable ``MSEG_SHARED`` names).
 A test that needs it asks for the ``shared`` fixture (or calls :func:`skip_without_shared`): without the folder the
 test skips, except under ``CI=true``, where it fails so that nothing silently stops being checked.
 """
@@ -20,7 +21,8 @@ import torch
 # orders of magnitude when other processes load the cores. MSEG_TEST_THREADS overrides.
 torch.set_num_threads(int(os.environ.get("MSEG_TEST_THREADS", "1")))
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# MSEG_SHARED points elsewhere, e.g. at the partial copy benchmarks/gpu_check.sh --pack-shared makes for a GPU machine.
+SHARED = Path(os.environ.get("MSEG_SHARED") or Path(__file__).resolve().parents[1].parent / "shared").resolve()
 DATA = Path(__file__).resolve().parent / "data"
 
 
