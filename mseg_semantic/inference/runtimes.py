@@ -10,8 +10,8 @@ A runtime needs the model as a file (:mod:`mseg_semantic.export`). It is made on
 window size, and per (crop size, calibration images) the int8 file, whose calibration is the slow part (about a
 minute for HRNet-W48). The digest is of the weights themselves, so a changed checkpoint never reuses a stale file.
 
-Which backend and precision (measured on an AMD Zen 4 CPU with AVX512-BF16 and VNNI, no AMX, HRNet-W48, one 713x713
-window; see the README's Fast inference): OpenVINO bf16 is the fastest path that keeps >= 99% of the labels of the
+Which backend and precision (measured on the 2-core development VM, an AMD EPYC with AVX512-BF16 and VNNI, no AMX,
+HRNet-W48; see the README's Fast inference): OpenVINO bf16 is the fastest path that keeps >= 99% of the labels of the
 trained bundled model, so ``backend="auto"`` (what ``fast=True`` asks for) takes OpenVINO on a CPU when it is
 installed, else PyTorch (bf16) where the CPU computes bf16 natively, else ONNX Runtime when installed (fp32 is
 faster there than PyTorch's). int8 is faster still but changes more labels; it is only used when asked for.
