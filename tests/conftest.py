@@ -33,6 +33,15 @@ def skip_without_shared(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """What tests cache (runtime backends' exported models, downloads) goes to a temporary ``MSEG_HOME``, never the
+    user's ``~/.cache/mseg``. Tests that need a cache of their own set ``MSEG_HOME`` again."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MSEG_HOME", str(tmp_path_factory.mktemp("mseg-home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     """The project's sibling ``shared/`` folder (real images, data-preparation fixtures, specs).
