@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
@@ -100,11 +101,13 @@ class ProcessContext:
         return self.rank == 0
 
 
-def init_process(device: str | torch.device) -> ProcessContext:
+def init_process(device: str | torch.device, timeout: timedelta | None = None) -> ProcessContext:
     """Read torchrun's environment, resolve ``device`` and join the process group when there are several ranks.
 
     NCCL when the device is a GPU, gloo otherwise. A group that already exists (a caller made it) is used as it
-    is and left to its owner. Pair with :func:`close_process`.
+    is and left to its owner. ``timeout``: how long a collective waits for the slowest process (default:
+    PyTorch's, 10 to 30 minutes); a command whose processes meet only at the start and the end
+    of hours of work needs more. Pair with :func:`close_process`.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     process_rank = int(os.environ.get("RANK", "0"))
@@ -113,7 +116,8 @@ def init_process(device: str | torch.device) -> ProcessContext:
     if size > 1 and not _initialized():
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
-        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", init_method="env://")
+        options = {} if timeout is None else {"timeout": timeout}
+        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", init_method="env://", **options)
         owns_group = True
     if _initialized():
         size, process_rank = dist.get_world_size(), dist.get_rank()

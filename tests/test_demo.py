@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from conftest import skip_without_shared
 
 from mseg_semantic.cli import main
+from mseg_semantic.errors import InputError
 from mseg_semantic.fileio import read_label
 from mseg_semantic.taxonomy import class_names
 from mseg_semantic.visualize import colorize
@@ -109,6 +111,10 @@ def test_unreadable_video_is_reported(tiny_checkpoint, tmp_path, capsys):
         (["{img}", "--taxonomy", "ade20k-150"], "test taxonomies"),
         (["{img}", "--out", "{tmp}/notes.txt"], "cannot create the output folder"),
         (["{img}", "--config", "999_ms"], "unknown inference preset '999_ms'"),
+        (["{img}", "--outputs", "gray,heat"], "--outputs: unknown output 'heat'; choose from gray,color,overlay,"),
+        (["{img}", "--probs-topk", "3"], "--probs-topk applies to the probs output"),
+        (["{img}", "--outputs", "probs", "--probs-topk", "195"], "--probs-topk 195: universal has only 194 classes"),
+        (["--inputs-from", "{tmp}/nolist.txt"], "nolist.txt: no such list file"),
     ],
 )
 def test_user_mistakes_give_one_clear_line(args, message, tiny_checkpoint, tmp_path, capsys):
@@ -181,3 +187,103 @@ def test_truncated_video_is_reported_with_the_frame_counts(tiny_checkpoint, tmp_
     decoded = int(cv2.VideoCapture(str(tmp_path / "o" / "clip_overlay.mp4")).get(cv2.CAP_PROP_FRAME_COUNT))
     assert 0 < decoded < 20 and f"{decoded} video frame(s)" in out
     assert f"only {decoded} of the 20 frames the container announces could be decoded" in err
+
+
+# ---------------------------------------------------------------------------- outputs, manifest, list files
+def small_photo(demo_dir: Path, name: str = "3dogs.jpg", width: int = 120) -> np.ndarray:
+    rgb = cv2.imread(str(demo_dir / name))[:, :, ::-1]
+    return np.ascontiguousarray(cv2.resize(rgb, (width, width * rgb.shape[0] // rgb.shape[1]), cv2.INTER_AREA))
+
+
+@pytest.mark.parametrize(("head", "taxonomy"), [("full", None), ("low_res", "camvid-11")])
+def test_confidence_and_probs_agree_with_predict_proba(demo_dir, tiny_checkpoint, head, taxonomy):
+    from mseg_semantic import Segmenter
+
+    seg = Segmenter(tiny_checkpoint, config="360_ms", base_size=64, scales=[0.75, 1.0], crop_size=65, head=head,
+                    output_taxonomy=taxonomy)  # fmt: skip
+    rgb = small_photo(demo_dir)
+    proba = seg.predict_proba(rgb)
+    labels, confidence = seg.predict(rgb, return_confidence=True)
+    assert (labels == seg.predict(rgb)).all() and (labels == proba.argmax(axis=0)).all()
+    assert confidence.dtype == np.float32 and (confidence == proba.max(axis=0)).all()
+    full = seg.predict_outputs([rgb, rgb], probs=True, confidence=True)
+    top = seg.predict_outputs([rgb], probs=True, topk=3)[0]
+    assert full[0].probs.shape == (*rgb.shape[:2], seg.num_classes) and full[0].probs.dtype == np.float16
+    assert (full[0].probs == proba.transpose(1, 2, 0).astype(np.float16)).all()
+    assert (full[1].probs == full[0].probs).all() and (full[1].labels == labels).all()
+    order = np.argsort(-proba, axis=0, kind="stable")[:3].transpose(1, 2, 0)
+    assert top.ids.dtype == np.uint8 and (top.ids == order).all() and top.confidence is None
+    assert (top.probs == np.take_along_axis(proba.transpose(1, 2, 0), order, axis=2).astype(np.float16)).all()
+    with pytest.raises(InputError, match="top-k must lie in 1"):
+        seg.predict_outputs([rgb], probs=True, topk=seg.num_classes + 1)
+
+
+def test_demo_confidence_probs_and_manifest(demo_dir, tiny_checkpoint, tmp_path, capsys):
+    from mseg_semantic import Segmenter
+    from mseg_semantic.inference.demo import confidence_values
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = small_photo(demo_dir)
+    cv2.imwrite(str(src / "dogs.png"), rgb[:, :, ::-1])
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "out"
+    args = [str(src), "--model", str(tiny_checkpoint), "--out", str(out), *FAST]
+    code, stdout, err = demo(capsys, *args, "--outputs", "gray,confidence,probs", "--probs-topk", "2")
+    assert code == 1 and "1 image(s)" in stdout and "1 failed" in stdout and "broken.jpg: not a readable" in err
+    assert sorted(p.name for p in out.iterdir()) == ["dogs_confidence.png", "dogs_gray.png", "dogs_probs.npz",
+                                                     "manifest.jsonl"]  # fmt: skip
+    seg = Segmenter(tiny_checkpoint, config="360_ss", base_size=96, crop_size=97)
+    proba = seg.predict_proba(rgb)
+    confidence = read_label(out / "dogs_confidence.png")
+    assert confidence.dtype == np.uint16 and (confidence == confidence_values(proba.max(axis=0))).all()
+    assert np.abs(confidence / 65535 - proba.max(axis=0)).max() <= 0.5 / 65535 + 1e-7
+    with np.load(out / "dogs_probs.npz") as npz:
+        assert npz["probs"].shape == (*rgb.shape[:2], 2) and npz["ids"].dtype == np.uint8
+        assert (npz["ids"][:, :, 0] == read_label(out / "dogs_gray.png")).all()
+        assert (npz["probs"][:, :, 0] == proba.max(axis=0).astype(np.float16)).all()
+        assert len(npz["class_names"]) == 194 and str(npz["taxonomy"]) == "universal"
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    by_name = {line["name"]: line for line in lines}
+    assert len(lines) == 2 and by_name["broken"]["status"] == "failed"
+    assert "broken.jpg: not a readable" in by_name["broken"]["error"]
+    done = by_name["dogs"]
+    assert done["status"] == "done" and done["outputs"] == ["dogs_gray.png", "dogs_confidence.png", "dogs_probs.npz"]
+    assert (done["height"], done["width"]) == rgb.shape[:2] and done["seconds"] > 0
+    counts = np.bincount(proba.argmax(axis=0).ravel(), minlength=194)
+    assert done["histogram"] == {name: int(counts[i]) for i, name in enumerate(class_names("universal")) if counts[i]}
+    # A rerun trusts the manifest; the broken file fails again and the manifest keeps one line per input.
+    code, stdout, _ = demo(capsys, *args, "--outputs", "gray,confidence,probs", "--probs-topk", "2")
+    assert code == 1 and "0 image(s)" in stdout and "1 already done" in stdout
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 2
+    # Other settings, or an output missing, redo the image.
+    code, stdout, _ = demo(capsys, *args, "--outputs", "gray,probs")
+    assert "1 image(s)" in stdout
+    with np.load(out / "dogs_probs.npz") as npz:
+        assert npz["probs"].shape == (*rgb.shape[:2], 194) and "ids" not in npz
+    (out / "dogs_gray.png").unlink()
+    code, stdout, _ = demo(capsys, *args, "--outputs", "gray,probs")
+    assert "1 image(s)" in stdout and (out / "dogs_gray.png").exists()
+
+
+def test_inputs_from_a_list_file(demo_dir, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("a/x", "b"):
+        (tmp_path / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / folder / "same.jpg"), small_photo(demo_dir, width=64)[:, :, ::-1])
+    (tmp_path / "list.txt").write_text("# photos\na/x/same.jpg\n\n" + str(tmp_path / "b" / "same.jpg") + "\n")
+    code, stdout, err = demo(capsys, "--inputs-from", "list.txt", "--model", str(tiny_checkpoint), "--out", "o",
+                             "--outputs", "gray", *FAST)  # fmt: skip
+    assert code == 0, err
+    assert "2 image(s)" in stdout
+    assert sorted(p.relative_to(tmp_path / "o").as_posix() for p in (tmp_path / "o").rglob("*.png")) == [
+        "a/x/same_gray.png", "b/same_gray.png"]  # fmt: skip
+    (tmp_path / "bad.txt").write_text("a/x/same.jpg\nb/missing.jpg\n")
+    code, _, err = demo(capsys, "--inputs-from", "bad.txt", "--model", str(tiny_checkpoint), *FAST)
+    assert code == 2 and "bad.txt:2: b/missing.jpg: no such file" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "dir.txt").write_text("a\n")
+    code, _, err = demo(capsys, "--inputs-from", "dir.txt", "--model", str(tiny_checkpoint), *FAST)
+    assert code == 2 and "dir.txt:1: a: is a folder" in err
+    # Two files that would write the same outputs are refused.
+    code, _, err = demo(capsys, "a/x/same.jpg", "b/same.jpg", "--model", str(tiny_checkpoint), *FAST)
+    assert code == 2 and "would both be written as" in err

@@ -3,6 +3,7 @@ path's own restructuring (same numbers), and background I/O in the demo (same fi
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -420,10 +421,14 @@ def test_background_io_writes_the_same_files(shared, tiny_checkpoint, tmp_path):
     assert reports[True].images == reports[False].images == 2 and reports[True].frames == 3
     assert reports[True].failures == reports[False].failures and "broken.jpg" in reports[True].failures[0]
     files = sorted(p.relative_to(tmp_path / "False") for p in (tmp_path / "False").rglob("*") if p.is_file())
-    assert len(files) == 2 * 3 + 1 + 3
+    assert len(files) == 2 * 3 + 1 + 3 + 1  # and the manifest
     for name in files:
         a, b = tmp_path / "False" / name, tmp_path / "True" / name
-        if name.suffix == ".mp4":
+        if name.name == "manifest.jsonl":  # the same lines but for the seconds they took
+            lines = [sorted((json.loads(line) | {"seconds": 0} for line in m.read_text().splitlines()),
+                            key=lambda r: r["name"]) for m in (a, b)]  # fmt: skip
+            assert lines[0] == lines[1] and len(lines[0]) == 4
+        elif name.suffix == ".mp4":
             ca, cb = cv2.VideoCapture(str(a)), cv2.VideoCapture(str(b))
             for _ in range(3):
                 assert (ca.read()[1] == cb.read()[1]).all()

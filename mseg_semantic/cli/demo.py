@@ -1,23 +1,28 @@
-"""``mseg demo``: segment images, folders and videos and write label maps, colour maps and overlays."""
+"""``mseg demo``: segment images, folders and videos and write label maps, colour maps, overlays, confidence maps
+and probabilities; under ``torchrun`` the inputs are split over the processes."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+from mseg_semantic import distributed
 from mseg_semantic.cli import add_command_parser
 from mseg_semantic.cli.modelargs import ModelSpec, add_config_arguments, add_model_arguments, model_spec
 from mseg_semantic.cli.text import notice
 from mseg_semantic.errors import InputError
 from mseg_semantic.examples import EXAMPLES, example_path
 from mseg_semantic.inference import Segmenter, collect_inputs, run_demo
-from mseg_semantic.inference.demo import prepare_output_dir
+from mseg_semantic.inference.demo import DEFAULT_OUTPUTS, OUTPUT_SUFFIXES, parse_outputs, prepare_output_dir
 from mseg_semantic.taxonomy import get_taxonomy
 
 #: The inference preset of a checkpoint that is not a zoo model (a zoo model brings its own).
 DEFAULT_PRESET = "360_ms"
+#: How long the processes of a torchrun run wait for each other at the end.
+PROCESS_GROUP_TIMEOUT = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,9 @@ class DemoSpec:
     """What one ``mseg demo`` run does, read from its arguments once."""
 
     inputs: tuple[str, ...]  # the files and folders given, then the --example
+    inputs_from: tuple[str, ...]  # list files
+    outputs: tuple[str, ...]
+    probs_topk: int | None
     out: str
     output_taxonomy: str | None  # None: the model's
     overwrite: bool
@@ -36,12 +44,20 @@ class DemoSpec:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoSpec:
         inputs = (*args.inputs, *([str(example_path(args.example))] if args.example else []))
-        if not inputs:
-            raise InputError("nothing to segment: give image files, folders or videos, or --example")
+        if not inputs and not args.inputs_from:
+            raise InputError("nothing to segment: give image files, folders or videos, --inputs-from or --example")
+        outputs = parse_outputs(args.outputs)
+        if args.probs_topk is not None and "probs" not in outputs:
+            raise InputError("--probs-topk applies to the probs output: add probs to --outputs")
+        if args.probs_topk is not None and args.probs_topk < 1:
+            raise InputError(f"--probs-topk must be at least 1, got {args.probs_topk}")
         if args.output_taxonomy:
             get_taxonomy(args.output_taxonomy)
         return cls(
             inputs=inputs,
+            inputs_from=tuple(args.inputs_from or ()),
+            outputs=outputs,
+            probs_topk=args.probs_topk,
             out=args.out,
             output_taxonomy=args.output_taxonomy,
             overwrite=args.overwrite,
@@ -56,24 +72,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command_parser(
         subparsers,
         "demo",
-        description="Segment images, folders of images (searched recursively) and videos with the original MSeg "
-        "test-time algorithm. For each image NAME.ext it writes NAME_gray.png (label ids), NAME_color.png (colour "
-        "map) and NAME_overlay.jpg (colour map blended into the image, with class names); for a video "
-        "NAME_overlay.mp4 (and with --save-frames the per-frame label maps). Existing outputs are skipped unless "
-        "--overwrite, so an interrupted run resumes. Unreadable inputs are reported and skipped; the exit status "
-        "is then 1.",
+        description="Segment images, folders of images (searched recursively), lists of files and videos with the "
+        "original MSeg test-time algorithm. For each image NAME.ext it writes (--outputs) NAME_gray.png (label ids), "
+        "NAME_color.png (colour map) and NAME_overlay.jpg (colour map blended into the image, with class names), "
+        "and on request NAME_confidence.png (16-bit: round(p * 65535) of each pixel's label probability) and "
+        "NAME_probs.npz (float16 probabilities, or the top K with --probs-topk); for a video NAME_overlay.mp4 (and "
+        "with --save-frames the per-frame label and confidence maps). OUT/manifest.jsonl gets a line per input "
+        "(outputs, size, seconds, class histogram, error). Inputs whose manifest line says done and whose outputs "
+        "exist are skipped unless --overwrite, so an interrupted run resumes. Unreadable inputs are reported and "
+        "skipped; the exit status is then 1. Under torchrun the inputs are split over the processes.",
         epilog="examples:\n"
         "  mseg demo --example                    # the bundled dashcam photo with the bundled CamVid-11 model\n"
         "  mseg demo --example freeway --fast     # the bundled dashcam clip\n"
         "  mseg demo street.jpg --model mseg-3m   # the MSeg universal model (downloaded once)\n"
         "  mseg demo street.jpg --model mseg-3m.pth --arch hrnet_w48\n"
         "  mseg demo photos/ clip.mp4 --model mseg-3m.safetensors --preset 360_ss --output-taxonomy cityscapes-19 "
-        "--out results/\n\n"
+        "--out results/\n"
+        "  mseg demo --inputs-from files.txt --outputs gray,confidence --out results/\n"
+        "  torchrun --nproc-per-node 4 -m mseg_semantic demo photos/ --model mseg-3m --device cuda --out results/\n\n"
         "Label maps are in the output taxonomy (--output-taxonomy; default: the model's own). A universal model can "
         "also output any test taxonomy: camvid-11, kitti-19, pascal-context-60, scannet-20, voc2012, wilddash-19.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or videos")
+    parser.add_argument(
+        "--inputs-from",
+        action="append",
+        metavar="FILE",
+        help="a file listing images and videos, one path per line (blank lines and # comments skipped; relative "
+        "paths from the current folder); outputs mirror the folders below the one the files share; repeatable",
+    )
+    parser.add_argument(
+        "--outputs",
+        default=",".join(DEFAULT_OUTPUTS),
+        metavar="LIST",
+        help=f"what to write per image, comma-separated: {','.join(OUTPUT_SUFFIXES)} (default: "
+        f"{','.join(DEFAULT_OUTPUTS)}); a video always gets its overlay video",
+    )
+    parser.add_argument(
+        "--probs-topk",
+        type=int,
+        metavar="K",
+        help="with probs: keep the K most likely classes per pixel (ids and float16 probabilities) instead of all",
+    )
     parser.add_argument(
         "--example",
         nargs="?",
@@ -103,23 +144,39 @@ def run(args: argparse.Namespace) -> int:
     # The spec checks the cheap things first, so that a typo does not wait for a 500 MB checkpoint to load.
     spec = DemoSpec.from_args(args)
     spec.model.apply_threads()
-    collect_inputs(spec.inputs, Path(spec.out))
+    collect_inputs(spec.inputs, Path(spec.out), spec.inputs_from)
     prepare_output_dir(Path(spec.out))
+    # The processes meet after their last input: one may wait hours for another (a long video, a slower GPU).
+    ctx = distributed.init_process(spec.model.device, timeout=PROCESS_GROUP_TIMEOUT)
+    try:
+        return _run(spec, ctx)
+    finally:
+        distributed.close_process(ctx)
+
+
+def _run(spec: DemoSpec, ctx: distributed.ProcessContext) -> int:
     model, model_taxonomy = spec.model.load()
     segmenter = Segmenter(
         model,
         config=spec.model.config,
         model_taxonomy=model_taxonomy,
         output_taxonomy=spec.output_taxonomy,
-        device=spec.model.device,
-        log=notice,
+        device=ctx.device,
+        log=notice if ctx.is_main else None,
     )
     del model  # with a low-precision copy (--fast) the fp32 weights are no longer needed
-    described = spec.model.describe_default_model() or (
-        f"model: {spec.model.model} ({model_taxonomy}, {segmenter.num_classes} output classes in "
-        f"{segmenter.output_taxonomy})"
-    )
-    print(f"{described}; settings: {segmenter.config.name}, {segmenter.backend} {segmenter.precision}", file=sys.stderr)
+    if spec.probs_topk is not None and spec.probs_topk > segmenter.num_classes:
+        raise InputError(
+            f"--probs-topk {spec.probs_topk}: {segmenter.output_taxonomy} has only {segmenter.num_classes} classes"
+        )
+    if ctx.is_main:
+        described = spec.model.describe_default_model() or (
+            f"model: {spec.model.model} ({model_taxonomy}, {segmenter.num_classes} output classes in "
+            f"{segmenter.output_taxonomy})"
+        )
+        processes = f"; {ctx.world_size} processes" if ctx.distributed else ""
+        print(f"{described}; settings: {segmenter.config.name}, {segmenter.backend} {segmenter.precision}{processes}",
+              file=sys.stderr)  # fmt: skip
     report = run_demo(
         segmenter,
         spec.inputs,
@@ -129,15 +186,21 @@ def run(args: argparse.Namespace) -> int:
         max_frames=spec.max_frames,
         progress=spec.progress,
         log=lambda m: print(m, file=sys.stderr),
+        outputs=spec.outputs,
+        probs_topk=spec.probs_topk,
+        inputs_from=spec.inputs_from,
     )
-    done = report.images + (1 if report.frames else 0)
-    per_image = f", {report.seconds / max(1, report.images + report.frames):.2f} s per image/frame" if done else ""
+    if not ctx.is_main:
+        return 1 if report.failures else 0
+    count = report.images + report.frames
+    pace = [f"{count / report.seconds:.2f} images/s"] if count and report.seconds > 0 else []
+    pace.append(f"{report.processes} process(es)")
     print(
-        f"{report.images} image(s) and {report.frames} video frame(s) segmented in {report.seconds:.1f} s"
-        f"{per_image}; {report.skipped} already done; outputs in {spec.out}"
+        f"{report.images} image(s) and {report.frames} video frame(s) segmented in {report.seconds:.1f} s "
+        f"({', '.join(pace)}); {report.skipped} already done; {len(report.failures)} failed; outputs in {spec.out}"
     )
     if report.failures:
-        print(f"{len(report.failures)} input(s) failed:", file=sys.stderr)
+        print(f"{len(report.failures)} input(s) failed (see {Path(spec.out) / 'manifest.jsonl'}):", file=sys.stderr)
         for failure in report.failures:
             print(f"  {failure}", file=sys.stderr)
         return 1

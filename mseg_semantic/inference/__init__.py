@@ -3,11 +3,12 @@
 from mseg_semantic.fileio import read_image
 from mseg_semantic.inference.config import InferenceConfig, load_config, preset_names
 from mseg_semantic.inference.demo import DemoReport, collect_inputs, run_demo
-from mseg_semantic.inference.segmenter import Segmenter
+from mseg_semantic.inference.segmenter import Prediction, Segmenter
 
 __all__ = [
     "DemoReport",
     "InferenceConfig",
+    "Prediction",
     "Segmenter",
     "collect_inputs",
     "load_config",

@@ -1,11 +1,16 @@
 """Run a :class:`Segmenter` over images, folders and videos and write label maps, colour maps and overlays.
 
-For an image ``NAME.ext`` the outputs are ``NAME_gray.png`` (label ids, lossless), ``NAME_color.png`` (the
-taxonomy's palette) and ``NAME_overlay.jpg`` (the image blended with the colour map, class names written on
-the regions). For a video, ``NAME_overlay.mp4`` at the source frame rate, and with ``save_frames`` the per-frame
-label maps in ``NAME_frames/``. Sub-folders of a folder input are mirrored. Each output is written atomically;
-existing outputs are skipped unless ``overwrite``, so an interrupted run resumes where it stopped. A file that
-cannot be read is reported and skipped, the others are still processed.
+For an image ``NAME.ext`` the outputs (``outputs``, default the first three) are ``NAME_gray.png`` (label ids,
+lossless), ``NAME_color.png`` (the taxonomy's palette), ``NAME_overlay.jpg`` (the image blended with the colour map,
+class names written on the regions), ``NAME_confidence.png`` (each pixel's probability of its label as a 16-bit PNG,
+``round(p * 65535)``) and ``NAME_probs.npz`` (the averaged probabilities, all classes or the top k). For a video,
+``NAME_overlay.mp4`` at the source frame rate, and with ``save_frames`` the per-frame label maps (and confidence
+maps) in ``NAME_frames/``. Sub-folders of a folder input are mirrored, as are the folders of the paths of a list
+file. Each output is written atomically and each input gets a line in ``OUT/manifest.jsonl``
+(:mod:`.manifest`); an input whose line says done and whose outputs exist is skipped unless ``overwrite``, so an
+interrupted run resumes where it stopped. A file that cannot be read is reported and skipped, the others are
+still processed. Under ``torchrun`` the inputs left to do are split over the processes (every ``world_size``-th
+one from the ``rank``-th), so a rerun with any number of processes resumes.
 """
 
 from __future__ import annotations
@@ -13,19 +18,32 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from mseg_semantic import distributed
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.fileio import atomic_path, is_image_path, is_video_path, read_image, write_bytes_atomic, write_label
 from mseg_semantic.inference.background import WriteBehind, read_ahead
-from mseg_semantic.inference.segmenter import Segmenter
+from mseg_semantic.inference.manifest import Manifest
+from mseg_semantic.inference.segmenter import Prediction, Segmenter
 from mseg_semantic.visualize import colorize, overlay
+
+#: What ``outputs`` may name, in the order they are written, and the file name each adds to an image's stem.
+OUTPUT_SUFFIXES: dict[str, str] = {
+    "gray": "_gray.png",
+    "color": "_color.png",
+    "overlay": "_overlay.jpg",
+    "confidence": "_confidence.png",
+    "probs": "_probs.npz",
+}
+DEFAULT_OUTPUTS: tuple[str, ...] = ("gray", "color", "overlay")
 
 
 @dataclass(frozen=True)
@@ -39,16 +57,64 @@ class DemoItem:
 
 @dataclass
 class DemoReport:
+    """What a run did; after a run under torchrun, the counts and failures of all processes."""
+
     images: int = 0
     frames: int = 0
     skipped: int = 0
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
-    outputs: list[Path] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)  # the files this process wrote
+    processes: int = 1
 
 
-def collect_inputs(inputs: Iterable[str | os.PathLike], out_dir: Path) -> list[DemoItem]:
-    """Expand files and folders (recursively, sorted) into demo items; errors name the path that is wrong."""
+def parse_outputs(text: str | Iterable[str]) -> tuple[str, ...]:
+    """``"gray,confidence"`` (or a list of names) -> the outputs named, in :data:`OUTPUT_SUFFIXES` order."""
+    names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in OUTPUT_SUFFIXES]
+    if unknown or not names:
+        what = f"unknown output {unknown[0]!r}" if unknown else "no output named"
+        raise InputError(f"--outputs: {what}; choose from {','.join(OUTPUT_SUFFIXES)} (comma-separated)")
+    return tuple(kind for kind in OUTPUT_SUFFIXES if kind in names)
+
+
+def read_input_list(path: str | os.PathLike) -> list[Path]:
+    """The image and video paths of a list file, one per line (blank lines and ``#`` comments skipped; relative
+    paths are taken from the current folder, as on the command line); an error names the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such list file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a list file (give the folder as an INPUT)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the list file ({getattr(exc, 'strerror', None) or exc})") from None
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        item = Path(entry)
+        where = f"{path}:{number}: {item}"
+        if item.is_dir():
+            raise InputError(f"{where}: is a folder; a list names files (give folders as INPUTs)")
+        if not item.is_file():
+            raise InputError(f"{where}: no such file")
+        if not (is_image_path(item) or is_video_path(item)):
+            raise InputError(f"{where}: not an image or video file")
+        found.append(item)
+    if not found:
+        raise InputError(f"{path}: lists no files")
+    return found
+
+
+def collect_inputs(
+    inputs: Iterable[str | os.PathLike], out_dir: Path, inputs_from: Iterable[str | os.PathLike] = ()
+) -> list[DemoItem]:
+    """Expand files, folders (recursively, sorted) and list files into demo items; errors name the path that is
+    wrong. The files of a list are written below ``out_dir`` as their paths lie below the folder they share."""
     items: list[DemoItem] = []
     for raw in inputs:
         path = Path(raw)
@@ -69,15 +135,37 @@ def collect_inputs(inputs: Iterable[str | os.PathLike], out_dir: Path) -> list[D
                 f"{path}: not an image or video file (image suffixes: jpg, jpeg, png, bmp, webp, tif; "
                 f"videos: mp4, avi, mov, mkv)"
             )
+    for list_file in inputs_from:
+        listed = read_input_list(list_file)
+        absolute = [Path(os.path.abspath(p)) for p in listed]
+        common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+        items += [
+            DemoItem(p, out_dir / a.relative_to(common).with_suffix(""), is_video_path(p))
+            for p, a in zip(listed, absolute, strict=True)
+        ]
+    # The same file given twice is done once.
+    unique: dict[tuple[str, Path], DemoItem] = {}
+    for item in items:
+        unique.setdefault((os.path.abspath(item.path), item.out_stem), item)
+    items = list(unique.values())
     # Two inputs with the same stem in one output folder (a.jpg, a.png) keep their suffix in the output name.
     stems: dict[Path, int] = {}
     for item in items:
         stems[item.out_stem] = stems.get(item.out_stem, 0) + 1
-    return [
+    items = [
         DemoItem(i.path, i.out_stem.with_name(f"{i.out_stem.name}_{i.path.suffix[1:].lower()}"), i.is_video)
         if stems[i.out_stem] > 1 else i
         for i in items
     ]  # fmt: skip
+    owners: dict[Path, Path] = {}
+    for item in items:
+        other = owners.setdefault(item.out_stem, item.path)
+        if other != item.path:
+            raise InputError(
+                f"{other} and {item.path} would both be written as {item.out_stem}_*; give their folder (or a list "
+                "file) instead, whose sub-folders are mirrored, or run them with different --out"
+            )
+    return items
 
 
 def prepare_output_dir(out: Path) -> None:
@@ -90,16 +178,23 @@ def prepare_output_dir(out: Path) -> None:
         raise InputError(f"{out}: output folder is not writable")
 
 
+def output_paths(stem: Path, outputs: Sequence[str] = DEFAULT_OUTPUTS) -> list[Path]:
+    """The files an image with output stem ``stem`` gets for ``outputs``."""
+    return [stem.with_name(stem.name + OUTPUT_SUFFIXES[kind]) for kind in outputs]
+
+
 def image_outputs(stem: Path) -> tuple[Path, Path, Path]:
-    return (
-        stem.with_name(stem.name + "_gray.png"),
-        stem.with_name(stem.name + "_color.png"),
-        stem.with_name(stem.name + "_overlay.jpg"),
-    )
+    gray, color, over = output_paths(stem, DEFAULT_OUTPUTS)
+    return gray, color, over
 
 
 def video_output(stem: Path) -> Path:
     return stem.with_name(stem.name + "_overlay.mp4")
+
+
+def confidence_values(confidence: np.ndarray) -> np.ndarray:
+    """Probabilities (0..1) as the uint16 values of a confidence PNG: ``round(p * 65535)``."""
+    return np.rint(np.clip(confidence.astype(np.float64), 0.0, 1.0) * 65535).astype(np.uint16)
 
 
 def _encode(suffix: str, rgb: np.ndarray, params: list[int] | None = None) -> bytes:
@@ -109,12 +204,65 @@ def _encode(suffix: str, rgb: np.ndarray, params: list[int] | None = None) -> by
     return data.tobytes()
 
 
-def write_image_outputs(stem: Path, rgb: np.ndarray, labels: np.ndarray, class_names: list[str]) -> list[Path]:
-    gray, color, over = image_outputs(stem)
-    write_label(gray, labels)
-    write_bytes_atomic(color, _encode(".png", colorize(labels, len(class_names))))
-    write_bytes_atomic(over, _encode(".jpg", overlay(rgb, labels, class_names), [cv2.IMWRITE_JPEG_QUALITY, 92]))
-    return [gray, color, over]
+def write_probs(path: Path, result: Prediction, class_names: Sequence[str], taxonomy: str) -> None:
+    """``NAME_probs.npz`` (uncompressed): ``probs`` (H, W, C or k) float16, with top-k also ``ids`` (H, W, k); the
+    ``class_names`` and ``taxonomy`` the channels (or ids) refer to."""
+    assert result.probs is not None
+    arrays: dict[str, np.ndarray] = {"probs": result.probs}
+    if result.ids is not None:
+        arrays["ids"] = result.ids
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays, class_names=np.array(class_names), taxonomy=np.array(taxonomy))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_image_outputs(
+    stem: Path,
+    rgb: np.ndarray,
+    result: Prediction | np.ndarray,
+    class_names: list[str],
+    outputs: Sequence[str] = DEFAULT_OUTPUTS,
+    taxonomy: str = "",
+) -> list[Path]:
+    """Write ``outputs`` of one image (``result``: a :class:`Prediction`, or a label map for gray/color/overlay)."""
+    result = result if isinstance(result, Prediction) else Prediction(result)
+    labels = result.labels
+    paths = output_paths(stem, outputs)
+    for kind, path in zip(outputs, paths, strict=True):
+        if kind == "gray":
+            write_label(path, labels)
+        elif kind == "color":
+            write_bytes_atomic(path, _encode(".png", colorize(labels, len(class_names))))
+        elif kind == "overlay":
+            data = _encode(".jpg", overlay(rgb, labels, class_names), [cv2.IMWRITE_JPEG_QUALITY, 92])
+            write_bytes_atomic(path, data)
+        elif kind == "confidence":
+            assert result.confidence is not None
+            write_label(path, confidence_values(result.confidence), bits=16)
+        elif kind == "probs":
+            write_probs(path, result, class_names, taxonomy)
+    return paths
+
+
+def class_histogram(labels: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    return np.bincount(labels.ravel(), minlength=len(class_names))[: len(class_names)]
+
+
+def histogram_keys(class_names: Sequence[str]) -> list[str]:
+    """The manifest's name of each class: its name, with `` (id)`` added to a name the taxonomy repeats."""
+    repeated = {name for name in class_names if class_names.count(name) > 1}
+    return [f"{name} ({i})" if name in repeated else name for i, name in enumerate(class_names)]
+
+
+def _histogram_dict(counts: np.ndarray, keys: Sequence[str]) -> dict[str, int]:
+    """Pixels per class of the output taxonomy, the classes present only, by :func:`histogram_keys`."""
+    return {keys[i]: int(counts[i]) for i in np.flatnonzero(counts)}
+
+
+def _message(item: DemoItem, error: Exception) -> str:
+    text = str(error)
+    return text if str(item.path) in text else f"{item.path}: {text}"
 
 
 def run_demo(
@@ -128,75 +276,140 @@ def run_demo(
     progress: bool = True,
     log: Callable[[str], None] = print,
     background_io: bool = True,
+    outputs: str | Sequence[str] = DEFAULT_OUTPUTS,
+    probs_topk: int | None = None,
+    inputs_from: Iterable[str | os.PathLike] = (),
 ) -> DemoReport:
     """Segment every input and write its outputs below ``out_dir``; returns what was done and what failed.
 
-    With ``background_io`` (default) images and frames are decoded ahead and outputs encoded and written behind in
-    background threads while the model runs; the outputs are the same as without. Frames of a video go through
-    :meth:`Segmenter.predict_batch` ``batch_windows`` at a time.
+    ``outputs``: any of gray, color, overlay, confidence, probs (``probs_topk``: the k most likely classes only);
+    videos always give their overlay video, and with ``save_frames`` each frame's gray (and confidence) map.
+    ``inputs_from``: list files, one path per line. With ``background_io`` (default) images and frames are decoded
+    ahead and outputs encoded and written behind in background threads while the model runs; the outputs are the
+    same as without. Frames of a video go through the segmenter ``batch_windows`` at a time.
+
+    In a process group (``torchrun``) every process must call this with the same arguments: each takes its share
+    of the inputs left to do, appends its lines to the manifest, and all return the same counts and failures.
     """
     out = Path(out_dir)
-    items = collect_inputs(inputs, out)
+    kinds = parse_outputs(outputs)
+    if probs_topk is not None and "probs" not in kinds:
+        raise InputError("--probs-topk applies to the probs output: add probs to --outputs")
+    items = collect_inputs(inputs, out, inputs_from)
     prepare_output_dir(out)
-    report = DemoReport()
+    manifest = Manifest(out)
+    records = manifest.read()
+    report = DemoReport(processes=distributed.world_size())
     start = time.perf_counter()
-    images = [i for i in items if not i.is_video]
-    videos = [i for i in items if i.is_video]
+    settings = {"taxonomy": segmenter.output_taxonomy, **({"probs_topk": probs_topk} if "probs" in kinds else {})}
+
+    def trusted(item: DemoItem) -> bool:
+        """Its manifest line says done, with the outputs asked for, which exist, made with the same settings."""
+        record = records.get(manifest.relative(item.out_stem))
+        if item.is_video:
+            return manifest.is_done(record, [video_output(item.out_stem)])
+        expected = output_paths(item.out_stem, kinds)
+        return manifest.is_done(record, expected) and all(record.get(k) == v for k, v in settings.items())
+
     todo = []
-    for item in images:
-        if not overwrite and all(p.exists() for p in image_outputs(item.out_stem)):
+    for item in items:
+        if not overwrite and trusted(item):
             report.skipped += 1
         else:
             todo.append(item)
-    bar = tqdm(total=len(todo), desc="images", unit="img", disable=not progress or not todo)
-    say = bar.write if progress else log
+    records.clear()  # 50,000 lines with their histograms: not kept for the whole run
+    # Every process has decided what is left before any of them writes, so they all split the same list.
+    distributed.barrier()
+    mine = todo[distributed.rank() :: distributed.world_size()]
+    images = [i for i in mine if not i.is_video]
+    videos = [i for i in mine if i.is_video]
+    names = segmenter.class_names
+    keys = histogram_keys(names)
+    rank = distributed.rank()
+    prefix = f"[rank {rank}] " if report.processes > 1 else ""
+    bar = tqdm(total=len(images), desc="images", unit="img", disable=not progress or not images or rank != 0)
+    say = bar.write if not bar.disable else log
 
-    def failed(error: Exception) -> None:
+    def record(item: DemoItem, **fields: Any) -> None:
+        manifest.append({"name": manifest.relative(item.out_stem), "input": str(item.path), **fields, "rank": rank})
+
+    def failed(item: DemoItem, error: Exception) -> None:
         if not isinstance(error, MsegError):
             raise error
-        report.failures.append(str(error))
-        say(f"skipped: {error}")
+        message = _message(item, error)
+        report.failures.append(message)
+        record(item, status="failed", error=message)
+        say(f"{prefix}skipped: {message}")
 
-    def written(outputs: list[Path] | None, error: Exception | None) -> None:
+    def write(item: DemoItem, rgb: np.ndarray, result: Prediction) -> tuple[list[Path], np.ndarray, float]:
+        began = time.perf_counter()
+        paths = write_image_outputs(item.out_stem, rgb, result, names, kinds, segmenter.output_taxonomy)
+        return paths, class_histogram(result.labels, names), time.perf_counter() - began
+
+    def written(item: DemoItem, size: tuple[int, int], seconds: float, done: Any, error: Exception | None) -> None:
         if error is not None:
-            failed(error)
+            failed(item, error)
         else:
-            assert outputs is not None
-            report.outputs.extend(outputs)
+            paths, counts, write_seconds = done
+            report.outputs.extend(paths)
             report.images += 1
+            record(item, status="done", outputs=[manifest.relative(p) for p in paths], height=size[0],
+                   width=size[1], seconds=round(seconds + write_seconds, 4), **settings,
+                   histogram=_histogram_dict(counts, keys))  # fmt: skip
         bar.update(1)
 
+    wants = {"confidence": "confidence" in kinds, "probs": "probs" in kinds, "topk": probs_topk}
     with WriteBehind(threaded=background_io) as writer:
-        for item, rgb, error in read_ahead(lambda i: read_image(i.path), todo, threaded=background_io):
+        for item, rgb, error in read_ahead(lambda i: read_image(i.path), images, threaded=background_io):
             if error is not None:
-                failed(error)
+                failed(item, error)
                 bar.update(1)
                 continue
             assert rgb is not None
+            began = time.perf_counter()
             try:
-                labels = segmenter.predict(rgb)
+                result = segmenter.predict_outputs([rgb], **wants)[0]
             except MsegError as exc:
-                failed(exc)
+                failed(item, exc)
                 bar.update(1)
                 continue
-            task = functools.partial(write_image_outputs, item.out_stem, rgb, labels, segmenter.class_names)
-            writer.submit(task, written)
+            seconds = time.perf_counter() - began
+            on_done = functools.partial(written, item, rgb.shape[:2], seconds)
+            writer.submit(functools.partial(write, item, rgb, result), on_done)
     bar.close()
     for item in videos:
-        target = video_output(item.out_stem)
-        if not overwrite and target.exists():
-            report.skipped += 1
-            continue
+        began = time.perf_counter()
         try:
             failures = len(report.failures)
-            report.frames += _run_video(segmenter, item, target, save_frames, max_frames, progress, report,
-                                        background_io)  # fmt: skip
+            sink = _run_video(segmenter, item, video_output(item.out_stem), save_frames, max_frames,
+                              progress and rank == 0, report, background_io, "confidence" in kinds)  # fmt: skip
+            report.frames += sink.frames
             for failure in report.failures[failures:]:
-                log(f"warning: {failure}")
+                log(f"{prefix}warning: {failure}")
+            saved = [video_output(item.out_stem)] + ([sink.frames_dir] if save_frames else [])
+            record(item, status="done" if len(report.failures) == failures else "partial",
+                   outputs=[manifest.relative(p) for p in saved], height=sink.size[0], width=sink.size[1],
+                   frames=sink.frames, seconds=round(time.perf_counter() - began, 4),
+                   taxonomy=segmenter.output_taxonomy, histogram=_histogram_dict(sink.histogram, keys),
+                   **({"error": report.failures[-1]} if len(report.failures) > failures else {}))  # fmt: skip
         except MsegError as exc:
-            report.failures.append(str(exc))
-            log(f"skipped: {exc}")
+            failed(item, exc)
     report.seconds = time.perf_counter() - start
+    return _gather(report, manifest)
+
+
+def _gather(report: DemoReport, manifest: Manifest) -> DemoReport:
+    """The counts and failures of every process (the same in all); rank 0 then compacts the manifest."""
+    if report.processes == 1:
+        manifest.compact()
+        return report
+    parts = distributed.all_gather_objects((report.images, report.frames, report.failures, report.seconds))
+    report.images = sum(p[0] for p in parts)
+    report.frames = sum(p[1] for p in parts)
+    report.failures = [f for p in parts for f in p[2]]
+    report.seconds = max(p[3] for p in parts)
+    if distributed.is_main():  # every process has appended its last line: they are all past the gather
+        manifest.compact()
     return report
 
 
@@ -212,24 +425,33 @@ def _frames(capture: cv2.VideoCapture, max_frames: int | None) -> Iterator[np.nd
 
 
 class _VideoSink:
-    """Writes overlay frames (and label maps) of one video; used from the write-behind thread only."""
+    """Writes overlay frames (and label and confidence maps) of one video; used from the write-behind thread only."""
 
     def __init__(self, item: DemoItem, partial: Path, target: Path, fps: float, save_frames: bool,
                  class_names: list[str]) -> None:  # fmt: skip
         self.item, self.partial, self.target, self.fps = item, partial, target, fps
         self.save_frames, self.class_names = save_frames, class_names
         self.writer: cv2.VideoWriter | None = None
+        self.frames_dir = item.out_stem.with_name(item.out_stem.name + "_frames")
+        self.histogram = np.zeros(len(class_names), dtype=np.int64)
+        self.size = (0, 0)
+        self.frames = 0
 
-    def write(self, index: int, rgb: np.ndarray, labels: np.ndarray) -> None:
+    def write(self, index: int, rgb: np.ndarray, result: Prediction) -> None:
+        labels = result.labels
         if self.writer is None:
+            self.size = rgb.shape[:2]
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
             self.writer = cv2.VideoWriter(str(self.partial), fourcc, self.fps, (rgb.shape[1], rgb.shape[0]))
             if not self.writer.isOpened():
                 raise InputError(f"{self.target}: cannot write the video")
         self.writer.write(np.ascontiguousarray(overlay(rgb, labels, self.class_names)[:, :, ::-1]))
+        self.histogram += class_histogram(labels, self.class_names)
         if self.save_frames:
-            stem = self.item.out_stem
-            write_label(stem.with_name(stem.name + "_frames") / f"{index:06d}_gray.png", labels)
+            write_label(self.frames_dir / f"{index:06d}_gray.png", labels)
+            if result.confidence is not None:
+                write_label(self.frames_dir / f"{index:06d}_confidence.png", confidence_values(result.confidence),
+                            bits=16)  # fmt: skip
 
     def release(self) -> None:
         if self.writer is not None:
@@ -245,7 +467,8 @@ def _run_video(
     progress: bool,
     report: DemoReport,
     background_io: bool = True,
-) -> int:
+    confidence: bool = False,
+) -> _VideoSink:
     capture = cv2.VideoCapture(str(item.path))
     if not capture.isOpened():
         raise InputError(f"{item.path}: cannot open the video (corrupt file or unsupported codec)")
@@ -263,6 +486,7 @@ def _run_video(
     errors: list[Exception] = []
     frames = 0
     batch = segmenter.config.batch_windows  # frames per predict_batch call
+    per_frame_confidence = confidence and save_frames
 
     def written(result: None, error: Exception | None) -> None:
         if error is not None:
@@ -272,8 +496,9 @@ def _run_video(
 
     def run(chunk: list[np.ndarray]) -> None:
         nonlocal frames
-        for rgb, labels in zip(chunk, segmenter.predict_batch(chunk), strict=True):
-            writer.submit(functools.partial(sink.write, frames, rgb, labels), written)
+        results = segmenter.predict_outputs(chunk, confidence=per_frame_confidence)
+        for rgb, result in zip(chunk, results, strict=True):
+            writer.submit(functools.partial(sink.write, frames, rgb, result), written)
             frames += 1
 
     finished = False
@@ -304,10 +529,11 @@ def _run_video(
     with atomic_path(target) as tmp:
         os.replace(partial, tmp)
     report.outputs.append(target)
+    sink.frames = frames
     if 0 < frames < total:
         # A truncated or damaged file: keep what decoded, but do not let the run pass for complete.
         report.failures.append(
             f"{item.path}: only {frames} of the {total} frames the container announces could be decoded "
             f"(truncated or damaged video); {target.name} holds those {frames}"
         )
-    return frames
+    return sink

@@ -57,6 +57,16 @@ class _Job:
     outputs: list[WindowOutput] = field(default_factory=list)
 
 
+@dataclass
+class Prediction:
+    """What :meth:`Segmenter.predict_outputs` gives for one image; the arrays not asked for are None."""
+
+    labels: np.ndarray  # (H, W) uint8/uint16, as predict()
+    confidence: np.ndarray | None = None  # (H, W) float32: the probability of each pixel's label
+    probs: np.ndarray | None = None  # (H, W, C) float16, or (H, W, k) with top-k: the k largest, descending
+    ids: np.ndarray | None = None  # with top-k: (H, W, k) the classes of those probabilities
+
+
 class Segmenter:
     """Predict semantic label maps (and probabilities) for RGB images with the original MSeg algorithm.
 
@@ -176,30 +186,75 @@ class Segmenter:
         return np.uint8 if self.num_classes <= 256 else np.uint16
 
     # ------------------------------------------------------------------ public API
-    def predict(self, image: Any) -> np.ndarray:
-        """(H, W) label map at the input resolution, uint8 (uint16 for taxonomies with more than 256 classes)."""
-        return self.predict_batch([image])[0]
+    def predict(self, image: Any, return_confidence: bool = False) -> Any:
+        """(H, W) label map at the input resolution, uint8 (uint16 for taxonomies with more than 256 classes).
+
+        With ``return_confidence``: ``(labels, confidence)``, the confidence being the (H, W) float32 probability of
+        each pixel's label (the maximum of :meth:`predict_proba`), from the same pass over the network.
+        """
+        if not return_confidence:
+            return self.predict_batch([image])[0]
+        result = self.predict_outputs([image], confidence=True)[0]
+        return result.labels, result.confidence
 
     def predict_batch(self, images: Sequence[Any]) -> list[np.ndarray]:
         """:meth:`predict` for several images, their windows sharing forward passes (``batch_windows`` at a time).
 
         The label maps are those :meth:`predict` gives each image (up to the rounding of batched convolutions).
         """
+        return [result.labels for result in self.predict_outputs(images)]
+
+    def predict_outputs(
+        self, images: Sequence[Any], *, confidence: bool = False, probs: bool = False, topk: int | None = None
+    ) -> list[Prediction]:
+        """Labels and, from the same forward passes, what else is asked for each image (a :class:`Prediction`).
+
+        ``confidence``: each pixel's maximum probability (float32). ``probs``: the averaged probabilities in the
+        output taxonomy as (H, W, C) float16, or with ``topk=k`` the ``k`` most likely classes per pixel, most likely
+        first: ``probs`` (H, W, k) float16 and ``ids`` (H, W, k) uint8/uint16. Every value is the one
+        :meth:`predict_proba` gives (rounded to float16 for ``probs``); the labels are :meth:`predict`'s.
+        """
+        if topk is not None and not 1 <= topk <= self.num_classes:
+            raise InputError(
+                f"top-k must lie in 1..{self.num_classes} (the classes of {self.output_taxonomy}), got {topk}"
+            )
         rgbs = [as_rgb_array(image) for image in images]
         results = []
         for rgb, maps in zip(rgbs, self._scale_maps(rgbs), strict=True):
             h, w = rgb.shape[:2]
-            labels = np.empty((h, w), dtype=self.label_dtype)
-
-            def sink(r0: int, r1: int, band: torch.Tensor, labels: np.ndarray = labels) -> None:
-                labels[r0:r1] = band.argmax(dim=0).to(torch.int32).cpu().numpy()
-
-            if all(m.has_candidates for m in maps):
-                self._combine_candidates(maps, h, w, labels)
+            result = Prediction(np.empty((h, w), dtype=self.label_dtype))
+            if not (confidence or probs) and all(m.has_candidates for m in maps):
+                self._combine_candidates(maps, h, w, result.labels)
             else:
-                self._combine(maps, h, w, sink)
-            results.append(labels)
+                self._combine(maps, h, w, self._outputs_sink(result, h, w, confidence, probs, topk))
+            results.append(result)
         return results
+
+    def _outputs_sink(
+        self, result: Prediction, h: int, w: int, confidence: bool, probs: bool, topk: int | None
+    ) -> Callable[[int, int, torch.Tensor], None]:
+        """The band sink of :meth:`_combine` that fills ``result``'s arrays (allocated here) from each band of rows."""
+        if confidence:
+            result.confidence = np.empty((h, w), dtype=np.float32)
+        if probs:
+            channels = self.num_classes if topk is None else topk
+            result.probs = np.empty((h, w, channels), dtype=np.float16)
+            if topk is not None:
+                result.ids = np.empty((h, w, topk), dtype=self.label_dtype)
+
+        def sink(r0: int, r1: int, band: torch.Tensor) -> None:
+            index = band.argmax(dim=0)
+            result.labels[r0:r1] = index.to(torch.int32).cpu().numpy()
+            if result.confidence is not None:
+                result.confidence[r0:r1] = band.gather(0, index[None])[0].cpu().numpy()
+            if result.probs is not None and result.ids is not None:
+                values, ids = band.topk(result.ids.shape[2], dim=0)
+                result.probs[r0:r1] = values.permute(1, 2, 0).to(torch.float16).cpu().numpy()
+                result.ids[r0:r1] = ids.permute(1, 2, 0).to(torch.int32).cpu().numpy()
+            elif result.probs is not None:
+                result.probs[r0:r1] = band.permute(1, 2, 0).to(torch.float16).cpu().numpy()
+
+        return sink
 
     def predict_proba(self, image: Any) -> np.ndarray:
         """(C, H, W) float32 class probabilities at the input resolution (the label map is their argmax)."""

@@ -1,0 +1,139 @@
+"""`mseg demo` under torchrun (gloo, CPU): the inputs split over processes, the manifest, resuming, a killed run.
+
+The images are small versions of the real photos in ../shared/data/demo, segmented with the bundled model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import skip_without_shared
+
+SMALL = ["--base-size", "96", "--crop-size", "97", "--outputs", "gray", "--quiet", "--threads", "1"]
+IMAGES = 24
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def photos(shared: Path, tmp_path_factory) -> Path:
+    """24 small distinct images (crops, flips and sizes of the demo photos) in a folder and a sub-folder, and a
+    corrupt JPEG."""
+    demo = shared / "data" / "demo"
+    sources = sorted(p for p in demo.iterdir() if p.suffix in (".jpg", ".png"))
+    if len(sources) < 4:
+        skip_without_shared("../shared/data/demo is not available")
+    folder = tmp_path_factory.mktemp("photos")
+    (folder / "sub").mkdir()
+    for i in range(IMAGES):
+        bgr = cv2.imread(str(sources[i % len(sources)]))
+        h, w = bgr.shape[:2]
+        crop = bgr[(i // len(sources)) * h // 10 :, : w - (i % 3) * w // 10]
+        width = 80 + 8 * (i % 4)
+        small = cv2.resize(crop, (width, width * crop.shape[0] // crop.shape[1]), interpolation=cv2.INTER_AREA)
+        small = small[:, ::-1] if i % 2 else small
+        cv2.imwrite(str(folder / ("sub" if i % 3 == 0 else ".") / f"img{i:02d}.png"), small)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return folder
+
+
+def demo_cmd(processes: int, *args: str) -> list[str]:
+    if processes == 1:
+        return [sys.executable, "-m", "mseg_semantic", "demo", *args]
+    # --standalone: the rendezvous takes a free port.
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), "-m",
+            "mseg_semantic", "demo", *args]  # fmt: skip
+
+
+def run_demo(processes: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(demo_cmd(processes, *args), capture_output=True, text=True, env=ENV, timeout=600)
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def grays(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*_gray.png"))}
+
+
+def check_complete(out: Path) -> None:
+    """Every image done once, the corrupt file failed once, nothing else in the manifest."""
+    lines = manifest(out)
+    names = [line["name"] for line in lines]
+    assert len(names) == len(set(names)) == IMAGES + 1
+    assert {line["name"]: line["status"] for line in lines if line["status"] != "done"} == {"corrupt": "failed"}
+    for line in lines:
+        if line["status"] == "done":
+            assert line["outputs"] == [line["name"] + "_gray.png"] and (out / line["outputs"][0]).exists()
+            assert sum(line["histogram"].values()) == line["height"] * line["width"]
+    assert len(grays(out)) == IMAGES
+
+
+@pytest.fixture(scope="module")
+def one_process(photos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one")
+    result = run_demo(1, str(photos), "--out", str(out), *SMALL)
+    assert result.returncode == 1, result.stderr
+    assert f"{IMAGES} image(s)" in result.stdout and "1 failed" in result.stdout
+    check_complete(out)
+    return out
+
+
+def test_two_processes_write_what_one_writes(photos, one_process, tmp_path):
+    out = tmp_path / "two"
+    result = run_demo(2, str(photos), "--out", str(out), *SMALL)
+    # The corrupt image: reported by the process that met it, in the manifest and in rank 0's summary; exit 1.
+    assert result.returncode == 1, result.stderr
+    failed = [line for line in manifest(out) if line["status"] == "failed"]
+    assert len(failed) == 1 and "corrupt.jpg: not a readable image" in failed[0]["error"]
+    assert f"[rank {failed[0]['rank']}] skipped: " in result.stderr
+    summaries = [line for line in result.stdout.splitlines() if "image(s)" in line]
+    assert len(summaries) == 1, result.stdout  # one summary, from rank 0
+    assert f"{IMAGES} image(s)" in summaries[0] and "2 process(es)" in summaries[0] and "1 failed" in summaries[0]
+    assert "images/s" in summaries[0] and "corrupt.jpg" in result.stderr.split("input(s) failed")[1]
+    check_complete(out)
+    assert {line["rank"] for line in manifest(out)} == {0, 1}
+    assert grays(out) == grays(one_process)  # byte-identical label maps
+    # Resumed with another number of processes: nothing is redone, the corrupt file is tried (and fails) again.
+    again = run_demo(1, str(photos), "--out", str(out), *SMALL)
+    assert again.returncode == 1 and "0 image(s)" in again.stdout and f"{IMAGES} already done" in again.stdout
+    check_complete(out)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through /proc")
+def test_a_killed_run_resumes(photos, one_process, tmp_path):
+    out = tmp_path / "killed"
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(demo_cmd(2, str(photos), "--out", str(out), *SMALL), stdout=log, stderr=log, env=ENV)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (out / "manifest.jsonl").exists() and len(manifest(out)) >= 3:
+                break
+            time.sleep(0.01)
+        workers = [c for c in children(proc.pid) if "mseg_semantic" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert proc.poll() is None and len(workers) == 2, (tmp_path / "log.txt").read_text()
+        os.kill(workers[1], signal.SIGKILL)
+        assert proc.wait(timeout=120) != 0
+    before = manifest(out)
+    assert 3 <= len(before) < IMAGES + 1  # stopped midway
+    done_before = sum(line["status"] == "done" for line in before)
+    result = run_demo(2, str(photos), "--out", str(out), *SMALL)
+    assert result.returncode == 1, result.stderr
+    assert f"{IMAGES - done_before} image(s)" in result.stdout and f"{done_before} already done" in result.stdout
+    check_complete(out)
+    assert grays(out) == grays(one_process)
