@@ -221,7 +221,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_p
         help="full: softmax at full resolution (original); low_res: softmax and flip average at 1/4, then upsample",
     )
     speed.add_argument(
-        "--batch-windows", type=int, metavar="N", help="windows (with their flips) and video frames per forward pass"
+        "--batch-windows",
+        type=int,
+        metavar="N",
+        help="windows (with their flips) per forward pass, taken from N images or video frames at a time (demo)",
     )
     speed.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC layout for convolutions"

@@ -359,23 +359,42 @@ def run_demo(
         bar.update(1)
 
     wants = {"confidence": "confidence" in kinds, "probs": "probs" in kinds, "topk": probs_topk}
+
+    def run(batch: list[tuple[DemoItem, np.ndarray]]) -> None:
+        """Segment images together (their windows share forward passes) and queue their outputs."""
+        began = time.perf_counter()
+        try:
+            results = segmenter.predict_outputs([rgb for _, rgb in batch], **wants)
+        except MsegError as exc:
+            if len(batch) > 1:  # one image the settings cannot take (too elongated): the others one by one
+                for entry in batch:
+                    run([entry])
+                return
+            failed(batch[0][0], exc)
+            bar.update(1)
+            return
+        seconds = (time.perf_counter() - began) / len(batch)
+        for (item, rgb), result in zip(batch, results, strict=True):
+            on_done = functools.partial(written, item, rgb.shape[:2], seconds)
+            writer.submit(functools.partial(write, item, rgb, result), on_done)
+
+    # batch_windows > 1 (--batch-windows N, for GPUs): N images at a time, their windows batched together.
+    per_batch = max(1, segmenter.config.batch_windows)
     with WriteBehind(threaded=background_io) as writer:
-        for item, rgb, error in read_ahead(lambda i: read_image(i.path), images, threaded=background_io):
+        batch: list[tuple[DemoItem, np.ndarray]] = []
+        for item, rgb, error in read_ahead(lambda i: read_image(i.path), images, depth=2 * per_batch,
+                                           threaded=background_io):  # fmt: skip
             if error is not None:
                 failed(item, error)
                 bar.update(1)
                 continue
             assert rgb is not None
-            began = time.perf_counter()
-            try:
-                result = segmenter.predict_outputs([rgb], **wants)[0]
-            except MsegError as exc:
-                failed(item, exc)
-                bar.update(1)
-                continue
-            seconds = time.perf_counter() - began
-            on_done = functools.partial(written, item, rgb.shape[:2], seconds)
-            writer.submit(functools.partial(write, item, rgb, result), on_done)
+            batch.append((item, rgb))
+            if len(batch) == per_batch:
+                run(batch)
+                batch = []
+        if batch:
+            run(batch)
     bar.close()
     for item in videos:
         began = time.perf_counter()
