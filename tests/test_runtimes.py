@@ -7,11 +7,8 @@ states them. Exports go to a cache under a temporary ``MSEG_HOME`` shared by the
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +32,6 @@ from mseg_semantic.inference.runtimes import (
 )
 
 SMALL = {"config": "360_ss", "base_size": 64, "crop_size": 97}
-PHOTOS = ("3dogs.jpg", "mmseg_demo_street.png", "bike_horses.jpg")
 CPU = torch.device("cpu")
 
 
@@ -56,7 +52,7 @@ def tiny() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def photos(shared: Path) -> list[np.ndarray]:
     demo = shared / "data" / "demo"
-    return [read_image(demo / name) for name in PHOTOS]
+    return [read_image(demo / name) for name in ("3dogs.jpg", "mmseg_demo_street.png", "bike_horses.jpg")]
 
 
 def test_fp32_runtimes_give_pytorchs_probabilities(tiny, photos):
@@ -101,38 +97,25 @@ def _agreement(seg: Segmenter, photos, reference) -> list[float]:
     return [float((seg.predict(image) == labels).mean()) for image, labels in zip(photos, reference, strict=True)]
 
 
-def test_bf16_and_int8_agreement_with_the_trained_model(photos, compact_labels, shared):
+def test_bf16_and_int8_agreement_with_the_trained_model(photos, compact_labels):
     # Measured on this machine: OpenVINO bf16 99.6-99.8% per photo; int8 (calibrated on the bundled examples, first
     # and last convolution in float) 95-97.5% on these photos (98.4% mean over them and 8 CamVid val images; neither
     # entropy/percentile calibration, more float layers nor in-domain calibration images did better).
-    shared_demo = shared / "data" / "demo"
     model = load_model()
     if cpu_has_native_bf16():
         bf16 = Segmenter(model, backend="openvino", precision="bf16")
         assert min(_agreement(bf16, photos, compact_labels)) >= 0.99
     notices: list[str] = []
-    int8 = Segmenter(model, backend="onnxruntime", precision="int8", log=notices.append)
-    assert int8.precision == "int8" and sum("calibrating" in n for n in notices) == 1
-    agreement = _agreement(int8, photos, compact_labels)
-    assert min(agreement) >= 0.93 and np.mean(agreement) >= 0.95, agreement
+    for backend in ("onnxruntime", "openvino"):
+        int8 = Segmenter(model, backend=backend, precision="int8", log=notices.append)
+        assert int8.precision == "int8"
+        agreement = _agreement(int8, photos, compact_labels)
+        assert min(agreement) >= 0.93 and np.mean(agreement) >= 0.95, (backend, agreement)
+    # Calibrated once: the second backend reused the int8 file the first made. (OpenVINO int8 runs in this process on
+    # purpose: releasing OpenVINO's last Core used to unload its CPU plugin and leave a dangling signal handler, and
+    # the training tests that run later in the same pytest process crashed at their next child process's exit.)
+    assert sum("calibrating" in n for n in notices) == 1
     assert any(p.name.startswith("int8-360x480-") for p in backend_cache(model).iterdir())
-    # OpenVINO int8 runs in a process of its own: once OpenVINO has run an int8 model, a later fork() of the test
-    # process (DataLoader workers in the training tests) crashes it (OpenVINO 2026.4; see the README's note).
-    script = (
-        "import json, sys\n"
-        "from mseg_semantic import Segmenter\n"
-        "from mseg_semantic.fileio import read_image\n"
-        "images = [read_image(p) for p in sys.argv[1:]]\n"
-        "faithful = Segmenter()\n"
-        "int8 = Segmenter(backend='openvino', precision='int8', log=lambda m: print(m, file=sys.stderr))\n"
-        "print(json.dumps([float((int8.predict(i) == faithful.predict(i)).mean()) for i in images]))\n"
-    )
-    demo = [str(shared_demo / name) for name in PHOTOS]
-    done = subprocess.run([sys.executable, "-c", script, *demo], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "calibrating" not in done.stderr  # the int8 file ONNX Runtime's run made is reused
-    agreement = json.loads(done.stdout)
-    assert min(agreement) >= 0.93 and np.mean(agreement) >= 0.95, agreement
 
 
 def test_fast_picks_the_fastest_installed_backend_that_keeps_99_percent(photos, compact_labels):
@@ -221,6 +204,8 @@ def test_demo_command_line_with_backends(shared, tiny_checkpoint, tmp_path, caps
 
 def test_eval_records_the_backend(shared, tmp_path):
     """The evaluation's metrics.json carries how it was run (backend and precision are part of its settings)."""
+    import json
+
     camvid = shared / "data" / "camvid11"
     names = [line for line in (camvid / "val.txt").read_text().splitlines() if line.strip()][:1]
     listing = tmp_path / "one.txt"

@@ -19,6 +19,7 @@ faster there than PyTorch's). int8 is faster still but changes more labels; it i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -196,6 +197,14 @@ def calibration_images(source: str | os.PathLike | None = None) -> tuple[Callabl
     return images, key
 
 
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO ``Core``, never released: releasing the last Core unloads OpenVINO's CPU plugin,
+    and a signal handler it leaves behind then points into unloaded code (a later child process exiting, e.g. after
+    PyTorch's DataLoader chained its SIGCHLD handler, crashed the process)."""
+    return require("openvino", "backend 'openvino'").Core()
+
+
 class RuntimeNetwork:
     """A model file run by ONNX Runtime or OpenVINO on windows (N, 3, h, w); returns logits (for our models those
     before the final resize: the caller resizes what it keeps).
@@ -220,10 +229,9 @@ class RuntimeNetwork:
             options.log_severity_level = 3  # no warnings about graph optimisations on stderr
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         elif backend == "openvino":
-            ov = require("openvino", "backend 'openvino'")
-            self._core = ov.Core()
-            self._core.set_property({"CACHE_DIR": str(self.path.parent / "openvino-cache")})
+            self._core = openvino_core()
             self._config = {
+                "CACHE_DIR": str(self.path.parent / "openvino-cache"),
                 "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                 "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_NUM_THREADS": threads,
