@@ -122,19 +122,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace FILE (and NAME.bin) if it exists")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--arch", help="architecture of an original .pth: hrnet_w48 (all released models), pspnet50, ..."
-    )
-    group.add_argument(
-        "--num-classes", type=int, metavar="K", help="output classes (default: read from the checkpoint)"
-    )
-    group.add_argument(
-        "--model-taxonomy",
-        metavar="T",
-        help="taxonomy of the model's outputs (default: the zoo model's or recorded in the checkpoint; universal for "
-        "194 classes, naive for 316)",
-    )
+    from mseg_semantic.cli.modelargs import add_checkpoint_arguments
+
+    add_checkpoint_arguments(parser.add_argument_group("model"))
     parser.set_defaults(func=run)
 
 

@@ -116,16 +116,8 @@ def _config_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model",
-        metavar="PATH|NAME",
-        help="checkpoint: an original MSeg .pth (needs --arch), a .safetensors from 'mseg convert', or a model name "
-        "from 'mseg zoo list' (downloaded and cached on first use). Default: camvid11-compact, a small CamVid-11 "
-        "model that ships with the package (11 street-scene classes; use --model mseg-3m for the 194-class "
-        "universal MSeg model)",
-    )
+def add_checkpoint_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--arch``, ``--num-classes``, ``--model-taxonomy``: how a checkpoint is read (demo, eval and export)."""
     group.add_argument(
         "--arch", help="architecture of an original .pth: hrnet_w48 (all released models), pspnet50, ..."
     )
@@ -138,6 +130,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="taxonomy of the model's outputs (default: the zoo model's or recorded in the checkpoint; universal for "
         "194 classes, naive for 316, the test taxonomy with that many classes for oracle models)",
     )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        metavar="PATH|NAME",
+        help="checkpoint: an original MSeg .pth (needs --arch), a .safetensors from 'mseg convert', or a model name "
+        "from 'mseg zoo list' (downloaded and cached on first use). Default: camvid11-compact, a small CamVid-11 "
+        "model that ships with the package (11 street-scene classes; use --model mseg-3m for the 194-class "
+        "universal MSeg model)",
+    )
+    add_checkpoint_arguments(group)
     group.add_argument(
         "--device",
         default="cpu",
