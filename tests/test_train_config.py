@@ -82,11 +82,72 @@ def test_overrides_use_dotted_keys_and_yaml_values():
         (["seed.x=1"], r"^--set: key 'seed': is a value, not a section$"),
         (["model.hrnet.STAGE1.NUM_BLOCKS=[x]"], r"^--set: key 'model.hrnet.STAGE1.NUM_BLOCKS.0': expected int, got"),
         (["seed"], r"--set expects KEY=VALUE"),
+        (["transform.haze.prob=1.5"], r"^--set: key 'transform.haze.prob': must lie in \[0, 1\], got 1.5$"),
+        (["transform.grayscale_prob=-0.1"], r"^--set: key 'transform.grayscale_prob': must lie in \[0, 1\], got -0.1$"),
+        (
+            ["transform.color.brightness=[1.4, 0.6]"],
+            r"^--set: key 'transform.color.brightness': must be \[min, max\] with min <= max, both in \(0, inf\), "
+            r"got \[1.4, 0.6\]$",
+        ),
+        (
+            ["transform.color.hue=[-200, 10]"],
+            r"key 'transform.color.hue': .* both in \[-180, 180\], got \[-200.0, 10.0\]",
+        ),
+        (
+            ["transform.jpeg.quality=[0, 50]"],
+            r"^--set: key 'transform.jpeg.quality': .* both in \[1, 100\], got \[0, 50\]$",
+        ),
+        (["transform.jpeg.quality=[10.5, 50]"], r"^--set: key 'transform.jpeg.quality.0': expected int, got 10.5$"),
+        (
+            ["transform.hood.heigth=[0, 0.1]"],
+            r"^--set: key 'transform.hood.heigth': unknown key, did you mean 'height'",
+        ),
+        (["transform.hood.shade=[0, 300]"], r"^--set: key 'transform.hood.shade': .* both in \[0, 255\]"),
+        (["transform.haze=0.3"], r"^--set: key 'transform.haze': expected a mapping, got 0.3$"),
+        (["transform.perspective.distortion=0.6"], r"key 'transform.perspective.distortion': must lie in \[0, 0.5\)"),
+        (
+            ["transform.blur_kernel=[4, 9]"],
+            r"^--set: key 'transform.blur_kernel': must be \[min, max\] odd kernel sizes",
+        ),
     ],
 )
 def test_bad_overrides_are_named(overrides, message):
     with pytest.raises(InputError, match=message):
         load_train_config("camvid11", overrides)
+
+
+def test_augmentation_options_are_off_in_the_release_configs_and_on_in_camvid11():
+    from mseg_semantic.data.transforms import EXTRA_OPTIONS
+    from mseg_semantic.training.data import train_transform
+
+    for name, _ in list_train_configs():
+        extra = ["datasets=[camvid-11]", "taxonomy=own"] if "single" in name else []
+        _, config = load_train_config(name, extra)
+        expected = list(EXTRA_OPTIONS) if name == "camvid11" else []
+        assert train_transform(config).extras_on == expected, name
+    _, config = load_train_config("camvid11", ["transform.haze.prob=0", "transform.blur_kernel=[5, 5]"])
+    assert "haze" not in train_transform(config).extras_on and "blur_kernel" not in train_transform(config).extras_on
+
+
+def test_the_bundled_models_recorded_recipe_is_the_original_augmentation(tmp_path):
+    """camvid11-compact was trained before the options existed: its recorded config reads with all of them off."""
+    from mseg_semantic import zoo
+    from mseg_semantic.data import TrainTransform
+    from mseg_semantic.models import read_metadata
+    from mseg_semantic.training.data import train_transform
+
+    recipe = tmp_path / "camvid11-bundled.yaml"
+    recipe.write_text(read_metadata(zoo.fetch("camvid11-compact"))["training_recipe"])
+    _, config = load_train_config(recipe)
+    assert "haze" not in recipe.read_text() and config.num_examples == 56_000
+    assert train_transform(config) == TrainTransform(short_size=360, crop=(360, 480))
+
+
+def test_a_bad_augmentation_value_in_a_yaml_file_names_file_and_key(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("datasets: [camvid-11]\ntaxonomy: own\ntransform:\n  color: {prob: 0.5, gains: [1.2, 0.8]}\n")
+    with pytest.raises(InputError, match=r"^.*mine.yaml: key 'transform.color.gains': must be \[min, max\]"):
+        load_train_config(path)
 
 
 def test_a_dataset_given_by_name_takes_keys_and_arguments_are_named():

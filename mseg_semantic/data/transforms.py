@@ -1,4 +1,4 @@
-"""The original MSeg training augmentation, in its order, with an explicit random generator.
+"""The original MSeg training augmentation, in its order, with an explicit random generator, and optional extras.
 
 :class:`TrainTransform` applies, to an RGB image and its label map:
 
@@ -15,19 +15,34 @@ Mapping labels to the universal (or naive) taxonomy is :class:`LabelMapper`, app
 original. Images are processed as float32 in 0..255 like the original (it converts right after reading), labels
 with nearest-neighbour sampling so no new label value can appear.
 
-Every random draw comes from the ``numpy.random.Generator`` passed in: the sampler derives one per drawn crop
-from the run seed and the crop's position in the data stream, so a crop's augmentation does not depend on the
-worker that makes it, on the number of workers or processes, or on where a resumed run restarted.
+Options beyond the original (issue 18), all off by default, when some of them are on:
+
+- after step 1, on the frame as uint8 RGB, in the order a scene reaches a file: ``haze`` (fog), ``hood`` (a dark
+  car hood across the bottom, its labels set to 255), ``color`` (gains, brightness, contrast, saturation, hue,
+  gamma), ``grayscale_prob``, ``jpeg`` (re-compression); the operations are those of
+  :mod:`mseg_semantic.data.degradations`;
+- after step 3, ``perspective``: a random perspective warp (mean / 255 where the frame runs out);
+- in step 4, ``blur_kernel``: the blur's kernel size drawn from a range of odd sizes instead of 5.
+
+Only the hood touches labels. Every random draw comes from the ``numpy.random.Generator`` passed in: the sampler
+derives one per drawn crop from the run seed and the crop's position in the data stream, so a crop's augmentation
+does not depend on the worker that makes it, on the number of workers or processes, or on where a resumed run
+restarted. The options draw from child generators spawned from it (``rng.spawn``, one per option), which leaves
+the parent's stream as it was: turning an option on or off changes nothing else, the original steps' draws
+included, and with every option off the output is the original's, bit for bit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import torch
 
+from mseg_semantic.configs import check
+from mseg_semantic.data import degradations
 from mseg_semantic.normalization import MEAN_RGB, normalize
 from mseg_semantic.resizing import resize_short_side
 from mseg_semantic.taxonomy import IGNORE_LABEL, TaxonomyConverter
@@ -81,6 +96,11 @@ def random_gaussian_blur(image: np.ndarray, rng: np.random.Generator, prob: floa
     return image
 
 
+def random_blur_kernel(rng: np.random.Generator, sizes: tuple[int, int]) -> int:
+    """An odd kernel size drawn uniformly from the odd sizes in ``sizes`` = [min, max] (both odd)."""
+    return sizes[0] + 2 * int(rng.integers(0, (sizes[1] - sizes[0]) // 2 + 1))
+
+
 def random_hflip(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, prob: float):
     """With probability ``prob``, mirror image and label left-right."""
     if rng.random() < prob:
@@ -117,6 +137,165 @@ def random_crop(
     return image[top : top + size[0], left : left + size[1]], label[top : top + size[0], left : left + size[1]]
 
 
+# ---------------------------------------------------------------------------------------------- optional extras
+# Each is a section of the training config's ``transform`` (``transform.haze.prob``); the defaults are off. The
+# checks raise ConfigError naming the key inside the section; the config reader prefixes ``transform.<section>``.
+def _uniform(rng: np.random.Generator, bounds: Sequence[float]) -> float:
+    return float(bounds[0] + (bounds[1] - bounds[0]) * rng.random())
+
+
+def _check_prob(value: float, key: str = "prob") -> None:
+    check(0.0 <= value <= 1.0, key, f"must lie in [0, 1], got {value}")
+
+
+def _check_range(bounds: Sequence[float], key: str, low: float, high: float | None = None, *, open_low=False) -> None:
+    """``bounds`` is ``[min, max]`` with ``low <= min <= max <= high`` (``low < min`` with ``open_low``)."""
+    values = list(bounds)
+    above = values[0] > low if open_low else values[0] >= low
+    within = above and values[0] <= values[1] and (high is None or values[1] <= high)
+    limits = f"{'(' if open_low else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+    check(within, key, f"must be [min, max] with min <= max, both in {limits}, got {values}")
+
+
+@dataclass(frozen=True)
+class ColorJitter:
+    """With probability ``prob``, colour and exposure drawn uniformly from each range, applied by
+    :func:`~mseg_semantic.data.degradations.adjust_color` (a value of 1, or 0 for ``hue``, changes nothing)."""
+
+    prob: float = 0.0
+    brightness: tuple[float, float] = (1.0, 1.0)  # factor on every channel
+    contrast: tuple[float, float] = (1.0, 1.0)  # factor on the distance from the mean luma
+    saturation: tuple[float, float] = (1.0, 1.0)  # factor on the distance from the pixel's luma (0: gray)
+    hue: tuple[float, float] = (0.0, 0.0)  # degrees of rotation about the gray axis
+    gains: tuple[float, float] = (1.0, 1.0)  # per-channel factor, drawn for R, G and B apart: a colour cast
+    gamma: tuple[float, float] = (1.0, 1.0)  # exponent of the tone curve (> 1 darkens the mid-tones)
+
+    def __post_init__(self) -> None:
+        _check_prob(self.prob)
+        for key in ("brightness", "gains", "gamma"):
+            _check_range(getattr(self, key), key, 0.0, open_low=True)
+        for key in ("contrast", "saturation"):
+            _check_range(getattr(self, key), key, 0.0)
+        _check_range(self.hue, "hue", -180.0, 180.0)
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.random() >= self.prob:
+            return image
+        return degradations.adjust_color(
+            image,
+            brightness=_uniform(rng, self.brightness),
+            contrast=_uniform(rng, self.contrast),
+            saturation=_uniform(rng, self.saturation),
+            hue=_uniform(rng, self.hue),
+            gains=[_uniform(rng, self.gains) for _ in range(3)],
+            gamma=_uniform(rng, self.gamma),
+        )
+
+
+@dataclass(frozen=True)
+class Haze:
+    """With probability ``prob``, fog: a blend toward a light gray
+    (:func:`~mseg_semantic.data.degradations.add_haze`) of weight ``U(strength)`` and gray level ``U(airlight)``."""
+
+    prob: float = 0.0
+    strength: tuple[float, float] = (0.1, 0.5)  # 0: clear, 1: nothing but fog
+    airlight: tuple[float, float] = (190.0, 240.0)  # gray level of the fog, 0..255
+
+    def __post_init__(self) -> None:
+        _check_prob(self.prob)
+        _check_range(self.strength, "strength", 0.0, 1.0)
+        _check_range(self.airlight, "airlight", 0.0, 255.0)
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.random() >= self.prob:
+            return image
+        return degradations.add_haze(image, _uniform(rng, self.strength), _uniform(rng, self.airlight))
+
+
+@dataclass(frozen=True)
+class JpegArtefacts:
+    """With probability ``prob``, a JPEG round trip at a quality drawn uniformly from the integers in ``quality``
+    (:func:`~mseg_semantic.data.degradations.jpeg_compress`)."""
+
+    prob: float = 0.0
+    quality: tuple[int, int] = (20, 80)  # 1..100
+
+    def __post_init__(self) -> None:
+        _check_prob(self.prob)
+        _check_range(self.quality, "quality", 1, 100)
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.random() >= self.prob:
+            return image
+        return degradations.jpeg_compress(image, int(rng.integers(self.quality[0], self.quality[1] + 1)))
+
+
+@dataclass(frozen=True)
+class HoodOcclusion:
+    """With probability ``prob``, a car's hood across the bottom of the frame, as a dashcam sees it
+    (:func:`~mseg_semantic.data.degradations.occlude_hood`): a band ``U(height)`` of the frame height tall in the
+    middle, its top edge dropping by ``U(bend)`` of the height towards the sides (0: straight), of the dark gray
+    ``U(shade)``. Its label pixels become the ignore label: the hood is no class, so the loss leaves it out."""
+
+    prob: float = 0.0
+    height: tuple[float, float] = (0.0, 0.2)  # fraction of the frame height, in the middle column
+    bend: tuple[float, float] = (0.0, 0.1)  # fraction of the frame height the edge drops at the borders
+    shade: tuple[float, float] = (0.0, 60.0)  # gray level, 0..255
+
+    def __post_init__(self) -> None:
+        _check_prob(self.prob)
+        _check_range(self.height, "height", 0.0, 0.9)
+        _check_range(self.bend, "bend", 0.0, 1.0)
+        _check_range(self.shade, "shade", 0.0, 255.0)
+
+    def __call__(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator, ignore_label: int = IGNORE_LABEL
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if rng.random() >= self.prob:
+            return image, label
+        fraction, bend, shade = (_uniform(rng, r) for r in (self.height, self.bend, self.shade))
+        occluded, occluded_label = degradations.occlude_hood(image, label, fraction, bend, shade, ignore_label)
+        assert occluded_label is not None
+        return occluded, occluded_label
+
+
+@dataclass(frozen=True)
+class Perspective:
+    """With probability ``prob``, a perspective warp moving each frame corner by up to ``distortion`` of the width
+    and height (independently in x and y): other camera heights and pitches than the training camera's."""
+
+    prob: float = 0.0
+    distortion: float = 0.1  # largest corner shift, fraction of the side
+
+    def __post_init__(self) -> None:
+        _check_prob(self.prob)
+        check(0.0 <= self.distortion < 0.5, "distortion", f"must lie in [0, 0.5), got {self.distortion}")
+
+    def __call__(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator, ignore_label: int = IGNORE_LABEL
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The warped image and label, same size; what comes from outside the frame is the mean pixel and
+        ``ignore_label``, as for a rotation."""
+        if rng.random() >= self.prob:
+            return image, label
+        h, w = label.shape
+        corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+        shift = rng.uniform(-self.distortion, self.distortion, (4, 2)) * (w - 1, h - 1)
+        matrix = cv2.getPerspectiveTransform(corners, (corners + shift).astype(np.float32))
+        image = cv2.warpPerspective(
+            image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=MEAN_RGB
+        )
+        label = cv2.warpPerspective(
+            label, matrix, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=ignore_label
+        )
+        return image, label
+
+
+#: The options beyond the original, in the order their child generators are spawned (do not reorder: the order
+#: decides which child each option gets, so reordering changes a run's augmentation).
+EXTRA_OPTIONS = ("haze", "hood", "color", "grayscale", "jpeg", "perspective", "blur_kernel")
+
+
 def _chw_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) array -> contiguous (3, H, W) tensor, for :func:`~mseg_semantic.normalization.normalize`."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -124,10 +303,11 @@ def _chw_tensor(image: np.ndarray) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """The original training augmentation (the steps in this module's docstring); call with ``(image, label, rng)``.
+    """The training augmentation (the steps in this module's docstring); call with ``(image, label, rng)``.
 
     ``image``: (H, W, 3) RGB uint8 or float; ``label``: (H, W) integer label map. Returns a normalised
-    (3, crop_h, crop_w) float32 tensor and a (crop_h, crop_w) int64 tensor (labels not yet mapped).
+    (3, crop_h, crop_w) float32 tensor and a (crop_h, crop_w) int64 tensor (labels not yet mapped). The fields
+    from ``blur_kernel`` on are the options beyond the original; their defaults are off.
     """
 
     short_size: int
@@ -138,6 +318,23 @@ class TrainTransform:
     blur_prob: float = 0.5
     flip_prob: float = 0.5
     ignore_label: int = IGNORE_LABEL
+    blur_kernel: tuple[int, int] = (5, 5)
+    color: ColorJitter = field(default_factory=ColorJitter)
+    grayscale_prob: float = 0.0
+    haze: Haze = field(default_factory=Haze)
+    jpeg: JpegArtefacts = field(default_factory=JpegArtefacts)
+    hood: HoodOcclusion = field(default_factory=HoodOcclusion)
+    perspective: Perspective = field(default_factory=Perspective)
+
+    @property
+    def extras_on(self) -> list[str]:
+        """The options beyond the original that can change a crop (names of :data:`EXTRA_OPTIONS`)."""
+        probs = {
+            "haze": self.haze.prob, "hood": self.hood.prob, "color": self.color.prob,
+            "grayscale": self.grayscale_prob, "jpeg": self.jpeg.prob, "perspective": self.perspective.prob,
+            "blur_kernel": float(self.blur_kernel[0] != self.blur_kernel[1] or self.blur_kernel[0] != 5),
+        }  # fmt: skip
+        return [name for name in EXTRA_OPTIONS if probs[name] > 0]
 
     def __call__(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
@@ -145,12 +342,35 @@ class TrainTransform:
         image = image.astype(np.float32, copy=False)
         label = _label_for_opencv(label)
         image, label = resize_short_side(image, self.short_size, label, truncate=True)  # the original ResizeShort
+        extras = self.extras_on
+        # Spawned only when an option is on; spawning leaves rng's own stream, which the original steps draw, as is.
+        child = dict(zip(EXTRA_OPTIONS, rng.spawn(len(EXTRA_OPTIONS)), strict=True)) if extras else {}
+        if {"haze", "hood", "color", "grayscale", "jpeg"} & set(extras):
+            image, label = self._camera(image, label, child)
         image, label = random_scale(image, label, rng, self.scale)
         image, label = random_rotate(image, label, rng, self.rotate, self.rotate_prob, self.ignore_label)
-        image = random_gaussian_blur(image, rng, self.blur_prob)
+        if "perspective" in extras:
+            image, label = self.perspective(image, label, child["perspective"], self.ignore_label)
+        kernel = random_blur_kernel(child["blur_kernel"], self.blur_kernel) if "blur_kernel" in extras else 5
+        image = random_gaussian_blur(image, rng, self.blur_prob, kernel)
         image, label = random_hflip(image, label, rng, self.flip_prob)
         image, label = random_crop(image, label, rng, self.crop, self.ignore_label)
         return normalize(_chw_tensor(image)), torch.from_numpy(label.astype(np.int64))
+
+    def _camera(
+        self, image: np.ndarray, label: np.ndarray, child: dict[str, np.random.Generator]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fog, hood, colour, grayscale and JPEG on the frame as uint8 RGB, in the order a scene reaches a file:
+        the fog lies between the camera and the street, not over the hood just in front of it; the camera's colour
+        and JPEG apply to the hood as to the rest."""
+        frame = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        frame = self.haze(frame, child["haze"])
+        frame, label = self.hood(frame, label, child["hood"], self.ignore_label)
+        frame = self.color(frame, child["color"])
+        if child["grayscale"].random() < self.grayscale_prob:
+            frame = degradations.to_grayscale(frame)
+        frame = self.jpeg(frame, child["jpeg"])
+        return frame.astype(np.float32), label
 
 
 def eval_transform(image: np.ndarray, short_size: int | None) -> torch.Tensor:

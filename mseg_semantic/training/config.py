@@ -31,6 +31,7 @@ from mseg_semantic.configs import (
     to_plain,
 )
 from mseg_semantic.data.sampling import LAYOUTS
+from mseg_semantic.data.transforms import ColorJitter, Haze, HoodOcclusion, JpegArtefacts, Perspective
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.precision import PRECISIONS
 
@@ -61,7 +62,11 @@ class ModelConfig:
 
 @dataclass
 class TransformConfig:
-    """The augmentation of SPEC 4.6 (see :class:`mseg_semantic.data.TrainTransform`)."""
+    """The augmentation of SPEC 4.6 and the options beyond it (see :class:`mseg_semantic.data.TrainTransform`).
+
+    The options (from ``blur_kernel`` on) are off by default, so the release configs train as the original did.
+    The sections (``color``, ``haze``, ...) are the augmentation's own classes and check their values themselves.
+    """
 
     short_size: int = 1080
     crop: tuple[int, int] = (713, 713)  # (height, width); one number means a square
@@ -70,6 +75,13 @@ class TransformConfig:
     rotate_prob: float = 0.5
     blur_prob: float = 0.5
     flip_prob: float = 0.5
+    blur_kernel: tuple[int, int] = (5, 5)  # [min, max] odd kernel sizes of the blur (the original: 5)
+    color: ColorJitter = field(default_factory=ColorJitter)
+    grayscale_prob: float = 0.0
+    haze: Haze = field(default_factory=Haze)
+    jpeg: JpegArtefacts = field(default_factory=JpegArtefacts)
+    hood: HoodOcclusion = field(default_factory=HoodOcclusion)
+    perspective: Perspective = field(default_factory=Perspective)
 
 
 @dataclass
@@ -314,9 +326,15 @@ def check_config(config: TrainConfig) -> None:
     scale, rotate = list(t.scale), list(t.rotate)
     check(0 < scale[0] <= scale[1], "transform.scale", f"must be [min, max] with 0 < min <= max, got {scale}")
     check(rotate[0] <= rotate[1], "transform.rotate", f"must be [min, max] degrees, got {rotate}")
-    for name in ("rotate_prob", "blur_prob", "flip_prob"):
+    for name in ("rotate_prob", "blur_prob", "flip_prob", "grayscale_prob"):
         value = getattr(t, name)
         check(0.0 <= value <= 1.0, f"transform.{name}", f"must lie in [0, 1], got {value}")
+    kernel = list(t.blur_kernel)
+    check(
+        3 <= kernel[0] <= kernel[1] and kernel[0] % 2 == kernel[1] % 2 == 1,
+        "transform.blur_kernel",
+        f"must be [min, max] odd kernel sizes with 3 <= min <= max, got {kernel}",
+    )
     check(config.optim.base_lr > 0, "optim.base_lr", f"must be positive, got {config.optim.base_lr}")
     check(
         config.val.every == 0 or any(d.val_list for d in config.datasets),

@@ -89,6 +89,7 @@ def label_target(config: TrainConfig) -> str | None:
 
 
 def train_transform(config: TrainConfig) -> TrainTransform:
+    """The augmentation of the config's ``transform`` section (the one place the config becomes a transform)."""
     t = config.transform
     return TrainTransform(
         short_size=t.short_size,
@@ -98,6 +99,13 @@ def train_transform(config: TrainConfig) -> TrainTransform:
         rotate_prob=t.rotate_prob,
         blur_prob=t.blur_prob,
         flip_prob=t.flip_prob,
+        blur_kernel=t.blur_kernel,
+        color=t.color,
+        grayscale_prob=t.grayscale_prob,
+        haze=t.haze,
+        jpeg=t.jpeg,
+        hood=t.hood,
+        perspective=t.perspective,
     )
 
 
