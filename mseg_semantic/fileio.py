@@ -9,6 +9,7 @@ never leaves a half-written file behind.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,15 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
             image = image[:, :, :3]
         image = np.ascontiguousarray(image[:, :, ::-1])  # OpenCV decodes to BGR
     return image
+
+
+#: The names :func:`atomic_path` gives its temporary files: ".", the target's name, ".", mkstemp's 8 characters, ".tmp".
+_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like a temporary file of :func:`atomic_path` (one left by a killed process)."""
+    return _TEMPORARY_NAME.fullmatch(Path(path).name) is not None
 
 
 @contextmanager

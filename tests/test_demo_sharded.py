@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,12 +61,20 @@ def manifest(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
+def manifest_parts(out: Path) -> list[dict]:
+    """The lines of the processes' parts of the manifest (a run of several processes, before rank 0 merges)."""
+    return [json.loads(line) for part in sorted(out.glob("manifest.rank*.jsonl")) for line in
+            part.read_text().splitlines() if line.endswith("}")]  # fmt: skip
+
+
 def grays(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*_gray.png"))}
 
 
 def check_complete(out: Path) -> None:
-    """Every image done once, the corrupt file failed once, nothing else in the manifest."""
+    """Every image done once, the corrupt file failed once, nothing else in the manifest; parts merged, no leftover
+    temporary files."""
+    assert not list(out.glob("manifest.rank*")) and not list(out.rglob(".*"))
     lines = manifest(out)
     names = [line["name"] for line in lines]
     assert len(names) == len(set(names)) == IMAGES + 1
@@ -101,6 +110,8 @@ def test_two_processes_write_what_one_writes(photos, one_process, tmp_path):
     assert "images/s" in summaries[0] and "corrupt.jpg" in result.stderr.split("input(s) failed")[1]
     check_complete(out)
     assert {line["rank"] for line in manifest(out)} == {0, 1}
+    finished = [line["finished"] for line in manifest(out)]
+    assert finished == sorted(finished) and all(f.endswith("Z") for f in finished)  # UTC, in the order they finished
     assert grays(out) == grays(one_process)  # byte-identical label maps
     # Resumed with another number of processes: nothing is redone, the corrupt file is tried (and fails) again.
     again = run_demo(1, str(photos), "--out", str(out), *SMALL)
@@ -122,19 +133,26 @@ def test_a_killed_run_resumes(photos, one_process, tmp_path):
         proc = subprocess.Popen(demo_cmd(2, str(photos), "--out", str(out), *SMALL), stdout=log, stderr=log, env=ENV)
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
-            if (out / "manifest.jsonl").exists() and len(manifest(out)) >= 3:
+            if len(manifest_parts(out)) >= 3:  # each process appends to its part; rank 0 merges them at the end
                 break
             time.sleep(0.01)
         workers = [c for c in children(proc.pid) if "mseg_semantic" in Path(f"/proc/{c}/cmdline").read_text()]
         assert proc.poll() is None and len(workers) == 2, (tmp_path / "log.txt").read_text()
         os.kill(workers[1], signal.SIGKILL)
         assert proc.wait(timeout=120) != 0
-    before = manifest(out)
-    assert 3 <= len(before) < IMAGES + 1  # stopped midway
+    before = manifest_parts(out)
+    assert 3 <= len(before) < IMAGES + 1 and not (out / "manifest.jsonl").exists()  # stopped midway, not merged
     done_before = sum(line["status"] == "done" for line in before)
+    # What a writer killed midway leaves: a temporary file of an atomic write, a partial video.
+    (out / "sub").mkdir(exist_ok=True)
+    (out / "sub" / ".img03_gray.png.k1ll3d_x.tmp").write_bytes(b"half a png")
+    (out / ".clip_overlay.partial.mp4").write_bytes(b"half a video")
     result = run_demo(2, str(photos), "--out", str(out), *SMALL)
     assert result.returncode == 1, result.stderr
     assert f"{IMAGES - done_before} image(s)" in result.stdout and f"{done_before} already done" in result.stdout
+    # (The killed process may have left one of its own.)
+    removed = re.search(r"removed (\d+) temporary file\(s\) an interrupted run left", result.stderr)
+    assert removed and int(removed.group(1)) >= 2, result.stderr
     check_complete(out)
     assert grays(out) == grays(one_process)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -395,13 +396,38 @@ def test_read_ahead_and_write_behind_keep_order_and_report_errors():
                 break
         assert threading.active_count() == before  # leaving early stops the reader
         assert write_all(threaded) == [-5, -10, ZeroDivisionError, 10, 5]
+    # Several writers: tasks run concurrently (later ones finish first), results still come in order.
+    assert write_all(True, workers=3) == [-5, -10, ZeroDivisionError, 10, 5]
+    running, peak = [0], [0]
+    lock = threading.Lock()
 
+    def task(i: int) -> int:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return i
 
-def write_all(threaded: bool) -> list:
     done: list = []
-    with WriteBehind(depth=1, threaded=threaded) as writer:
+    with WriteBehind(depth=2, workers=3) as writer:
+        for i in range(12):
+            writer.submit(lambda i=i: task(i), lambda r, e: done.append(r))
+            assert len(writer._pending) <= 5  # bounded: depth + workers
+    assert done == list(range(12)) and peak[0] == 3
+
+
+def write_all(threaded: bool, workers: int = 1) -> list:
+    done: list = []
+    with WriteBehind(depth=1, threaded=threaded, workers=workers) as writer:
         for i in range(5):
-            writer.submit(lambda i=i: 10 // (i - 2), lambda r, e: done.append(r if e is None else type(e)))
+
+            def task(i: int = i) -> int:
+                time.sleep(0.01 * (5 - i) * (workers > 1))  # with several writers, the first tasks finish last
+                return 10 // (i - 2)
+
+            writer.submit(task, lambda r, e: done.append(r if e is None else type(e)))
     return done
 
 
@@ -415,25 +441,29 @@ def test_background_io_writes_the_same_files(shared, tiny_checkpoint, tmp_path):
     (src / "clip.mp4").write_bytes((demo / "car-detection.mp4").read_bytes())
     seg = Segmenter(tiny_checkpoint, config="360_ss", base_size=64, crop_size=97, batch_windows=2)
     reports = {}
-    for mode in (False, True):
-        reports[mode] = run_demo(seg, [src], tmp_path / str(mode), max_frames=3, save_frames=True, progress=False,
-                                 log=lambda m: None, background_io=mode)  # fmt: skip
-    assert reports[True].images == reports[False].images == 2 and reports[True].frames == 3
-    assert reports[True].failures == reports[False].failures and "broken.jpg" in reports[True].failures[0]
-    files = sorted(p.relative_to(tmp_path / "False") for p in (tmp_path / "False").rglob("*") if p.is_file())
+    for mode, workers in ((False, 1), (True, 1), (True, 3)):
+        reports[mode, workers] = run_demo(seg, [src], tmp_path / f"{mode}{workers}", max_frames=3, save_frames=True,
+                                          progress=False, log=lambda m: None, background_io=mode,
+                                          io_workers=workers)  # fmt: skip
+    inline = reports[False, 1]
+    for report in reports.values():
+        assert report.images == 2 and report.frames == 3
+        assert report.failures == inline.failures and "broken.jpg" in report.failures[0]
+    files = sorted(p.relative_to(tmp_path / "False1") for p in (tmp_path / "False1").rglob("*") if p.is_file())
     assert len(files) == 2 * 3 + 1 + 3 + 1  # and the manifest
     for name in files:
-        a, b = tmp_path / "False" / name, tmp_path / "True" / name
-        if name.name == "manifest.jsonl":  # the same lines but for the seconds they took
-            lines = [sorted((json.loads(line) | {"seconds": 0} for line in m.read_text().splitlines()),
-                            key=lambda r: r["name"]) for m in (a, b)]  # fmt: skip
-            assert lines[0] == lines[1] and len(lines[0]) == 4
+        a, b, c = (tmp_path / mode / name for mode in ("False1", "True1", "True3"))
+        if name.name == "manifest.jsonl":  # the same lines but for the seconds they took and when they finished
+            lines = [sorted((json.loads(line) | {"seconds": 0, "finished": 0} for line in m.read_text().splitlines()),
+                            key=lambda r: r["name"]) for m in (a, b, c)]  # fmt: skip
+            assert lines[0] == lines[1] == lines[2] and len(lines[0]) == 4
         elif name.suffix == ".mp4":
-            ca, cb = cv2.VideoCapture(str(a)), cv2.VideoCapture(str(b))
+            ca, cb, cc = cv2.VideoCapture(str(a)), cv2.VideoCapture(str(b)), cv2.VideoCapture(str(c))
             for _ in range(3):
-                assert (ca.read()[1] == cb.read()[1]).all()
+                frame = ca.read()[1]
+                assert (frame == cb.read()[1]).all() and (frame == cc.read()[1]).all()
         else:
-            assert a.read_bytes() == b.read_bytes(), name
+            assert a.read_bytes() == b.read_bytes() == c.read_bytes(), name
 
 
 def test_demo_fast_flags(shared, tiny_checkpoint, tmp_path, capsys):

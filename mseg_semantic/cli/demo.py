@@ -23,6 +23,8 @@ from mseg_semantic.taxonomy import get_taxonomy
 DEFAULT_PRESET = "360_ms"
 #: How long the processes of a torchrun run wait for each other at the end.
 PROCESS_GROUP_TIMEOUT = timedelta(days=7)
+#: Output-writing threads per process on a GPU (--io-workers).
+GPU_IO_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class DemoSpec:
     save_frames: bool
     max_frames: int | None
     progress: bool
+    io_workers: int | None  # None: 1 on a CPU (the model uses its cores), GPU_IO_WORKERS on a GPU
     model: ModelSpec
 
     @classmethod
@@ -53,6 +56,8 @@ class DemoSpec:
             raise InputError(f"--probs-topk must be at least 1, got {args.probs_topk}")
         if args.output_taxonomy:
             get_taxonomy(args.output_taxonomy)
+        if args.io_workers is not None and args.io_workers < 1:
+            raise InputError(f"--io-workers must be at least 1, got {args.io_workers}")
         return cls(
             inputs=inputs,
             inputs_from=tuple(args.inputs_from or ()),
@@ -64,6 +69,7 @@ class DemoSpec:
             save_frames=args.save_frames,
             max_frames=args.max_frames,
             progress=not args.quiet,
+            io_workers=args.io_workers,
             model=model_spec(args, default_preset=DEFAULT_PRESET, zoo_preset=True),
         )
 
@@ -134,6 +140,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
     parser.add_argument("--save-frames", action="store_true", help="videos: also write each frame's label map")
     parser.add_argument("--max-frames", type=int, metavar="N", help="videos: stop after N frames")
+    parser.add_argument(
+        "--io-workers",
+        type=int,
+        metavar="N",
+        help="threads per process that encode and write the outputs while the model runs (default: 1 on a CPU, "
+        f"whose cores the model uses; {GPU_IO_WORKERS} on a GPU, where colour maps and overlays of large images "
+        "take longer than the forward pass)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_arguments(parser)
     add_config_arguments(parser, default=DEFAULT_PRESET, zoo_preset=True)
@@ -189,6 +203,7 @@ def _run(spec: DemoSpec, ctx: distributed.ProcessContext) -> int:
         outputs=spec.outputs,
         probs_topk=spec.probs_topk,
         inputs_from=spec.inputs_from,
+        io_workers=spec.io_workers or (GPU_IO_WORKERS if ctx.device.type == "cuda" else 1),
     )
     if not ctx.is_main:
         return 1 if report.failures else 0

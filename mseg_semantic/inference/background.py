@@ -1,17 +1,20 @@
 """Reading ahead and writing behind in background threads, so that the model never waits on image I/O.
 
-Decoding (OpenCV) and encoding (PNG/JPEG, overlays) release the GIL, so one reader and one writer thread overlap
-with the forward passes of the main thread. Both keep the order of their inputs and are bounded (``depth``), so
+Decoding (OpenCV) and encoding (PNG/JPEG, overlays) release the GIL, so a reader thread and writer threads overlap
+with the forward passes of the main thread (one writer suits a CPU run, whose cores the model uses; a GPU run
+writes with several). Both keep the order of their inputs and are bounded (``depth``), so
 memory does not grow when one side is faster. With ``threaded=False`` the same functions run inline, in the same
 order: the outputs are identical by construction, which the tests check.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -74,55 +77,54 @@ def read_ahead(
 
 
 class WriteBehind(Generic[R]):
-    """Run write tasks one at a time, in order, in a background thread (or inline with ``threaded=False``).
+    """Run write tasks in ``workers`` background threads (or inline with ``threaded=False``), results in order.
 
     ``submit(task, on_done)`` queues ``task()``; ``on_done(result, error)`` is called later **on the caller's
-    thread**, in submission order, from :meth:`submit` or :meth:`close`, so callers need no locks.
+    thread**, in submission order, from :meth:`submit` or :meth:`close`, so callers need no locks. With more than one
+    worker, tasks run concurrently (encoding a 1080p overlay takes longer than a GPU's forward pass), so they must
+    not depend on each other; at most ``depth`` tasks wait beyond the ones running, which bounds memory.
     """
 
-    def __init__(self, depth: int = 2, threaded: bool = True) -> None:
+    def __init__(self, depth: int = 2, threaded: bool = True, workers: int = 1) -> None:
         self.threaded = threaded
-        self._tasks: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._done: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self.limit = max(1, depth) + max(1, workers)
+        self._pending: collections.deque[tuple[Future, Callable[[R | None, Exception | None], Any]]] = (
+            collections.deque()
+        )
+        self._pool: ThreadPoolExecutor | None = None
         if threaded:
-            self._thread = threading.Thread(target=self._work, name="mseg-write-behind", daemon=True)
-            self._thread.start()
-
-    def _work(self) -> None:
-        while (entry := self._tasks.get()) is not _DONE:
-            task, on_done = entry
-            try:
-                self._done.put((on_done, task(), None))
-            except Exception as exc:
-                self._done.put((on_done, None, exc))
+            self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mseg-write-behind")
 
     def submit(self, task: Callable[[], R], on_done: Callable[[R | None, Exception | None], Any]) -> None:
-        if not self.threaded:
+        if self._pool is None:
             try:
                 result, error = task(), None
             except Exception as exc:
                 result, error = None, exc
             on_done(result, error)
             return
-        self._tasks.put((task, on_done))  # blocks while `depth` tasks are waiting
-        self._drain()
+        while len(self._pending) >= self.limit:  # wait for the oldest task
+            self._deliver_first()
+        self._pending.append((self._pool.submit(task), on_done))
+        while self._pending and self._pending[0][0].done():
+            self._deliver_first()
 
-    def _drain(self) -> None:
-        while True:
-            try:
-                on_done, result, error = self._done.get_nowait()
-            except queue.Empty:
-                return
-            on_done(result, error)
+    def _deliver_first(self) -> None:
+        future, on_done = self._pending.popleft()
+        error = future.exception()  # waits for it
+        if error is not None and not isinstance(error, Exception):
+            raise error
+        on_done(None if error is not None else future.result(), error)
 
     def close(self) -> None:
         """Wait for every queued task and deliver the remaining ``on_done`` calls."""
-        if self._thread is not None:
-            self._tasks.put(_DONE)
-            self._thread.join()
-            self._thread = None
-        self._drain()
+        try:
+            while self._pending:
+                self._deliver_first()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
 
     def __enter__(self) -> WriteBehind[R]:
         return self

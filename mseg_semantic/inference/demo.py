@@ -10,7 +10,8 @@ file. Each output is written atomically and each input gets a line in ``OUT/mani
 (:mod:`.manifest`); an input whose line says done and whose outputs exist is skipped unless ``overwrite``, so an
 interrupted run resumes where it stopped. A file that cannot be read is reported and skipped, the others are
 still processed. Under ``torchrun`` the inputs left to do are split over the processes (every ``world_size``-th
-one from the ``rank``-th), so a rerun with any number of processes resumes.
+one from the ``rank``-th), so a rerun with any number of processes resumes; a rerun first removes the temporary files a
+killed run left.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from tqdm import tqdm
 
 from mseg_semantic import distributed
 from mseg_semantic.errors import InputError, MsegError
-from mseg_semantic.fileio import atomic_path, is_image_path, is_video_path, read_image, write_bytes_atomic, write_label
+from mseg_semantic.fileio import (
+    atomic_path,
+    is_image_path,
+    is_temporary,
+    is_video_path,
+    read_image,
+    write_bytes_atomic,
+    write_label,
+)
 from mseg_semantic.inference.background import WriteBehind, read_ahead
 from mseg_semantic.inference.manifest import Manifest
 from mseg_semantic.inference.segmenter import Prediction, Segmenter
@@ -192,6 +201,22 @@ def video_output(stem: Path) -> Path:
     return stem.with_name(stem.name + "_overlay.mp4")
 
 
+def _partial_video(target: Path) -> Path:
+    """Where a video is written before it is complete (OpenCV picks the container from the suffix: ".mp4" stays)."""
+    return target.with_name(f".{target.stem}.partial{target.suffix}")
+
+
+def remove_leftovers(out: Path) -> int:
+    """Remove the temporary files a killed run left below ``out`` (atomic writes, partial videos); returns how many.
+    Only while no process of this run writes."""
+    removed = 0
+    for path in out.rglob(".*"):
+        if (is_temporary(path) or path.name.endswith(".partial.mp4")) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def confidence_values(confidence: np.ndarray) -> np.ndarray:
     """Probabilities (0..1) as the uint16 values of a confidence PNG: ``round(p * 65535)``."""
     return np.rint(np.clip(confidence.astype(np.float64), 0.0, 1.0) * 65535).astype(np.uint16)
@@ -279,17 +304,20 @@ def run_demo(
     outputs: str | Sequence[str] = DEFAULT_OUTPUTS,
     probs_topk: int | None = None,
     inputs_from: Iterable[str | os.PathLike] = (),
+    io_workers: int = 1,
 ) -> DemoReport:
     """Segment every input and write its outputs below ``out_dir``; returns what was done and what failed.
 
     ``outputs``: any of gray, color, overlay, confidence, probs (``probs_topk``: the k most likely classes only);
     videos always give their overlay video, and with ``save_frames`` each frame's gray (and confidence) map.
     ``inputs_from``: list files, one path per line. With ``background_io`` (default) images and frames are decoded
-    ahead and outputs encoded and written behind in background threads while the model runs; the outputs are the
-    same as without. Frames of a video go through the segmenter ``batch_windows`` at a time.
+    ahead and outputs encoded and written behind in background threads (``io_workers`` of them for images) while
+    the model runs; the outputs are the same as without. Frames of a video go through the segmenter
+    ``batch_windows`` at a time.
 
     In a process group (``torchrun``) every process must call this with the same arguments: each takes its share
-    of the inputs left to do, appends its lines to the manifest, and all return the same counts and failures.
+    of the inputs left to do, appends its lines to its part of the manifest, and all return the same counts and
+    failures. Temporary files left by a killed run are removed first.
     """
     out = Path(out_dir)
     kinds = parse_outputs(outputs)
@@ -297,9 +325,9 @@ def run_demo(
         raise InputError("--probs-topk applies to the probs output: add probs to --outputs")
     items = collect_inputs(inputs, out, inputs_from)
     prepare_output_dir(out)
-    manifest = Manifest(out)
-    records = manifest.read()
     report = DemoReport(processes=distributed.world_size())
+    manifest = Manifest(out, part=distributed.rank() if report.processes > 1 else None)
+    records = manifest.read()
     start = time.perf_counter()
     settings = {"taxonomy": segmenter.output_taxonomy, **({"probs_topk": probs_topk} if "probs" in kinds else {})}
 
@@ -318,7 +346,11 @@ def run_demo(
         else:
             todo.append(item)
     records.clear()  # 50,000 lines with their histograms: not kept for the whole run
-    # Every process has decided what is left before any of them writes, so they all split the same list.
+    if distributed.is_main():
+        removed = remove_leftovers(out)
+        if removed:
+            log(f"removed {removed} temporary file(s) an interrupted run left in {out}")
+    # Every process has decided what is left, and the leftovers are gone, before any of them writes.
     distributed.barrier()
     mine = todo[distributed.rank() :: distributed.world_size()]
     images = [i for i in mine if not i.is_video]
@@ -380,7 +412,7 @@ def run_demo(
 
     # batch_windows > 1 (--batch-windows N, for GPUs): N images at a time, their windows batched together.
     per_batch = max(1, segmenter.config.batch_windows)
-    with WriteBehind(threaded=background_io) as writer:
+    with WriteBehind(depth=2 * per_batch, threaded=background_io, workers=io_workers) as writer:
         batch: list[tuple[DemoItem, np.ndarray]] = []
         for item, rgb, error in read_ahead(lambda i: read_image(i.path), images, depth=2 * per_batch,
                                            threaded=background_io):  # fmt: skip
@@ -418,9 +450,9 @@ def run_demo(
 
 
 def _gather(report: DemoReport, manifest: Manifest) -> DemoReport:
-    """The counts and failures of every process (the same in all); rank 0 then compacts the manifest."""
+    """The counts and failures of every process (the same in all); rank 0 then merges the manifest."""
     if report.processes == 1:
-        manifest.compact()
+        manifest.merge()
         return report
     parts = distributed.all_gather_objects((report.images, report.frames, report.failures, report.seconds))
     report.images = sum(p[0] for p in parts)
@@ -428,7 +460,7 @@ def _gather(report: DemoReport, manifest: Manifest) -> DemoReport:
     report.failures = [f for p in parts for f in p[2]]
     report.seconds = max(p[3] for p in parts)
     if distributed.is_main():  # every process has appended its last line: they are all past the gather
-        manifest.compact()
+        manifest.merge()
     return report
 
 
@@ -498,8 +530,7 @@ def _run_video(
     if max_frames is not None:
         total = min(total, max_frames) if total > 0 else max_frames
     target.parent.mkdir(parents=True, exist_ok=True)
-    # OpenCV picks the container from the suffix, so the temporary file keeps ".mp4".
-    partial = target.with_name(f".{target.stem}.partial{target.suffix}")
+    partial = _partial_video(target)
     sink = _VideoSink(item, partial, target, fps, save_frames, segmenter.class_names)
     bar = tqdm(total=total or None, desc=item.path.name, unit="frame", disable=not progress)
     errors: list[Exception] = []

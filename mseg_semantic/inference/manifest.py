@@ -1,17 +1,24 @@
 """``OUT/manifest.jsonl``: one JSON line per input of ``mseg demo``, what a pipeline downstream reads and what a
 resumed run trusts.
 
-Every process appends its lines itself, each line with a single ``write`` on a file opened with ``O_APPEND``, so the
-lines of several processes on one machine never interleave and a killed process leaves no half line (a line that
-does not parse, e.g. from a full disk, is ignored). A line says ``"status": "done"`` once all of its input's outputs
-are written (atomically), or ``"failed"`` with the ``error``. The last line of an input wins; at the end of a run
-the file is rewritten with one line per input when an input has several (a failure retried, ``--overwrite``).
+A one-process run appends to ``manifest.jsonl`` itself. In a run of several processes each process appends to a
+part of its own, ``manifest.rankN.jsonl``, and rank 0 merges the parts into ``manifest.jsonl`` at the end: appends
+of several machines to one file on a network file system (NFS) can overwrite each other, appends to files of one
+writer each cannot. A run that was killed leaves its parts; the next run reads them (so it resumes) and merges
+them. Each line is written with a single ``write`` on a file opened with ``O_APPEND``, so a killed process leaves
+at most a partial last line, which is ignored (as is any line that does not parse).
+
+A line says ``"status": "done"`` once all of its input's outputs are written (atomically), or ``"failed"`` with the
+``error``; ``finished`` is the UTC time it was written. The latest line of an input wins; the merged file has one
+line per input, in the order they finished.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,35 +26,57 @@ from mseg_semantic.errors import InputError
 from mseg_semantic.fileio import write_bytes_atomic
 
 MANIFEST_NAME = "manifest.jsonl"
+_PART = re.compile(r"manifest\.rank(\d+)\.jsonl")
+
+
+def _dump(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
 
 
 class Manifest:
-    """The manifest of the output folder ``out``; records are dicts keyed by their ``name`` (output stem)."""
+    """The manifest of the output folder ``out``; records are dicts keyed by their ``name`` (output stem).
 
-    def __init__(self, out: str | os.PathLike) -> None:
+    ``part``: the rank whose part this process appends to, or None to append to ``manifest.jsonl`` itself.
+    """
+
+    def __init__(self, out: str | os.PathLike, part: int | None = None) -> None:
         self.out = Path(out)
         self.path = self.out / MANIFEST_NAME
+        self.writes_to = self.path if part is None else self.out / f"manifest.rank{part}.jsonl"
 
-    def _lines(self) -> list[dict[str, Any]]:
+    def parts(self) -> list[Path]:
+        """The part files present (of this run, or left by a killed one), by rank."""
         try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
+            found = [(int(m.group(1)), p) for p in self.out.iterdir() if (m := _PART.fullmatch(p.name))]
         except FileNotFoundError:
             return []
-        except OSError as exc:
-            raise InputError(f"{self.path}: cannot read the manifest ({exc.strerror or exc})") from None
-        records = []
-        for line in text.splitlines():
+        return [p for _, p in sorted(found)]
+
+    def _records(self) -> tuple[list[dict[str, Any]], int]:
+        """Every record of the manifest and its parts, oldest first, and the number of lines read."""
+        records, lines = [], 0
+        for path in [self.path, *self.parts()]:
             try:
-                record = json.loads(line)
-            except ValueError:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
                 continue
-            if isinstance(record, dict) and isinstance(record.get("name"), str):
-                records.append(record)
-        return records
+            except OSError as exc:
+                raise InputError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+            for line in text.splitlines():
+                lines += 1
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("name"), str):
+                    records.append(record)
+        # The merged file first, then the parts; within that order, by the time each line was written.
+        records.sort(key=lambda r: str(r.get("finished", "")))
+        return records, lines
 
     def read(self) -> dict[str, dict[str, Any]]:
-        """The last record of each name."""
-        return {record["name"]: record for record in self._lines()}
+        """The latest record of each name."""
+        return {record["name"]: record for record in self._records()[0]}
 
     def is_done(self, record: dict[str, Any] | None, outputs: list[Path]) -> bool:
         """Whether ``record`` says done with every one of ``outputs`` (paths below ``out``), and they all exist."""
@@ -60,9 +89,10 @@ class Manifest:
         return path.relative_to(self.out).as_posix()
 
     def append(self, record: dict[str, Any]) -> None:
-        """Add one line with one ``write`` call (``O_APPEND``: lines of concurrent processes do not interleave)."""
-        data = (json.dumps(record, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        """Add one line, stamped ``finished``, with one ``write`` call on an ``O_APPEND`` file."""
+        stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        data = (_dump({**record, "finished": stamp}) + "\n").encode("utf-8")
+        fd = os.open(self.writes_to, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             written = os.write(fd, data)
             while written < len(data):  # only on unusual file systems (a regular local file takes it at once)
@@ -70,17 +100,17 @@ class Manifest:
         finally:
             os.close(fd)
 
-    def compact(self) -> bool:
-        """Rewrite the file with the last line of each name, in the order names first appeared, when some name has
-        several lines or a line did not parse; atomically. Only while no process appends. Returns whether it did."""
-        try:
-            raw = self.path.read_bytes().splitlines()
-        except FileNotFoundError:
-            return False
-        records = self._lines()
+    def merge(self) -> bool:
+        """Rewrite ``manifest.jsonl`` atomically with the latest line of each name (the parts included), then remove
+        the parts; only when there are parts, or a name has several lines, or a line did not parse. Only while no
+        process appends. Returns whether it rewrote the file."""
+        parts = self.parts()
+        records, lines = self._records()
         latest = {record["name"]: record for record in records}
-        if len(latest) == len(records) == len(raw):
+        if not parts and len(latest) == len(records) == lines:
             return False
-        lines = [json.dumps(latest[name], ensure_ascii=False, separators=(", ", ": ")) for name in latest]
-        write_bytes_atomic(self.path, "".join(line + "\n" for line in lines).encode("utf-8"))
+        ordered = sorted(latest.values(), key=lambda r: str(r.get("finished", "")))
+        write_bytes_atomic(self.path, "".join(_dump(r) + "\n" for r in ordered).encode("utf-8"))
+        for part in parts:
+            part.unlink(missing_ok=True)
         return True
