@@ -72,8 +72,7 @@ class DemoReport:
     frames: int = 0
     skipped: int = 0
     seconds: float = 0.0
-    failures: list[str] = field(default_factory=list)
-    outputs: list[Path] = field(default_factory=list)  # the files this process wrote
+    failures: list[str] = field(default_factory=list)  # (the files written are in the manifest: a report stays small)
     processes: int = 1
 
 
@@ -383,7 +382,6 @@ def run_demo(
             failed(item, error)
         else:
             paths, counts, write_seconds = done
-            report.outputs.extend(paths)
             report.images += 1
             record(item, status="done", outputs=[manifest.relative(p) for p in paths], height=size[0],
                    width=size[1], seconds=round(seconds + write_seconds, 4), **settings,
@@ -578,7 +576,6 @@ def _run_video(
         raise InputError(f"{item.path}: no frame could be decoded")
     with atomic_path(target) as tmp:
         os.replace(partial, tmp)
-    report.outputs.append(target)
     sink.frames = frames
     if 0 < frames < total:
         # A truncated or damaged file: keep what decoded, but do not let the run pass for complete.
