@@ -1,7 +1,8 @@
 """Training: the MSeg recipe (HRNet/PSPNet, SGD + poly LR, the original augmentation) on torch DDP.
 
 Layout, in the order a run uses it: ``config`` (YAML -> dataclasses, ``--set`` overrides, checks), ``data``
-(datasets and the balanced loader), ``optim`` (parameter groups, poly LR), ``validation`` (periodic mIoU),
+(datasets and the balanced loader), ``optim`` (parameter groups, poly LR), the paper's two baselines ``mgda``
+(with its solver ``min_norm``) and ``ccsa``, ``validation`` (periodic mIoU),
 ``checkpoints`` (original layout + safetensors, resume), ``logs`` (CSV, TensorBoard, progress), ``loop``
 (:func:`train`, which runs a ``Trainer``). Processes and devices are :mod:`mseg_semantic.distributed`'s.
 
@@ -11,8 +12,10 @@ Layout, in the order a run uses it: ``config`` (YAML -> dataclasses, ``--set`` o
 """
 
 from mseg_semantic.training.config import (
+    CCSAConfig,
     CheckpointConfig,
     DatasetConfig,
+    LossConfig,
     ModelConfig,
     OptimConfig,
     TrainConfig,
@@ -28,8 +31,10 @@ from mseg_semantic.training.loop import TrainResult, train
 from mseg_semantic.training.optim import poly_lr
 
 __all__ = [
+    "CCSAConfig",
     "CheckpointConfig",
     "DatasetConfig",
+    "LossConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",

@@ -94,6 +94,24 @@ class OptimConfig:
     power: float = 0.9
     head_lr_mult: float = 10.0  # PSPNet: LR factor of ppm/cls/aux (HRNet has one LR for everything)
     aux_weight: float = 0.4  # PSPNet: weight of the auxiliary loss
+    multi_objective: str = "none"  # none | mgda: each dataset a task, steps along the min-norm gradient combination
+    mgda_normalization: str = "none"  # none (the MSeg release) | l2 | loss | loss+: per-dataset gradient scaling
+
+
+@dataclass
+class CCSAConfig:
+    """Contrastive semantic alignment of pixel embeddings across datasets (the paper's domain-generalisation
+    baseline, see :mod:`mseg_semantic.training.ccsa`); off while ``weight`` is 0."""
+
+    weight: float = 0.0  # alpha: loss = weight * ccsa + (1 - weight) * (CE + aux_weight * aux); the original: 0.25
+    margin: float = 1.0  # different classes are pushed at least this far apart
+    positive_pairs: int = 100  # same-class cross-dataset pairs per step and process (the paper's runs: 1000)
+    negative_ratio: int = 3  # different-class pairs per positive pair
+
+
+@dataclass
+class LossConfig:
+    ccsa: CCSAConfig = field(default_factory=CCSAConfig)
 
 
 @dataclass
@@ -123,6 +141,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
     channels_last: bool = False
     sync_bn: bool = True  # SyncBatchNorm when distributed on GPUs
@@ -336,6 +355,7 @@ def check_config(config: TrainConfig) -> None:
         f"must be [min, max] odd kernel sizes with 3 <= min <= max, got {kernel}",
     )
     check(config.optim.base_lr > 0, "optim.base_lr", f"must be positive, got {config.optim.base_lr}")
+    _check_baselines(config)
     check(
         config.val.every == 0 or any(d.val_list for d in config.datasets),
         "val.every",
@@ -343,11 +363,64 @@ def check_config(config: TrainConfig) -> None:
     )
 
 
+def _check_baselines(config: TrainConfig) -> None:
+    """The paper's two baselines: MGDA (``optim.multi_objective``) and CCSA (``loss.ccsa``)."""
+    from mseg_semantic.training.ccsa import EMBEDDING_POINTS, embedding_point
+    from mseg_semantic.training.min_norm import NORMALIZATIONS
+
+    optim, ccsa = config.optim, config.loss.ccsa
+    count = len(config.datasets)
+    check_choice(optim.multi_objective, MULTI_OBJECTIVE, "optim.multi_objective")
+    check_choice(optim.mgda_normalization, NORMALIZATIONS, "optim.mgda_normalization")
+    if optim.multi_objective == "mgda":
+        check(
+            count >= 2,
+            "optim.multi_objective",
+            f"MGDA treats each dataset as a task and needs at least 2 datasets, got {count}",
+        )
+        check(
+            config.precision != "fp16",
+            "precision",
+            "fp16 is not supported with optim.multi_objective mgda (its loss scaling would enter the gradients "
+            "MGDA compares); use fp32 (the original) or bf16",
+        )
+    check(0.0 <= ccsa.weight <= 1.0, "loss.ccsa.weight", f"must lie in [0, 1], got {ccsa.weight}")
+    check(ccsa.margin > 0, "loss.ccsa.margin", f"must be positive, got {ccsa.margin}")
+    if ccsa.weight == 0:
+        return
+    check(
+        count >= 2,
+        "loss.ccsa.weight",
+        f"CCSA aligns embeddings across datasets and needs at least 2 datasets, got {count}",
+    )
+    check(
+        config.dataset_layout == "mixed",
+        "dataset_layout",
+        "loss.ccsa pairs crops of different datasets within each process's batch: use dataset_layout mixed "
+        "(per_rank gives a process crops of one dataset only)",
+    )
+    check(
+        optim.multi_objective == "none",
+        "loss.ccsa.weight",
+        "CCSA cannot be combined with optim.multi_objective mgda: its loss ties datasets together, MGDA needs one "
+        "loss per dataset",
+    )
+    check(
+        embedding_point(config.model.arch) is not None,
+        "model.arch",
+        f"loss.ccsa reads the embedding of {' or '.join(EMBEDDING_POINTS)} models, not of {config.model.arch!r}",
+    )
+
+
+#: The values of ``optim.multi_objective``: plain summed losses, or MGDA's min-norm combination of dataset gradients.
+MULTI_OBJECTIVE = ("none", "mgda")
+
 #: The smallest allowed value of the numeric keys (None, where a key may be null, is always allowed).
 _MINIMUM = {
     "batch_size": 1, "num_examples": 1, "max_iters": 1, "workers": 0, "log_every": 1,
     "transform.short_size": 1, "transform.crop.0": 1, "transform.crop.1": 1,
     "optim.momentum": 0, "optim.weight_decay": 0, "optim.power": 0, "optim.head_lr_mult": 0, "optim.aux_weight": 0,
+    "loss.ccsa.positive_pairs": 1, "loss.ccsa.negative_ratio": 0,
     "checkpoint.every": 1, "checkpoint.keep": 1, "val.every": 0, "val.short_size": 1, "val.max_images": 1,
 }  # fmt: skip
 

@@ -5,6 +5,11 @@ asked); cross-entropy in fp32 over the non-ignored pixels of this process's batc
 PSPNet); backward; SGD step (DDP averages gradients over processes). After each step, the periodic events that are
 due (:meth:`Trainer.run`): rank 0 logs, validates with the others, and checkpoints.
 
+The paper's baselines change the middle of the step: with ``optim.multi_objective: mgda`` the gradient is MGDA's
+min-norm combination of the datasets' gradients (:mod:`~mseg_semantic.training.mgda`; forward and backward under
+DDP's ``no_sync``, the combination is reduced by hand), with ``loss.ccsa.weight > 0`` the contrastive alignment loss
+of the step's embeddings joins the cross-entropy (:mod:`~mseg_semantic.training.ccsa`).
+
 Exact resume: the data of step ``s`` (which samples, their augmentation) is a function of ``(seed, s)`` (see
 :mod:`mseg_semantic.data.sampling`), torch's generator is reseeded from ``(seed, s, rank)`` before every step
 (dropout), and the LR is a function of ``s``; so model, optimizer (and fp16 scaler) state at a checkpoint is all a
@@ -16,6 +21,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +49,7 @@ from mseg_semantic.models import build_model, load_checkpoint, load_model, save_
 from mseg_semantic.models.weights import load_state_dict_strictly
 from mseg_semantic.precision import autocast
 from mseg_semantic.taxonomy import IGNORE_LABEL
+from mseg_semantic.training.ccsa import EmbeddingTap, ccsa_loss
 from mseg_semantic.training.checkpoints import (
     CHECKPOINT_FOLDER,
     find_last_checkpoint,
@@ -52,6 +59,7 @@ from mseg_semantic.training.checkpoints import (
 from mseg_semantic.training.config import TrainConfig, config_to_dict
 from mseg_semantic.training.data import PreparedDataset, build_train_loader, prepare_datasets, worker_error_message
 from mseg_semantic.training.logs import Progress, RunLog
+from mseg_semantic.training.mgda import mgda_gradients
 from mseg_semantic.training.optim import build_optimizer, poly_lr, set_lr
 from mseg_semantic.training.validation import validate
 
@@ -101,8 +109,13 @@ def _silent(message: str) -> None:
     pass
 
 
-def _step_seed(seed: int, iteration: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, iteration, rank, 0xD0]).generate_state(1)[0])
+def _step_seed(seed: int, iteration: int, rank: int, stream: int = 0xD0) -> int:
+    """A seed of step ``iteration`` on process ``rank``; ``stream`` tells apart the draws of one step."""
+    return int(np.random.SeedSequence([seed, iteration, rank, stream]).generate_state(1)[0])
+
+
+#: The seed stream of CCSA's pair sampling (the default stream is dropout's).
+_CCSA_STREAM = 0xCC5A
 
 
 def _train(
@@ -152,6 +165,7 @@ class Trainer:
     last_checkpoint: Path | None  # the newest checkpoint written or resumed from
     last_loss: float | None = None  # the loss of the newest logged row
     lr: float = 0.0  # the LR of the newest step
+    tap: EmbeddingTap | None = None  # CCSA: where the step's embedding is read
     _batches: Iterator | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -188,11 +202,12 @@ class Trainer:
         if run_log is not None:
             log(_log_location(run_log, out_dir))
         bar = Progress(start_iter, max_iters, progress and ctx.is_main, log)
-        stats = _WindowStats(len(datasets), ctx)
+        stats = _WindowStats(len(datasets), ctx, len(baseline_columns(config, names)))
+        tap = EmbeddingTap(model, model.arch) if config.loss.ccsa.weight > 0 else None
         return cls(
             config=config, ctx=ctx, out_dir=out_dir, datasets=datasets, model=model, network=network,
             optimizer=optimizer, scaler=scaler, loader=loader, sampler=sampler, iteration=start_iter,
-            max_iters=max_iters, run_log=run_log, bar=bar, stats=stats, log=log, last_checkpoint=previous,
+            max_iters=max_iters, run_log=run_log, bar=bar, stats=stats, log=log, last_checkpoint=previous, tap=tap,
         )  # fmt: skip
 
     def run(self) -> TrainResult:
@@ -222,19 +237,62 @@ class Trainer:
         set_lr(self.optimizer, self.lr)
         images = images.to(self.ctx.device, non_blocking=True)
         labels = labels.to(self.ctx.device, non_blocking=True)
+        dataset_ids = dataset_ids.to(self.ctx.device)
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         torch.manual_seed(_step_seed(self.config.seed, self.iteration, self.ctx.rank))  # dropout: the step's own
-        with autocast(self.ctx.device, self.config.precision):
-            output = self.network(images)
-        loss, total, pixel_loss, valid = _losses(output, labels, self.config.optim.aux_weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        mgda = self.config.optim.multi_objective == "mgda"
+        # MGDA, as the original: no DDP gradient all-reduce; mgda_gradients reduces per dataset itself.
+        ddp = isinstance(self.network, DistributedDataParallel)
+        with self.network.no_sync() if mgda and ddp else nullcontext():
+            with autocast(self.ctx.device, self.config.precision), self.tap.capture() if self.tap else nullcontext():
+                output = self.network(images)
+            loss, total, pixel_loss, valid = _losses(output, labels, self.config.optim.aux_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            if mgda:
+                extras = self._mgda_backward(output, pixel_loss, valid, labels, dataset_ids)
+            else:
+                extras = None
+                if self.tap is not None:
+                    total, extras = self._with_ccsa(total, labels, dataset_ids)
+                self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.stats.add(loss.detach(), pixel_loss.detach(), valid, dataset_ids.to(self.ctx.device), images.shape[0])
+        self.stats.add(loss.detach(), pixel_loss.detach(), valid, dataset_ids, images.shape[0], extras)
         self.iteration += 1
         self.bar.step()
+
+    def _mgda_backward(
+        self,
+        output: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+        pixel_loss: torch.Tensor,
+        valid: torch.Tensor,
+        labels: torch.Tensor,
+        dataset_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Gradients set to MGDA's combination of the datasets' gradients; returns the datasets' weights."""
+        losses = _dataset_losses(output, pixel_loss, valid, labels, dataset_ids, self.config.optim.aux_weight)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        sync_bn = any(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules())
+        result = mgda_gradients(
+            losses, params, len(self.datasets), self.config.optim.mgda_normalization, same_passes=sync_bn
+        )
+        return torch.as_tensor(result.weights, dtype=torch.float64, device=self.ctx.device)
+
+    def _with_ccsa(
+        self, total: torch.Tensor, labels: torch.Tensor, dataset_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The original's mix ``weight * ccsa + (1 - weight) * (CE + aux)`` and the CCSA term (for the log)."""
+        assert self.tap is not None
+        ccsa = self.config.loss.ccsa
+        generator = torch.Generator().manual_seed(
+            _step_seed(self.config.seed, self.iteration, self.ctx.rank, _CCSA_STREAM)
+        )
+        term, _ = ccsa_loss(
+            self.tap.take(), labels, dataset_ids, positives=ccsa.positive_pairs, negative_ratio=ccsa.negative_ratio,
+            margin=ccsa.margin, generator=generator,
+        )  # fmt: skip
+        return ccsa.weight * term + (1.0 - ccsa.weight) * total, term.detach().double().reshape(1)
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         assert self._batches is not None, "step() runs inside run()"
@@ -254,6 +312,7 @@ class Trainer:
         """Loss and speed columns of the steps since the last logged row (every process takes part)."""
         first_size = len(self.datasets[0].train)
         row = self.stats.flush(self.iteration, self.lr, self.sampler.per_dataset, first_size, self.names)
+        row.update(zip(baseline_columns(self.config, self.names), row.pop("extras"), strict=True))
         self.last_loss = row["loss"]
         return row
 
@@ -324,12 +383,43 @@ def _losses(
     return loss, total, pixel_loss, valid
 
 
+def _dataset_losses(
+    output: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    pixel_loss: torch.Tensor,
+    valid: torch.Tensor,
+    labels: torch.Tensor,
+    dataset_ids: torch.Tensor,
+    aux_weight: float,
+) -> dict[int, torch.Tensor]:
+    """Each dataset's loss over its crops in this batch: the cross-entropy mean over its labelled pixels (plus
+    ``aux_weight`` x the aux loss), what the original's process of that dataset backpropagates."""
+    aux = output[1] if isinstance(output, tuple) else None
+    aux_pixel = None
+    if aux is not None:
+        aux_pixel = F.cross_entropy(aux.float(), labels, ignore_index=IGNORE_LABEL, reduction="none")
+    losses = {}
+    for d in torch.unique(dataset_ids).tolist():
+        crops = dataset_ids == d
+        pixels = valid[crops].sum().clamp(min=1)
+        loss = pixel_loss[crops].sum() / pixels
+        if aux_pixel is not None:
+            loss = loss + aux_weight * aux_pixel[crops].sum() / pixels
+        losses[int(d)] = loss
+    return losses
+
+
 def _check_batch_size(config: TrainConfig, ctx: ProcessContext) -> None:
     if config.batch_size % ctx.world_size:
         raise InputError(
             f"batch_size {config.batch_size} (crops per step over all processes) is not a multiple of the "
             f"{ctx.world_size} processes; use --set batch_size=N with N a multiple of both {ctx.world_size} and "
             f"the {len(config.datasets)} dataset(s)"
+        )
+    if config.loss.ccsa.weight > 0 and config.batch_size // ctx.world_size < 2:
+        raise InputError(
+            f"loss.ccsa pairs crops of different datasets within a process's batch, but batch_size "
+            f"{config.batch_size} over {ctx.world_size} processes leaves {config.batch_size // ctx.world_size}; "
+            "use a batch_size of at least 2 per process"
         )
 
 
@@ -435,20 +525,24 @@ def _build_model(config: TrainConfig, ctx: ProcessContext, state: dict | None) -
 
 
 class _WindowStats:
-    """Loss sums since the last logged row, kept on the device (no sync per step), summed over processes."""
+    """Loss sums since the last logged row, kept on the device (no sync per step), summed over processes.
 
-    def __init__(self, num_datasets: int, ctx: ProcessContext) -> None:
-        self.ctx, self.num_datasets = ctx, num_datasets
+    ``extras``: values of each step averaged like the loss (MGDA's weights, the CCSA loss), returned under the
+    row's ``extras`` key in the order of :func:`baseline_columns`.
+    """
+
+    def __init__(self, num_datasets: int, ctx: ProcessContext, extras: int = 0) -> None:
+        self.ctx, self.num_datasets, self.extras = ctx, num_datasets, extras
         self._reset()
 
     def _reset(self) -> None:
         d = self.num_datasets
-        # [sum of step losses, steps, crops, per-dataset CE sums (d), per-dataset labelled pixels (d)]
-        self.sums = torch.zeros(3 + 2 * d, dtype=torch.float64, device=self.ctx.device)
+        # [sum of step losses, steps, crops, per-dataset CE sums (d), per-dataset labelled pixels (d), extras]
+        self.sums = torch.zeros(3 + 2 * d + self.extras, dtype=torch.float64, device=self.ctx.device)
         self.data_wait = 0.0
         self.clock = time.perf_counter()
 
-    def add(self, loss, pixel_loss, valid, dataset_ids, crops: int) -> None:
+    def add(self, loss, pixel_loss, valid, dataset_ids, crops: int, extras: torch.Tensor | None = None) -> None:
         d = self.num_datasets
         self.sums[0] += loss.double()
         self.sums[1] += 1
@@ -456,7 +550,9 @@ class _WindowStats:
         per_image_loss = pixel_loss.sum(dim=(1, 2)).double()
         per_image_pixels = valid.sum(dim=(1, 2)).double()
         self.sums[3 : 3 + d].index_add_(0, dataset_ids, per_image_loss)
-        self.sums[3 + d :].index_add_(0, dataset_ids, per_image_pixels)
+        self.sums[3 + d : 3 + 2 * d].index_add_(0, dataset_ids, per_image_pixels)
+        if extras is not None:
+            self.sums[3 + 2 * d :] += extras
 
     def flush(self, iteration: int, lr: float, per_dataset: int, first_size: int, names: list[str]) -> dict[str, Any]:
         d = self.num_datasets
@@ -474,6 +570,7 @@ class _WindowStats:
             for i, name in enumerate(names):
                 pixels = sums[3 + d + i]
                 row[f"loss/{name}"] = float(sums[3 + i] / pixels) if pixels else float("nan")
+        row["extras"] = [float(v / max(sums[1], 1)) for v in sums[3 + 2 * d :]]
         self._reset()
         return row
 
@@ -484,11 +581,21 @@ def _validation_columns(results: dict[str, float], names: list[str]) -> dict[str
     return {f"val_miou/{name}": value for name, value in results.items()}
 
 
+def baseline_columns(config: TrainConfig, names: list[str]) -> list[str]:
+    """The log columns of the paper's baselines: MGDA's weight of each dataset, or the CCSA loss (step means)."""
+    if config.optim.multi_objective == "mgda":
+        return [f"mgda_weight/{n}" for n in names]
+    if config.loss.ccsa.weight > 0:
+        return ["ccsa_loss"]
+    return []
+
+
 def log_columns(config: TrainConfig, names: list[str]) -> list[str]:
     """The CSV columns of a run of ``config``."""
     columns = ["iter", "epoch", "loss", "lr", "images_per_s", "data_wait_s"]
     if len(names) > 1:
         columns += [f"loss/{n}" for n in names]
+    columns += baseline_columns(config, names)
     if config.val.every:
         with_val = [d.name for d in config.datasets if d.val_list]
         columns += ["val_miou"] if len(names) == 1 else [f"val_miou/{n}" for n in with_val]
@@ -528,13 +635,26 @@ def _plan_summary(
     sizes = ", ".join(f"{d.config.name} ({len(d.train)} images)" for d in datasets)
     params = sum(p.numel() for p in model.parameters())
     per_dataset = config.batch_size // len(datasets)
+    baseline = ""
+    if config.optim.multi_objective == "mgda":
+        baseline = (
+            f"\nMGDA: the gradient is the min-norm combination of the {len(datasets)} datasets' gradients "
+            f"(normalization {config.optim.mgda_normalization})"
+        )
+    elif config.loss.ccsa.weight > 0:
+        ccsa = config.loss.ccsa
+        baseline = (
+            f"\nCCSA: loss = {ccsa.weight:g} x contrastive alignment ({ccsa.positive_pairs} positive and "
+            f"{ccsa.positive_pairs * ccsa.negative_ratio} negative cross-dataset pairs per process, margin "
+            f"{ccsa.margin:g}) + {1 - ccsa.weight:g} x cross-entropy"
+        )
     return (
         f"training {model.arch} ({params / 1e6:.2f}M parameters, {config.num_classes} classes, "
         f"{config.model_taxonomy} taxonomy) on {sizes}\n"
         f"{max_iters} iterations of {config.batch_size} crops {config.transform.crop[0]}x{config.transform.crop[1]} "
         f"({per_dataset} per dataset per step, {config.batch_size // ctx.world_size} per process x "
-        f"{ctx.world_size} process(es) on {ctx.device}, {config.precision}); output in {out_dir}"
+        f"{ctx.world_size} process(es) on {ctx.device}, {config.precision}); output in {out_dir}{baseline}"
     )
 
 
-__all__ = ["TrainResult", "Trainer", "log_columns", "train"]
+__all__ = ["TrainResult", "Trainer", "baseline_columns", "log_columns", "train"]
