@@ -23,9 +23,9 @@ A model is ``NAME_OR_PATH[:EXTRA DEMO OPTIONS]``; ``all`` outputs are gray,color
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from machine import cpu_description  # benchmarks/machine.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = Path(os.environ.get("MSEG_SHARED") or REPO.parent / "shared") / "data" / "demo"
@@ -106,7 +107,7 @@ def main() -> None:
     if len(list(images.glob("*.jpg"))) != args.images:
         shutil.rmtree(images, ignore_errors=True)
         make_images(images, args.images)
-    print(f"# {args.images} images (~640x480) from {DEMO}; {platform.processor() or platform.machine()}, "
+    print(f"# {args.images} images (~640x480) from {DEMO}; {datetime.date.today().isoformat()}, {cpu_description()}, "
           f"{os.cpu_count()} CPUs; device {args.device}\n")  # fmt: skip
     print("| model | processes | outputs | images/s | wall s | peak MB per process |")
     print("|---|---|---|---|---|---|")

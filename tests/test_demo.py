@@ -195,7 +195,7 @@ def small_photo(demo_dir: Path, name: str = "3dogs.jpg", width: int = 120) -> np
     return np.ascontiguousarray(cv2.resize(rgb, (width, width * rgb.shape[0] // rgb.shape[1]), cv2.INTER_AREA))
 
 
-@pytest.mark.parametrize(("head", "taxonomy"), [("full", None), ("low_res", "camvid-11")])
+@pytest.mark.parametrize(("head", "taxonomy"), [("full", None), ("low_res", "camvid-11"), ("low_res", None)])
 def test_confidence_and_probs_agree_with_predict_proba(demo_dir, tiny_checkpoint, head, taxonomy):
     from mseg_semantic import Segmenter
 
