@@ -200,9 +200,13 @@ def video_output(stem: Path) -> Path:
     return stem.with_name(stem.name + "_overlay.mp4")
 
 
+#: How a video's name ends while it is written (OpenCV picks the container from the suffix, so ".mp4" stays).
+_PARTIAL_VIDEO = ".partial.mp4"
+
+
 def _partial_video(target: Path) -> Path:
-    """Where a video is written before it is complete (OpenCV picks the container from the suffix: ".mp4" stays)."""
-    return target.with_name(f".{target.stem}.partial{target.suffix}")
+    """Where a video is written before it is complete: ``.NAME_overlay.partial.mp4``."""
+    return target.with_name(f".{target.stem}{_PARTIAL_VIDEO}")
 
 
 def remove_leftovers(out: Path) -> int:
@@ -210,7 +214,7 @@ def remove_leftovers(out: Path) -> int:
     Only while no process of this run writes."""
     removed = 0
     for path in out.rglob(".*"):
-        if (is_temporary(path) or path.name.endswith(".partial.mp4")) and path.is_file():
+        if (is_temporary(path) or path.name.endswith(_PARTIAL_VIDEO)) and path.is_file():
             path.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -52,10 +52,10 @@ class Manifest:
             return []
         return [p for _, p in sorted(found)]
 
-    def _records(self) -> tuple[list[dict[str, Any]], int]:
-        """Every record of the manifest and its parts, oldest first, and the number of lines read."""
+    def _records(self, parts: list[Path]) -> tuple[list[dict[str, Any]], int]:
+        """Every record of the manifest and its ``parts``, oldest first, and the number of lines read."""
         records, lines = [], 0
-        for path in [self.path, *self.parts()]:
+        for path in [self.path, *parts]:
             try:
                 text = path.read_text(encoding="utf-8", errors="replace")
             except FileNotFoundError:
@@ -76,7 +76,7 @@ class Manifest:
 
     def read(self) -> dict[str, dict[str, Any]]:
         """The latest record of each name."""
-        return {record["name"]: record for record in self._records()[0]}
+        return {record["name"]: record for record in self._records(self.parts())[0]}
 
     def is_done(self, record: dict[str, Any] | None, outputs: list[Path]) -> bool:
         """Whether ``record`` says done with every one of ``outputs`` (paths below ``out``), and they all exist."""
@@ -105,7 +105,7 @@ class Manifest:
         the parts; only when there are parts, or a name has several lines, or a line did not parse. Only while no
         process appends. Returns whether it rewrote the file."""
         parts = self.parts()
-        records, lines = self._records()
+        records, lines = self._records(parts)
         latest = {record["name"]: record for record in records}
         if not parts and len(latest) == len(records) == lines:
             return False

@@ -8,7 +8,7 @@ file and line, when a batch needs them.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from mseg_semantic.data import (
     read_list,
 )
 from mseg_semantic.errors import InputError
-from mseg_semantic.training.config import DatasetConfig, TrainConfig
+from mseg_semantic.training.config import DatasetConfig, TrainConfig, TransformConfig
 
 
 @dataclass(frozen=True)
@@ -90,23 +90,9 @@ def label_target(config: TrainConfig) -> str | None:
 
 def train_transform(config: TrainConfig) -> TrainTransform:
     """The augmentation of the config's ``transform`` section (the one place the config becomes a transform)."""
-    t = config.transform
-    return TrainTransform(
-        short_size=t.short_size,
-        crop=t.crop,
-        scale=t.scale,
-        rotate=t.rotate,
-        rotate_prob=t.rotate_prob,
-        blur_prob=t.blur_prob,
-        flip_prob=t.flip_prob,
-        blur_kernel=t.blur_kernel,
-        color=t.color,
-        grayscale_prob=t.grayscale_prob,
-        haze=t.haze,
-        jpeg=t.jpeg,
-        hood=t.hood,
-        perspective=t.perspective,
-    )
+    # Every field of the section is a field of the transform, under the same name (the transform adds only
+    # ignore_label); a field added to both needs no line here.
+    return TrainTransform(**{f.name: getattr(config.transform, f.name) for f in fields(TransformConfig)})
 
 
 def seed_worker(worker_id: int) -> None:
