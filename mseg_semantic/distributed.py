@@ -16,6 +16,7 @@ serves both. The rules, in one place:
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -125,8 +126,13 @@ def init_process(device: str | torch.device, timeout: timedelta | None = None) -
 
 
 def close_process(ctx: ProcessContext) -> None:
-    """Leave the process group if :func:`init_process` created it."""
+    """Leave the process group if :func:`init_process` created it.
+
+    What may still hold the group (a DistributedDataParallel wrapper left in a reference cycle) is collected first,
+    so the group and its worker threads end here, in order, rather than in the interpreter's teardown at exit.
+    """
     if ctx.owns_group and _initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

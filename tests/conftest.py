@@ -11,6 +11,8 @@ test skips, except under ``CI=true``, where it fails so that nothing silently st
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,6 +26,38 @@ torch.set_num_threads(int(os.environ.get("MSEG_TEST_THREADS", "1")))
 # MSEG_SHARED points elsewhere, e.g. at the partial copy benchmarks/gpu_check.sh --pack-shared makes for a GPU machine.
 SHARED = Path(os.environ.get("MSEG_SHARED") or Path(__file__).resolve().parents[1].parent / "shared").resolve()
 DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mseg_command(processes: int, *args: str) -> list[str]:
+    """``python -m mseg_semantic ARGS``, under ``torchrun --standalone --nproc-per-node N`` when ``processes`` > 1
+    (--standalone: the rendezvous takes a free port; a fixed --master-port clashed now and then)."""
+    if processes == 1:
+        return [sys.executable, "-m", "mseg_semantic", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+            "-m", "mseg_semantic", *args]  # fmt: skip
+
+
+def mseg_env(threads: int = 1, **extra: str) -> dict[str, str]:
+    """The environment of a test's ``mseg`` subprocess: this checkout first on the path, ``threads`` OpenMP threads,
+    and Python's fault handler on, so a process killed by a signal (an abort in C++) prints every thread's stack."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(threads), "PYTHONFAULTHANDLER": "1", **extra}
+
+
+def run_mseg(processes: int, *args: str, timeout: float = 600, threads: int = 1) -> subprocess.CompletedProcess:
+    """Run :func:`mseg_command` with :func:`mseg_env`, capturing its text output."""
+    command = mseg_command(processes, *args)
+    return subprocess.run(command, capture_output=True, text=True, env=mseg_env(threads), timeout=timeout)
+
+
+def failure(done: subprocess.CompletedProcess, keep: int = 4000) -> str:
+    """What a failed subprocess said: exit status, then the start and the end of its stderr (under torchrun the
+    first failing process's message comes first, torchrun's own report last)."""
+    err = done.stderr
+    if len(err) > 2 * keep:
+        err = f"{err[:keep]}\n[... {len(err) - 2 * keep} characters ...]\n{err[-keep:]}"
+    return f"exit status {done.returncode}\n{err}"
 
 
 def skip_without_shared(reason: str) -> NoReturn:

@@ -10,17 +10,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import pytest
-from conftest import skip_without_shared
+from conftest import failure, mseg_command, mseg_env, run_mseg, skip_without_shared
 
 SMALL = ["--base-size", "96", "--crop-size", "97", "--outputs", "gray", "--quiet", "--threads", "1"]
 IMAGES = 24
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +43,8 @@ def photos(shared: Path, tmp_path_factory) -> Path:
     return folder
 
 
-def demo_cmd(processes: int, *args: str) -> list[str]:
-    if processes == 1:
-        return [sys.executable, "-m", "mseg_semantic", "demo", *args]
-    # --standalone: the rendezvous takes a free port.
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), "-m",
-            "mseg_semantic", "demo", *args]  # fmt: skip
-
-
 def run_demo(processes: int, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(demo_cmd(processes, *args), capture_output=True, text=True, env=ENV, timeout=600)
+    return run_mseg(processes, "demo", *args)
 
 
 def manifest(out: Path) -> list[dict]:
@@ -90,7 +80,7 @@ def check_complete(out: Path) -> None:
 def one_process(photos, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one")
     result = run_demo(1, str(photos), "--out", str(out), *SMALL)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 1, failure(result)
     assert f"{IMAGES} image(s)" in result.stdout and "1 failed" in result.stdout
     check_complete(out)
     return out
@@ -100,7 +90,7 @@ def test_two_processes_write_what_one_writes(photos, one_process, tmp_path):
     out = tmp_path / "two"
     result = run_demo(2, str(photos), "--out", str(out), *SMALL)
     # The corrupt image: reported by the process that met it, in the manifest and in rank 0's summary; exit 1.
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 1, failure(result)
     failed = [line for line in manifest(out) if line["status"] == "failed"]
     assert len(failed) == 1 and "corrupt.jpg: not a readable image" in failed[0]["error"]
     assert f"[rank {failed[0]['rank']}] skipped: " in result.stderr
@@ -130,7 +120,9 @@ def children(pid: int) -> list[int]:
 def test_a_killed_run_resumes(photos, one_process, tmp_path):
     out = tmp_path / "killed"
     with open(tmp_path / "log.txt", "w") as log:
-        proc = subprocess.Popen(demo_cmd(2, str(photos), "--out", str(out), *SMALL), stdout=log, stderr=log, env=ENV)
+        proc = subprocess.Popen(
+            mseg_command(2, "demo", str(photos), "--out", str(out), *SMALL), stdout=log, stderr=log, env=mseg_env()
+        )
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
             if len(manifest_parts(out)) >= 3:  # each process appends to its part; rank 0 merges them at the end
@@ -148,7 +140,7 @@ def test_a_killed_run_resumes(photos, one_process, tmp_path):
     (out / "sub" / ".img03_gray.png.k1ll3d_x.tmp").write_bytes(b"half a png")
     (out / ".clip_overlay.partial.mp4").write_bytes(b"half a video")
     result = run_demo(2, str(photos), "--out", str(out), *SMALL)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 1, failure(result)
     assert f"{IMAGES - done_before} image(s)" in result.stdout and f"{done_before} already done" in result.stdout
     # (The killed process may have left one of its own.)
     removed = re.search(r"removed (\d+) temporary file\(s\) an interrupted run left", result.stderr)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import skip_without_shared, tiny_hrnet
+from conftest import failure, run_mseg, skip_without_shared, tiny_hrnet
 
 from mseg_semantic import TaxonomyError
 from mseg_semantic.cli import main
@@ -197,15 +194,10 @@ def test_two_process_gloo_run_equals_one_process(camvid, oracle_checkpoint, tmp_
     lst.write_text("\n".join((camvid / "val.txt").read_text().split("\n")[:5]) + "\n")
     common = ["eval", "--model", str(oracle_checkpoint), "--dataset", "camvid-11", "--data-root", str(camvid),
               "--list", str(lst), *FAST]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "mseg_semantic", *common, "--out", str(tmp_path / "one")],
-                            capture_output=True, text=True, env=env)  # fmt: skip
-    assert single.returncode == 0, single.stderr
-    # --standalone: the rendezvous takes a free port (a fixed --master-port clashed now and then).
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "mseg_semantic", *common, "--out", str(tmp_path / "two")],
-                            capture_output=True, text=True, env=env)  # fmt: skip
-    assert double.returncode == 0, double.stderr
+    single = run_mseg(1, *common, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, failure(single)
+    double = run_mseg(2, *common, "--out", str(tmp_path / "two"))
+    assert double.returncode == 0, failure(double)
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one["confusion_matrix"] == two["confusion_matrix"] and one["mIoU"] == two["mIoU"]

@@ -15,16 +15,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_HRNET, skip_without_shared
+from conftest import TINY_HRNET, failure, run_mseg, skip_without_shared
 
 from mseg_semantic import Segmenter
 from mseg_semantic.fileio import read_image, read_label
@@ -34,7 +31,6 @@ from mseg_semantic.training.checkpoints import load_training_checkpoint
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "camvid11-compact"  # ships with the package: no download
 PRESETS = ("compact_360_ss", "360_ms")  # the model's own (one or two windows), and the paper's multi-scale demo
 #: GPUs used by the torchrun checks: NCCL needs one GPU per process, so one GPU shards over one process.
@@ -150,16 +146,12 @@ def test_sharded_cuda_evaluation_equals_the_cpu(camvid, tmp_path):
     torchrun environment and ``--device cuda`` (``cuda:LOCAL_RANK``), not NCCL's collectives."""
     lst = tmp_path / "val10.txt"
     lst.write_text("\n".join(list_lines(camvid, "val")[:10]) + "\n")
-    common = ["-m", "mseg_semantic", "eval", "--model", MODEL, "--dataset", "camvid-11", "--data-root", str(camvid),
-              "--list", str(lst), "--quiet"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    cpu = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "cpu"), "--device", "cpu"],
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
-    assert cpu.returncode == 0, cpu.stderr[-3000:]
-    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(GPUS)]
-    gpu = subprocess.run([*run, *common, "--out", str(tmp_path / "gpu"), "--device", "cuda"],
-                         capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "4"}, timeout=300)  # fmt: skip
-    assert gpu.returncode == 0, gpu.stderr[-3000:]
+    common = ["eval", "--model", MODEL, "--dataset", "camvid-11", "--data-root", str(camvid), "--list", str(lst),
+              "--quiet"]  # fmt: skip
+    cpu = run_mseg(1, *common, "--out", str(tmp_path / "cpu"), "--device", "cpu", timeout=300)
+    assert cpu.returncode == 0, failure(cpu)
+    gpu = run_mseg(GPUS, *common, "--out", str(tmp_path / "gpu"), "--device", "cuda", timeout=300, threads=4)
+    assert gpu.returncode == 0, failure(gpu)
     assert f"{GPUS} process(es)" in gpu.stdout + gpu.stderr
     one = json.loads((tmp_path / "cpu" / "metrics.json").read_text())
     sharded = json.loads((tmp_path / "gpu" / "metrics.json").read_text())
@@ -249,11 +241,8 @@ def test_ddp_training_over_nccl(camvid, tmp_path):
     config = tiny_training_config(camvid, tmp_path, "bf16" if torch.cuda.is_bf16_supported() else "fp16", 3)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-               "mseg_semantic", "train", str(path), "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_mseg(2, "train", str(path), "--out", str(tmp_path / "run"), "--quiet", timeout=300, threads=2)
+    assert done.returncode == 0, failure(done)
     assert "2 process(es) on cuda" in done.stdout
     rows = read_log(tmp_path / "run")
     assert [int(r["iter"]) for r in rows] == [1, 2, 3] and all(math.isfinite(float(r["loss"])) for r in rows)

@@ -4,17 +4,14 @@ their configs, and short 2-process runs of both that resume to the bit and give 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_HRNET, tiny_hrnet
+from conftest import TINY_HRNET, failure, run_mseg, tiny_hrnet
 from safetensors.torch import load_file
 from test_train_run import CITYSCAPES, MAPILLARY, read_log, remapped_dataset, write_list
 
@@ -26,8 +23,6 @@ from mseg_semantic.training.checkpoints import LAST_POINTER
 from mseg_semantic.training.loop import _dataset_losses
 from mseg_semantic.training.mgda import _local_gradients, mgda_gradients
 from mseg_semantic.training.min_norm import min_norm_2, min_norm_weights, normalized_gram, project_to_simplex
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------- min-norm solver
@@ -341,12 +336,9 @@ def camvid(shared: Path) -> Path:
 
 
 def torchrun_train(config: str, out: Path, overrides: list[str], *, resume: bool = False) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command += ["-m", "mseg_semantic", "train", config, "--out", str(out), "--max-iters", "4", "--quiet"]
-    command += ["--resume"] * resume + ["--set", *overrides]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = ["train", config, "--out", str(out), "--max-iters", "4", "--quiet", *["--resume"] * resume]
+    done = run_mseg(2, *args, "--set", *overrides, timeout=180)
+    assert done.returncode == 0, failure(done)
     return done.stdout
 
 
