@@ -4,6 +4,9 @@ Reads RUN/model.safetensors (the final export), RUN/config.yaml (the resolved re
 folder(s) given with --metrics, and writes mseg_semantic/assets/models/camvid11-compact.safetensors with the
 weights in fp32 and metadata that make the file self-describing: arch and HRNet config (written by
 save_checkpoint), taxonomy, the training recipe as YAML, the command that trained it, and the measured metrics.
+A run that fine-tuned other weights (``model.weights`` in its recipe, e.g. ``camvid11-robust``) also records the
+recipe, command and metrics of those weights (``init_training_recipe``, ``init_training_command``,
+``init_metrics``), so the file says how to train both stages.
 
     python tools/release_compact_model.py runs/camvid11 --metrics mseg_eval/camvid11-val/metrics.json \\
         --command "torchrun --standalone --nproc-per-node 2 -m mseg_semantic train camvid11 ..."
@@ -15,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 from mseg_semantic.models import load_model, read_metadata, save_checkpoint
 
 TARGET = Path(__file__).resolve().parents[1] / "mseg_semantic" / "assets" / "models" / "camvid11-compact.safetensors"
@@ -25,6 +30,11 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="the training output folder")
     parser.add_argument("--metrics", type=Path, nargs="+", required=True, help="metrics.json files from mseg eval")
     parser.add_argument("--command", required=True, help="the training command line, for the record")
+    parser.add_argument(
+        "--metrics-note",
+        default="",
+        help="appended to each metrics key, e.g. 'recipe trained on train only' when the shipped weights also saw val",
+    )
     parser.add_argument("--out", type=Path, default=TARGET)
     args = parser.parse_args()
 
@@ -35,20 +45,28 @@ def main() -> None:
     for path in args.metrics:
         data = json.loads(path.read_text())
         key = f"{data['dataset']} {Path(data['list']).stem} ({data['config']['name']})"
+        key += f", {args.metrics_note}" if args.metrics_note else ""
         metrics[key] = {
             "mIoU": round(data["mIoU"], 2),
             "pixel_accuracy": round(data["pixel_accuracy"], 2),
             "per_class_iou": {k: None if v is None else round(v, 2) for k, v in data["per_class_iou"].items()},
         }
+    recipe = (args.run / "config.yaml").read_text()
+    stages = {}
+    init = (yaml.safe_load(recipe).get("model") or {}).get("weights")
+    if init:  # stage 2 of a fine-tune: keep what made its starting point
+        first = read_metadata(Path(init))
+        stages = {f"init_{key}": first.get(key, "") for key in ("training_recipe", "training_command", "metrics")}
     out = save_checkpoint(
         model,
         args.out,
         taxonomy=saved["taxonomy"],
         zoo_name="camvid11-compact",
         trained_iters=saved.get("current_iter", ""),
-        training_recipe=(args.run / "config.yaml").read_text(),
+        training_recipe=recipe,
         training_command=args.command,
         metrics=metrics,
+        **stages,
     )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {json.dumps(metrics)}")
 

@@ -6,6 +6,7 @@ from mseg_semantic.data.dataset import SegmentationDataset, read_sample
 from mseg_semantic.data.lists import DATASET_FOLDERS, ListEntry, available_splits, dataset_root, read_list
 from mseg_semantic.data.sampling import BalancedBatchSampler, KeyedDataset, SampleKey
 from mseg_semantic.data.transforms import (
+    Augmentation,
     ColorJitter,
     Haze,
     HoodOcclusion,
@@ -18,6 +19,7 @@ from mseg_semantic.data.transforms import (
 
 __all__ = [
     "DATASET_FOLDERS",
+    "Augmentation",
     "BalancedBatchSampler",
     "ColorJitter",
     "Haze",

@@ -301,24 +301,24 @@ def _chw_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-@dataclass(frozen=True)
-class TrainTransform:
-    """The training augmentation (the steps in this module's docstring); call with ``(image, label, rng)``.
+@dataclass(frozen=True, kw_only=True)
+class Augmentation:
+    """What the training augmentation does, and how often: SPEC 4.6's steps and the options beyond them.
 
-    ``image``: (H, W, 3) RGB uint8 or float; ``label``: (H, W) integer label map. Returns a normalised
-    (3, crop_h, crop_w) float32 tensor and a (crop_h, crop_w) int64 tensor (labels not yet mapped). The fields
-    from ``blur_kernel`` on are the options beyond the original; their defaults are off.
+    The one declaration of these settings: a training config's ``transform`` section is read into it
+    (``TransformConfig``), and :class:`TrainTransform` is it plus the void label. The defaults are the MSeg release's
+    (1080p, 713x713 crops); the options from ``blur_kernel`` on are off, so a config that does not name them
+    trains as the original did. The sections (``color``, ``haze``, ...) check their own values.
     """
 
-    short_size: int
-    crop: tuple[int, int]
+    short_size: int = 1080
+    crop: tuple[int, int] = (713, 713)  # (height, width); one number means a square
     scale: tuple[float, float] = (0.5, 2.0)
     rotate: tuple[float, float] = (-10.0, 10.0)
     rotate_prob: float = 0.5
     blur_prob: float = 0.5
     flip_prob: float = 0.5
-    ignore_label: int = IGNORE_LABEL
-    blur_kernel: tuple[int, int] = (5, 5)
+    blur_kernel: tuple[int, int] = (5, 5)  # [min, max] odd kernel sizes of the blur (the original: 5)
     color: ColorJitter = field(default_factory=ColorJitter)
     grayscale_prob: float = 0.0
     haze: Haze = field(default_factory=Haze)
@@ -335,6 +335,19 @@ class TrainTransform:
             "blur_kernel": float(self.blur_kernel[0] != self.blur_kernel[1] or self.blur_kernel[0] != 5),
         }  # fmt: skip
         return [name for name in EXTRA_OPTIONS if probs[name] > 0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainTransform(Augmentation):
+    """The training augmentation (the steps in this module's docstring); call with ``(image, label, rng)``.
+
+    Built from :class:`Augmentation`'s settings (keywords only), e.g. ``TrainTransform(short_size=360,
+    crop=(360, 480))`` or :func:`mseg_semantic.training.data.train_transform` from a config. ``image``: (H, W, 3)
+    RGB uint8 or float; ``label``: (H, W) integer label map. Returns a normalised (3, crop_h, crop_w) float32 tensor
+    and a (crop_h, crop_w) int64 tensor (labels not yet mapped).
+    """
+
+    ignore_label: int = IGNORE_LABEL
 
     def __call__(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator

@@ -31,7 +31,7 @@ from mseg_semantic.configs import (
     to_plain,
 )
 from mseg_semantic.data.sampling import LAYOUTS
-from mseg_semantic.data.transforms import ColorJitter, Haze, HoodOcclusion, JpegArtefacts, Perspective
+from mseg_semantic.data.transforms import Augmentation
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.precision import PRECISIONS
 
@@ -60,28 +60,8 @@ class ModelConfig:
     weights: str | None = None  # a whole checkpoint (path or zoo name) to fine-tune from (the original `weight`)
 
 
-@dataclass
-class TransformConfig:
-    """The augmentation of SPEC 4.6 and the options beyond it (see :class:`mseg_semantic.data.TrainTransform`).
-
-    The options (from ``blur_kernel`` on) are off by default, so the release configs train as the original did.
-    The sections (``color``, ``haze``, ...) are the augmentation's own classes and check their values themselves.
-    """
-
-    short_size: int = 1080
-    crop: tuple[int, int] = (713, 713)  # (height, width); one number means a square
-    scale: tuple[float, float] = (0.5, 2.0)
-    rotate: tuple[float, float] = (-10.0, 10.0)
-    rotate_prob: float = 0.5
-    blur_prob: float = 0.5
-    flip_prob: float = 0.5
-    blur_kernel: tuple[int, int] = (5, 5)  # [min, max] odd kernel sizes of the blur (the original: 5)
-    color: ColorJitter = field(default_factory=ColorJitter)
-    grayscale_prob: float = 0.0
-    haze: Haze = field(default_factory=Haze)
-    jpeg: JpegArtefacts = field(default_factory=JpegArtefacts)
-    hood: HoodOcclusion = field(default_factory=HoodOcclusion)
-    perspective: Perspective = field(default_factory=Perspective)
+#: The ``transform`` section: SPEC 4.6's augmentation and the options beyond it, declared once, by the transform.
+TransformConfig = Augmentation
 
 
 @dataclass

@@ -90,8 +90,7 @@ def label_target(config: TrainConfig) -> str | None:
 
 def train_transform(config: TrainConfig) -> TrainTransform:
     """The augmentation of the config's ``transform`` section (the one place the config becomes a transform)."""
-    # Every field of the section is a field of the transform, under the same name (the transform adds only
-    # ignore_label); a field added to both needs no line here.
+    # The section is the transform's own settings class; the transform adds only ignore_label.
     return TrainTransform(**{f.name: getattr(config.transform, f.name) for f in fields(TransformConfig)})
 
 
