@@ -116,16 +116,16 @@ def test_bad_overrides_are_named(overrides, message):
         load_train_config("camvid11", overrides)
 
 
-def test_augmentation_options_are_off_in_the_release_configs_and_on_in_camvid11():
+def test_augmentation_options_are_off_in_the_release_configs_and_on_in_camvid11_robust():
     from mseg_semantic.data.transforms import EXTRA_OPTIONS
     from mseg_semantic.training.data import train_transform
 
     for name, _ in list_train_configs():
         extra = ["datasets=[camvid-11]", "taxonomy=own"] if "single" in name else []
         _, config = load_train_config(name, extra)
-        expected = list(EXTRA_OPTIONS) if name == "camvid11" else []
+        expected = list(EXTRA_OPTIONS) if name == "camvid11-robust" else []  # stage 2 of the bundled model
         assert train_transform(config).extras_on == expected, name
-    _, config = load_train_config("camvid11", ["transform.haze.prob=0", "transform.blur_kernel=[5, 5]"])
+    _, config = load_train_config("camvid11-robust", ["transform.haze.prob=0", "transform.blur_kernel=[5, 5]"])
     assert "haze" not in train_transform(config).extras_on and "blur_kernel" not in train_transform(config).extras_on
 
 

@@ -20,6 +20,8 @@ from mseg_semantic.fileio import read_label, write_label
 from mseg_semantic.models import load_model
 from mseg_semantic.taxonomy import class_names
 from mseg_semantic.training import config_from_dict, train
+from mseg_semantic.training.class_weights import enet_weights, label_counts
+from mseg_semantic.training.data import prepare_datasets
 
 
 @pytest.fixture(scope="module")
@@ -224,11 +226,17 @@ def test_unreadable_image_is_reported_with_its_list_line(camvid, tmp_path, capsy
 
 def test_two_processes_with_torchrun_on_cpu(camvid, tmp_path):
     config = tiny_config(camvid, write_list(tmp_path / "train.txt", camvid, 4), max_iters=3, log_every=3)
+    config["loss"] = {"class_weighting": "enet"}  # its label counts are split over the processes, then summed
     path = write_config(tmp_path / "tiny.yaml", config)
     out = tmp_path / "run"
     done = run_mseg(2, "train", str(path), "--out", str(out), "--quiet", timeout=120)
     assert done.returncode == 0, failure(done)
     assert "2 process(es) on cpu" in done.stdout
+    resolved = config_from_dict(config)
+    weights = enet_weights(label_counts(prepare_datasets(resolved), None, 11))
+    names = class_names("camvid-11")
+    line = "class weights (enet): " + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights, strict=True))
+    assert line in done.stdout.splitlines(), done.stdout
     assert [r["iter"] for r in read_log(out)] == ["3"]
     assert load_model(out / "model.safetensors").num_classes == 11
 
@@ -238,6 +246,8 @@ _LEFT_ALIVE = """
 import gc, sys, yaml
 from torch.nn.parallel import DistributedDataParallel
 from mseg_semantic.training import config_from_dict, train
+from mseg_semantic.training.class_weights import enet_weights, label_counts
+from mseg_semantic.training.data import prepare_datasets
 gc.disable()
 train(config_from_dict(yaml.safe_load(open(sys.argv[1]))), sys.argv[2], progress=False)
 print("DDP wrappers alive:", sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))

@@ -36,6 +36,7 @@ from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.precision import PRECISIONS
 
 TAXONOMY_MODES = ("universal", "naive", "own")
+CLASS_WEIGHTINGS = ("none", "enet")
 
 
 @dataclass
@@ -92,6 +93,9 @@ class CCSAConfig:
 @dataclass
 class LossConfig:
     ccsa: CCSAConfig = field(default_factory=CCSAConfig)
+    # none (the original) | enet: cross-entropy weights 1 / ln(1.02 + class share of the training labels), scaled to
+    # a mean of 1 per pixel (see mseg_semantic.training.class_weights)
+    class_weighting: str = "none"
 
 
 @dataclass
@@ -336,6 +340,7 @@ def check_config(config: TrainConfig) -> None:
     )
     check(config.optim.base_lr > 0, "optim.base_lr", f"must be positive, got {config.optim.base_lr}")
     _check_baselines(config)
+    check_choice(config.loss.class_weighting, CLASS_WEIGHTINGS, "loss.class_weighting")
     check(
         config.val.every == 0 or any(d.val_list for d in config.datasets),
         "val.every",

@@ -48,7 +48,7 @@ from mseg_semantic.fileio import atomic_path
 from mseg_semantic.models import build_model, load_checkpoint, load_model, save_checkpoint
 from mseg_semantic.models.weights import load_state_dict_strictly
 from mseg_semantic.precision import autocast
-from mseg_semantic.taxonomy import IGNORE_LABEL
+from mseg_semantic.taxonomy import IGNORE_LABEL, class_names
 from mseg_semantic.training.ccsa import EmbeddingTap, ccsa_loss
 from mseg_semantic.training.checkpoints import (
     CHECKPOINT_FOLDER,
@@ -56,8 +56,15 @@ from mseg_semantic.training.checkpoints import (
     load_training_checkpoint,
     save_training_checkpoint,
 )
+from mseg_semantic.training.class_weights import enet_weights, label_counts
 from mseg_semantic.training.config import TrainConfig, config_to_dict
-from mseg_semantic.training.data import PreparedDataset, build_train_loader, prepare_datasets, worker_error_message
+from mseg_semantic.training.data import (
+    PreparedDataset,
+    build_train_loader,
+    label_target,
+    prepare_datasets,
+    worker_error_message,
+)
 from mseg_semantic.training.logs import Progress, RunLog
 from mseg_semantic.training.mgda import mgda_gradients
 from mseg_semantic.training.optim import build_optimizer, poly_lr, set_lr
@@ -166,6 +173,7 @@ class Trainer:
     last_loss: float | None = None  # the loss of the newest logged row
     lr: float = 0.0  # the LR of the newest step
     tap: EmbeddingTap | None = None  # CCSA: where the step's embedding is read
+    class_weights: torch.Tensor | None = None  # loss.class_weighting: the cross-entropy's weight per class
     _batches: Iterator | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -204,10 +212,12 @@ class Trainer:
         bar = Progress(start_iter, max_iters, progress and ctx.is_main, log)
         stats = _WindowStats(len(datasets), ctx, len(baseline_columns(config, names)))
         tap = EmbeddingTap(model, model.arch) if config.loss.ccsa.weight > 0 else None
+        class_weights = _class_weights(config, datasets, ctx, log)
         return cls(
             config=config, ctx=ctx, out_dir=out_dir, datasets=datasets, model=model, network=network,
             optimizer=optimizer, scaler=scaler, loader=loader, sampler=sampler, iteration=start_iter,
             max_iters=max_iters, run_log=run_log, bar=bar, stats=stats, log=log, last_checkpoint=previous, tap=tap,
+            class_weights=class_weights,
         )  # fmt: skip
 
     def run(self) -> TrainResult:
@@ -247,7 +257,7 @@ class Trainer:
         with self.network.no_sync() if mgda and ddp else nullcontext():
             with autocast(self.ctx.device, self.config.precision), self.tap.capture() if self.tap else nullcontext():
                 output = self.network(images)
-            loss, total, pixel_loss, valid = _losses(output, labels, self.config.optim.aux_weight)
+            loss, total, pixel_loss, valid = _losses(output, labels, self.config.optim.aux_weight, self.class_weights)
             self.optimizer.zero_grad(set_to_none=True)
             if mgda:
                 extras = self._mgda_backward(output, pixel_loss, valid, labels, dataset_ids)
@@ -271,7 +281,9 @@ class Trainer:
         dataset_ids: torch.Tensor,
     ) -> torch.Tensor:
         """Gradients set to MGDA's combination of the datasets' gradients; returns the datasets' weights."""
-        losses = _dataset_losses(output, pixel_loss, valid, labels, dataset_ids, self.config.optim.aux_weight)
+        losses = _dataset_losses(
+            output, pixel_loss, valid, labels, dataset_ids, self.config.optim.aux_weight, self.class_weights
+        )
         params = [p for p in self.model.parameters() if p.requires_grad]
         sync_bn = any(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules())
         result = mgda_gradients(
@@ -368,18 +380,30 @@ class Trainer:
 
 
 def _losses(
-    output: torch.Tensor | tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, aux_weight: float
+    output: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    labels: torch.Tensor,
+    aux_weight: float,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, total, pixel_loss, valid)``: cross-entropy in fp32 over the labelled pixels, what is backpropagated
-    (plus ``aux_weight`` x PSPNet's aux loss), the per-pixel loss and the labelled-pixel mask."""
+    (plus ``aux_weight`` x PSPNet's aux loss), the per-pixel loss and the labelled-pixel mask. ``class_weights``
+    scale each pixel's loss by its class's weight (the mean is still over labelled pixels)."""
     logits, aux = output if isinstance(output, tuple) else (output, None)
-    pixel_loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL, reduction="none")
+    pixel_loss = F.cross_entropy(
+        logits.float(), labels, weight=class_weights, ignore_index=IGNORE_LABEL, reduction="none"
+    )
     valid = labels != IGNORE_LABEL
     loss = pixel_loss.sum() / valid.sum().clamp(min=1)  # mean over labelled pixels; 0 for an all-void batch
     total = loss
     if aux is not None:
-        aux_loss = F.cross_entropy(aux.float(), labels, ignore_index=IGNORE_LABEL)
-        total = loss + aux_weight * torch.nan_to_num(aux_loss)
+        if class_weights is None:  # as the original
+            aux_loss = torch.nan_to_num(F.cross_entropy(aux.float(), labels, ignore_index=IGNORE_LABEL))
+        else:
+            aux_pixel = F.cross_entropy(
+                aux.float(), labels, weight=class_weights, ignore_index=IGNORE_LABEL, reduction="none"
+            )
+            aux_loss = aux_pixel.sum() / valid.sum().clamp(min=1)
+        total = loss + aux_weight * aux_loss
     return loss, total, pixel_loss, valid
 
 
@@ -390,13 +414,16 @@ def _dataset_losses(
     labels: torch.Tensor,
     dataset_ids: torch.Tensor,
     aux_weight: float,
+    class_weights: torch.Tensor | None = None,
 ) -> dict[int, torch.Tensor]:
     """Each dataset's loss over its crops in this batch: the cross-entropy mean over its labelled pixels (plus
     ``aux_weight`` x the aux loss), what the original's process of that dataset backpropagates."""
     aux = output[1] if isinstance(output, tuple) else None
     aux_pixel = None
     if aux is not None:
-        aux_pixel = F.cross_entropy(aux.float(), labels, ignore_index=IGNORE_LABEL, reduction="none")
+        aux_pixel = F.cross_entropy(
+            aux.float(), labels, weight=class_weights, ignore_index=IGNORE_LABEL, reduction="none"
+        )
     losses = {}
     for d in torch.unique(dataset_ids).tolist():
         crops = dataset_ids == d
@@ -406,6 +433,19 @@ def _dataset_losses(
             loss = loss + aux_weight * aux_pixel[crops].sum() / pixels
         losses[int(d)] = loss
     return losses
+
+
+def _class_weights(
+    config: TrainConfig, datasets: list[PreparedDataset], ctx: ProcessContext, log: Callable[[str], None]
+) -> torch.Tensor | None:
+    """``loss.class_weighting``'s weights on the device (None when off), from every training label map."""
+    if config.loss.class_weighting == "none":
+        return None
+    counts = label_counts(datasets, label_target(config), config.num_classes, rank=ctx.rank, world_size=ctx.world_size)
+    weights = enet_weights(counts)
+    names = class_names(config.model_taxonomy)
+    log("class weights (enet): " + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights, strict=True)))
+    return torch.tensor(weights, dtype=torch.float32, device=ctx.device)
 
 
 def _check_batch_size(config: TrainConfig, ctx: ProcessContext) -> None:
