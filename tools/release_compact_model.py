@@ -32,8 +32,10 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the training command line, for the record")
     parser.add_argument(
         "--metrics-note",
-        default="",
-        help="appended to each metrics key, e.g. 'recipe trained on train only' when the shipped weights also saw val",
+        nargs="+",
+        default=[],
+        help="one note per --metrics file, appended to its key (e.g. 'this recipe trained on train only' when the "
+        "shipped weights also saw val); '' for none",
     )
     parser.add_argument("--out", type=Path, default=TARGET)
     args = parser.parse_args()
@@ -41,11 +43,14 @@ def main() -> None:
     model_file = args.run / "model.safetensors"
     model = load_model(model_file)
     saved = read_metadata(model_file)
+    notes = args.metrics_note or [""] * len(args.metrics)
+    if len(notes) != len(args.metrics):
+        parser.error(f"--metrics-note: {len(notes)} note(s) for {len(args.metrics)} metrics file(s)")
     metrics = {}
-    for path in args.metrics:
+    for path, note in zip(args.metrics, notes, strict=True):
         data = json.loads(path.read_text())
         key = f"{data['dataset']} {Path(data['list']).stem} ({data['config']['name']})"
-        key += f", {args.metrics_note}" if args.metrics_note else ""
+        key += f", {note}" if note else ""
         metrics[key] = {
             "mIoU": round(data["mIoU"], 2),
             "pixel_accuracy": round(data["pixel_accuracy"], 2),
