@@ -129,18 +129,27 @@ def test_augmentation_options_are_off_in_the_release_configs_and_on_in_camvid11_
     assert "haze" not in train_transform(config).extras_on and "blur_kernel" not in train_transform(config).extras_on
 
 
-def test_the_bundled_models_recorded_recipe_is_the_original_augmentation(tmp_path):
-    """camvid11-compact was trained before the options existed: its recorded config reads with all of them off."""
+def test_the_bundled_models_recorded_recipes_are_the_two_configs_in_the_repo(tmp_path):
+    """camvid11-compact records both stages: its own recipe is camvid11-robust (from stage 1's weights) and the
+    recipe of the weights it started from is camvid11 (the MSeg augmentation only)."""
     from mseg_semantic import zoo
-    from mseg_semantic.data import TrainTransform
     from mseg_semantic.models import read_metadata
     from mseg_semantic.training.data import train_transform
 
-    recipe = tmp_path / "camvid11-bundled.yaml"
-    recipe.write_text(read_metadata(zoo.fetch("camvid11-compact"))["training_recipe"])
-    _, config = load_train_config(recipe)
-    assert "haze" not in recipe.read_text() and config.num_examples == 56_000
-    assert train_transform(config) == TrainTransform(short_size=360, crop=(360, 480))
+    meta = read_metadata(zoo.fetch("camvid11-compact"))
+    for key, name, overrides in (
+        ("training_recipe", "camvid11-robust", []),
+        ("init_training_recipe", "camvid11", []),
+    ):
+        recipe = tmp_path / f"{key}.yaml"
+        recipe.write_text(meta[key])
+        _, recorded = load_train_config(recipe)
+        _, config = load_train_config(name, overrides)
+        assert train_transform(recorded) == train_transform(config), key
+        assert (recorded.optim, recorded.loss) == (config.optim, config.loss), key
+        assert recorded.num_examples == config.num_examples, key
+        assert recorded.model == config.model and recorded.datasets == config.datasets, key
+    assert "train camvid11-robust" in meta["training_command"] and "train camvid11 " in meta["init_training_command"]
 
 
 def test_a_bad_augmentation_value_in_a_yaml_file_names_file_and_key(tmp_path):

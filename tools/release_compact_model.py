@@ -37,6 +37,12 @@ def main() -> None:
         help="one note per --metrics file, appended to its key (e.g. 'this recipe trained on train only' when the "
         "shipped weights also saw val); '' for none",
     )
+    parser.add_argument(
+        "--init-weights-as",
+        metavar="PATH",
+        help="record the starting weights (model.weights) under this path, e.g. the documented "
+        "runs/camvid11/model.safetensors when the run read a copy elsewhere; the two files must be identical",
+    )
     parser.add_argument("--out", type=Path, default=TARGET)
     args = parser.parse_args()
 
@@ -59,6 +65,10 @@ def main() -> None:
     recipe = (args.run / "config.yaml").read_text()
     stages = {}
     init = (yaml.safe_load(recipe).get("model") or {}).get("weights")
+    if init and args.init_weights_as:
+        if Path(args.init_weights_as).read_bytes() != Path(init).read_bytes():
+            parser.error(f"--init-weights-as: {args.init_weights_as} is not the same file as {init}")
+        recipe = recipe.replace(f"weights: {init}\n", f"weights: {args.init_weights_as}\n", 1)
     if init:  # stage 2 of a fine-tune: keep what made its starting point
         first = read_metadata(Path(init))
         stages = {f"init_{key}": first.get(key, "") for key in ("training_recipe", "training_command", "metrics")}
