@@ -224,6 +224,17 @@ def test_unreadable_image_is_reported_with_its_list_line(camvid, tmp_path, capsy
     assert len(err.splitlines()) == 1, err
 
 
+def test_stage_two_without_stage_ones_weights_says_which_setting_to_change(camvid, tmp_path, capsys):
+    """camvid11-robust fine-tunes runs/camvid11/model.safetensors by default; missing, the error names the key."""
+    missing = tmp_path / "runs" / "camvid11" / "model.safetensors"
+    args = ["train", "camvid11-robust", "--data-root", str(camvid), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main([*args, "--device", "cpu", "--set", f"model.weights={missing}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mseg train: error: model.weights (") and "--set model.weights=PATH" in err
+    assert str(missing) in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_two_processes_with_torchrun_on_cpu(camvid, tmp_path):
     config = tiny_config(camvid, write_list(tmp_path / "train.txt", camvid, 4), max_iters=3, log_every=3)
     config["loss"] = {"class_weighting": "enet"}  # its label counts are split over the processes, then summed

@@ -43,7 +43,7 @@ from mseg_semantic.distributed import (
     close_process,
     init_process,
 )
-from mseg_semantic.errors import InputError
+from mseg_semantic.errors import CheckpointError, InputError
 from mseg_semantic.fileio import atomic_path
 from mseg_semantic.models import build_model, load_checkpoint, load_model, save_checkpoint
 from mseg_semantic.models.weights import load_state_dict_strictly
@@ -555,7 +555,10 @@ def _build_model(config: TrainConfig, ctx: ProcessContext, state: dict | None) -
         from mseg_semantic import zoo
 
         # A checkpoint path, or a zoo name (downloaded and cached on first use) for fine-tuning a released model.
-        load_checkpoint(model, zoo.resolve(config.model.weights)[0])
+        try:
+            load_checkpoint(model, zoo.resolve(config.model.weights)[0])
+        except (InputError, CheckpointError) as exc:  # say which setting named the file, and how to change it
+            raise type(exc)(f"model.weights (the weights to fine-tune; --set model.weights=PATH): {exc}") from None
     if ctx.distributed and ctx.device.type == "cuda" and config.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(ctx.device)
