@@ -31,13 +31,6 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, nargs="+", required=True, help="metrics.json files from mseg eval")
     parser.add_argument("--command", required=True, help="the training command line, for the record")
     parser.add_argument(
-        "--metrics-note",
-        nargs="+",
-        default=[],
-        help="one note per --metrics file, appended to its key (e.g. 'this recipe trained on train only' when the "
-        "shipped weights also saw val); '' for none",
-    )
-    parser.add_argument(
         "--init-weights-as",
         metavar="PATH",
         help="record the starting weights (model.weights) under this path, e.g. the documented "
@@ -49,14 +42,10 @@ def main() -> None:
     model_file = args.run / "model.safetensors"
     model = load_model(model_file)
     saved = read_metadata(model_file)
-    notes = args.metrics_note or [""] * len(args.metrics)
-    if len(notes) != len(args.metrics):
-        parser.error(f"--metrics-note: {len(notes)} note(s) for {len(args.metrics)} metrics file(s)")
     metrics = {}
-    for path, note in zip(args.metrics, notes, strict=True):
+    for path in args.metrics:
         data = json.loads(path.read_text())
         key = f"{data['dataset']} {Path(data['list']).stem} ({data['config']['name']})"
-        key += f", {note}" if note else ""
         metrics[key] = {
             "mIoU": round(data["mIoU"], 2),
             "pixel_accuracy": round(data["pixel_accuracy"], 2),
@@ -68,7 +57,8 @@ def main() -> None:
     if init and args.init_weights_as:
         if Path(args.init_weights_as).read_bytes() != Path(init).read_bytes():
             parser.error(f"--init-weights-as: {args.init_weights_as} is not the same file as {init}")
-        recipe = recipe.replace(f"weights: {init}\n", f"weights: {args.init_weights_as}\n", 1)
+        # model.weights only: the "  weights:" line of the model section, not "  backbone_weights:".
+        recipe = recipe.replace(f"\n  weights: {init}\n", f"\n  weights: {args.init_weights_as}\n", 1)
     if init:  # stage 2 of a fine-tune: keep what made its starting point
         first = read_metadata(Path(init))
         stages = {f"init_{key}": first.get(key, "") for key in ("training_recipe", "training_command", "metrics")}
