@@ -91,8 +91,17 @@ class CCSAConfig:
 
 
 @dataclass
+class OHEMConfig:
+    """Online hard example mining: the loss counts only the hard pixels (see mseg_semantic.training.ohem)."""
+
+    thresh: float | None = None  # off while null; keep pixels whose probability of their label is at most this (0.7)
+    min_kept: float = 0.1  # and at least this share of each process's labelled pixels, the hardest ones
+
+
+@dataclass
 class LossConfig:
     ccsa: CCSAConfig = field(default_factory=CCSAConfig)
+    ohem: OHEMConfig = field(default_factory=OHEMConfig)
     # none (the original) | enet: cross-entropy weights 1 / ln(1.02 + class share of the training labels), scaled to
     # a mean of 1 per pixel (see mseg_semantic.training.class_weights)
     class_weighting: str = "none"
@@ -341,6 +350,13 @@ def check_config(config: TrainConfig) -> None:
     check(config.optim.base_lr > 0, "optim.base_lr", f"must be positive, got {config.optim.base_lr}")
     _check_baselines(config)
     check_choice(config.loss.class_weighting, CLASS_WEIGHTINGS, "loss.class_weighting")
+    ohem = config.loss.ohem
+    check(
+        ohem.thresh is None or 0.0 <= ohem.thresh <= 1.0,
+        "loss.ohem.thresh",
+        f"must be a probability in [0, 1] (or null: off), got {ohem.thresh}",
+    )
+    check(0.0 < ohem.min_kept <= 1.0, "loss.ohem.min_kept", f"must be a share in (0, 1], got {ohem.min_kept}")
     check(
         config.val.every == 0 or any(d.val_list for d in config.datasets),
         "val.every",

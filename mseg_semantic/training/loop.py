@@ -57,7 +57,7 @@ from mseg_semantic.training.checkpoints import (
     save_training_checkpoint,
 )
 from mseg_semantic.training.class_weights import enet_weights, label_counts
-from mseg_semantic.training.config import TrainConfig, config_to_dict
+from mseg_semantic.training.config import OHEMConfig, TrainConfig, config_to_dict
 from mseg_semantic.training.data import (
     PreparedDataset,
     build_train_loader,
@@ -67,6 +67,7 @@ from mseg_semantic.training.data import (
 )
 from mseg_semantic.training.logs import Progress, RunLog
 from mseg_semantic.training.mgda import mgda_gradients
+from mseg_semantic.training.ohem import hard_pixels
 from mseg_semantic.training.optim import build_optimizer, poly_lr, set_lr
 from mseg_semantic.training.validation import validate
 
@@ -213,6 +214,12 @@ class Trainer:
         stats = _WindowStats(len(datasets), ctx, len(baseline_columns(config, names)))
         tap = EmbeddingTap(model, model.arch) if config.loss.ccsa.weight > 0 else None
         class_weights = _class_weights(config, datasets, ctx, log)
+        ohem = config.loss.ohem
+        if ohem.thresh is not None and start_iter == 0:
+            log(
+                f"hard pixels (loss.ohem): the loss counts the labelled pixels with a probability of their label of at "
+                f"most {ohem.thresh:g}, and at least the hardest {ohem.min_kept:.0%} of each process's"
+            )
         return cls(
             config=config, ctx=ctx, out_dir=out_dir, datasets=datasets, model=model, network=network,
             optimizer=optimizer, scaler=scaler, loader=loader, sampler=sampler, iteration=start_iter,
@@ -257,7 +264,9 @@ class Trainer:
         with self.network.no_sync() if mgda and ddp else nullcontext():
             with autocast(self.ctx.device, self.config.precision), self.tap.capture() if self.tap else nullcontext():
                 output = self.network(images)
-            loss, total, pixel_loss, valid = _losses(output, labels, self.config.optim.aux_weight, self.class_weights)
+            loss, total, pixel_loss, valid = _losses(
+                output, labels, self.config.optim.aux_weight, self.class_weights, self.config.loss.ohem
+            )
             self.optimizer.zero_grad(set_to_none=True)
             if mgda:
                 extras = self._mgda_backward(output, pixel_loss, valid, labels, dataset_ids)
@@ -384,25 +393,31 @@ def _losses(
     labels: torch.Tensor,
     aux_weight: float,
     class_weights: torch.Tensor | None = None,
+    ohem: OHEMConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, total, pixel_loss, valid)``: cross-entropy in fp32 over the labelled pixels, what is backpropagated
     (plus ``aux_weight`` x PSPNet's aux loss), the per-pixel loss and the labelled-pixel mask. ``class_weights``
-    scale each pixel's loss by its class's weight (the mean is still over labelled pixels)."""
+    scale each pixel's loss by its class's weight (the mean is still over labelled pixels). With ``ohem`` (its
+    ``thresh`` set), ``valid`` is the hard pixels it keeps, the only ones counted (0 loss elsewhere)."""
     logits, aux = output if isinstance(output, tuple) else (output, None)
     pixel_loss = F.cross_entropy(
         logits.float(), labels, weight=class_weights, ignore_index=IGNORE_LABEL, reduction="none"
     )
     valid = labels != IGNORE_LABEL
+    mined = ohem is not None and ohem.thresh is not None
+    if mined:
+        valid = hard_pixels(logits, labels, valid, ohem.thresh, ohem.min_kept)
+        pixel_loss = pixel_loss * valid
     loss = pixel_loss.sum() / valid.sum().clamp(min=1)  # mean over labelled pixels; 0 for an all-void batch
     total = loss
     if aux is not None:
-        if class_weights is None:  # as the original
+        if class_weights is None and not mined:  # as the original
             aux_loss = torch.nan_to_num(F.cross_entropy(aux.float(), labels, ignore_index=IGNORE_LABEL))
         else:
             aux_pixel = F.cross_entropy(
                 aux.float(), labels, weight=class_weights, ignore_index=IGNORE_LABEL, reduction="none"
             )
-            aux_loss = aux_pixel.sum() / valid.sum().clamp(min=1)
+            aux_loss = (aux_pixel * valid).sum() / valid.sum().clamp(min=1)
         total = loss + aux_weight * aux_loss
     return loss, total, pixel_loss, valid
 
@@ -423,7 +438,7 @@ def _dataset_losses(
     if aux is not None:
         aux_pixel = F.cross_entropy(
             aux.float(), labels, weight=class_weights, ignore_index=IGNORE_LABEL, reduction="none"
-        )
+        ) * valid  # OHEM's kept pixels only (labelled ones have their loss, the rest 0, either way)
     losses = {}
     for d in torch.unique(dataset_ids).tolist():
         crops = dataset_ids == d
