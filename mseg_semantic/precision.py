@@ -10,7 +10,9 @@ function here needs it, so config readers can use the names without it.
 
 from __future__ import annotations
 
+import sys
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mseg_semantic.errors import InputError
@@ -49,3 +51,14 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     import torch
 
     return torch.autocast(device.type, dtype=dtype)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags

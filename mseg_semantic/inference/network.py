@@ -24,7 +24,6 @@ import gc
 import inspect
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,21 +31,10 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mseg_semantic.errors import InputError
-from mseg_semantic.precision import PRECISIONS, autocast, low_precision_dtype
+from mseg_semantic.precision import PRECISIONS, autocast, cpu_has_native_bf16, low_precision_dtype
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> what the device runs fastest without giving up range: bf16, else fp16 (GPU), else fp32."""
     if precision != "auto":

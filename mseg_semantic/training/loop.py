@@ -47,7 +47,7 @@ from mseg_semantic.errors import CheckpointError, InputError
 from mseg_semantic.fileio import atomic_path
 from mseg_semantic.models import build_model, load_checkpoint, load_model, save_checkpoint
 from mseg_semantic.models.weights import load_state_dict_strictly
-from mseg_semantic.precision import autocast
+from mseg_semantic.precision import autocast, cpu_has_native_bf16
 from mseg_semantic.taxonomy import IGNORE_LABEL, class_names
 from mseg_semantic.training.ccsa import EmbeddingTap, ccsa_loss
 from mseg_semantic.training.checkpoints import (
@@ -208,6 +208,11 @@ class Trainer:
         run_log = _open_run_log(config, out_dir, names, start_iter, log) if ctx.is_main else None
         if start_iter == 0:
             log(_plan_summary(config, datasets, model, ctx, max_iters, out_dir))
+        if ctx.device.type == "cpu" and config.precision == "bf16" and not cpu_has_native_bf16():
+            log(
+                "warning: precision bf16, but this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX): torch emulates "
+                "it, several times slower than fp32 here; --set precision=fp32 trains the same recipe faster"
+            )
         if run_log is not None:
             log(_log_location(run_log, out_dir))
         bar = Progress(start_iter, max_iters, progress and ctx.is_main, log)
