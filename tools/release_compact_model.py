@@ -6,8 +6,7 @@ weights in fp32 and metadata that make the file self-describing: arch and HRNet 
 save_checkpoint), taxonomy, the training recipe as YAML, the command that trained it, and the measured metrics.
 A run that fine-tuned other weights (``model.weights`` in its recipe, e.g. ``camvid11-robust``) also records the
 recipe, command and metrics of those weights (``init_training_recipe``, ``init_training_command``,
-``init_metrics``), and their own ``init_...`` keys one level further (``init_init_training_recipe``: the weights
-those started from), so the file says how to train every stage.
+``init_metrics``), so the file says how to train both stages.
 
     python tools/release_compact_model.py runs/camvid11 --metrics mseg_eval/camvid11-val/metrics.json \\
         --command "torchrun --standalone --nproc-per-node 2 -m mseg_semantic train camvid11 ..."
@@ -60,10 +59,9 @@ def main() -> None:
             parser.error(f"--init-weights-as: {args.init_weights_as} is not the same file as {init}")
         # model.weights only: the "  weights:" line of the model section, not "  backbone_weights:".
         recipe = recipe.replace(f"\n  weights: {init}\n", f"\n  weights: {args.init_weights_as}\n", 1)
-    if init:  # a fine-tune: keep what made its starting point, and (init_init_...) what made that one's
+    if init:  # stage 2 of a fine-tune: keep what made its starting point
         first = read_metadata(Path(init))
         stages = {f"init_{key}": first.get(key, "") for key in ("training_recipe", "training_command", "metrics")}
-        stages.update({f"init_{key}": value for key, value in first.items() if key.startswith("init_")})
     out = save_checkpoint(
         model,
         args.out,
