@@ -223,7 +223,8 @@ class Trainer:
         if ohem.thresh is not None and start_iter == 0:
             log(
                 f"hard pixels (loss.ohem): the loss counts the labelled pixels with a probability of their label of at "
-                f"most {ohem.thresh:g}, and at least the hardest {ohem.min_kept:.0%} of each process's"
+                f"most {ohem.thresh:g}, and never fewer than the hardest {ohem.min_kept:.0%} of each process's "
+                "labelled pixels"
             )
         return cls(
             config=config, ctx=ctx, out_dir=out_dir, datasets=datasets, model=model, network=network,
