@@ -10,6 +10,7 @@ function here needs it, so config readers can use the names without it.
 
 from __future__ import annotations
 
+import functools
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -53,6 +54,7 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype)
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
     if not sys.platform.startswith("linux"):

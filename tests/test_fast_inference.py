@@ -145,6 +145,8 @@ def test_auto_precision_follows_the_device():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert resolve_precision("fp16", cpu) == "fp16" and resolve_precision("fp32", cpu) == "fp32"
+    # /proc/cpuinfo is read once per process (training and every Segmenter ask); resolve_precision is plain.
+    assert cpu_has_native_bf16.cache_info().currsize == 1 and not hasattr(resolve_precision, "cache_info")
 
 
 def test_minimal_padding_keeps_the_stride_32_alignment():

@@ -19,7 +19,6 @@ under autocast (its narrow range makes folded weights riskier).
 from __future__ import annotations
 
 import copy
-import functools
 import gc
 import inspect
 import sys
@@ -34,7 +33,6 @@ from mseg_semantic.errors import InputError
 from mseg_semantic.precision import PRECISIONS, autocast, cpu_has_native_bf16, low_precision_dtype
 
 
-@functools.cache
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> what the device runs fastest without giving up range: bf16, else fp16 (GPU), else fp32."""
     if precision != "auto":
