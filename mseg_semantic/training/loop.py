@@ -219,13 +219,6 @@ class Trainer:
         stats = _WindowStats(len(datasets), ctx, len(baseline_columns(config, names)))
         tap = EmbeddingTap(model, model.arch) if config.loss.ccsa.weight > 0 else None
         class_weights = _class_weights(config, datasets, ctx, log)
-        ohem = config.loss.ohem
-        if ohem.thresh is not None and start_iter == 0:
-            log(
-                f"hard pixels (loss.ohem): the loss counts the labelled pixels with a probability of their label of at "
-                f"most {ohem.thresh:g}, and never fewer than the hardest {ohem.min_kept:.0%} of each process's "
-                "labelled pixels"
-            )
         return cls(
             config=config, ctx=ctx, out_dir=out_dir, datasets=datasets, model=model, network=network,
             optimizer=optimizer, scaler=scaler, loader=loader, sampler=sampler, iteration=start_iter,
@@ -699,25 +692,32 @@ def _plan_summary(
     sizes = ", ".join(f"{d.config.name} ({len(d.train)} images)" for d in datasets)
     params = sum(p.numel() for p in model.parameters())
     per_dataset = config.batch_size // len(datasets)
-    baseline = ""
+    lines = ""
     if config.optim.multi_objective == "mgda":
-        baseline = (
+        lines = (
             f"\nMGDA: the gradient is the min-norm combination of the {len(datasets)} datasets' gradients "
             f"(normalization {config.optim.mgda_normalization})"
         )
     elif config.loss.ccsa.weight > 0:
         ccsa = config.loss.ccsa
-        baseline = (
+        lines = (
             f"\nCCSA: loss = {ccsa.weight:g} x contrastive alignment ({ccsa.positive_pairs} positive and "
             f"{ccsa.positive_pairs * ccsa.negative_ratio} negative cross-dataset pairs per process, margin "
             f"{ccsa.margin:g}) + {1 - ccsa.weight:g} x cross-entropy"
+        )
+    ohem = config.loss.ohem
+    if ohem.thresh is not None:
+        lines += (
+            f"\nhard pixels (loss.ohem): the loss counts the labelled pixels with a probability of their label of at "
+            f"most {ohem.thresh:g}, and never fewer than the hardest {ohem.min_kept:.0%} of each process's "
+            "labelled pixels"
         )
     return (
         f"training {model.arch} ({params / 1e6:.2f}M parameters, {config.num_classes} classes, "
         f"{config.model_taxonomy} taxonomy) on {sizes}\n"
         f"{max_iters} iterations of {config.batch_size} crops {config.transform.crop[0]}x{config.transform.crop[1]} "
         f"({per_dataset} per dataset per step, {config.batch_size // ctx.world_size} per process x "
-        f"{ctx.world_size} process(es) on {ctx.device}, {config.precision}); output in {out_dir}{baseline}"
+        f"{ctx.world_size} process(es) on {ctx.device}, {config.precision}); output in {out_dir}{lines}"
     )
 
 

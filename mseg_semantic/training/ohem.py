@@ -15,7 +15,9 @@ import math
 import torch
 
 
-def hard_pixels(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, thresh: float, min_kept: float):
+def hard_pixels(
+    logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, thresh: float, min_kept: float
+) -> torch.Tensor:
     """The pixels of ``valid`` (N, H, W) that OHEM keeps, given ``logits`` (N, C, H, W) and ``labels`` (N, H, W).
 
     Kept: probability of the label <= max(``thresh``, the ``ceil(min_kept * labelled)``-th lowest probability).
