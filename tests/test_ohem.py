@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train_run import tiny_config, write_config, write_list
+from test_train_run import read_log, tiny_config, write_config, write_list
 
 from mseg_semantic.cli import main
 from mseg_semantic.configs import ConfigError
@@ -87,4 +87,4 @@ def test_a_run_with_ohem_says_so_and_trains(camvid, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "hard pixels (loss.ohem)" in out and "at most 0.7" in out and "hardest 25%" in out
     assert (tmp_path / "run" / "model.safetensors").is_file()
-    assert math.isfinite(float((tmp_path / "run" / "log.csv").read_text().splitlines()[-1].split(",")[2]))
+    assert math.isfinite(float(read_log(tmp_path / "run")[-1]["loss"]))
