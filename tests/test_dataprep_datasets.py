@@ -407,14 +407,19 @@ def test_mapillary_strict_mismatch_names_the_record_and_writes_nothing(tmp_path,
         ("mapillary-public65", "val", "water_other", "sea", "map/val_bad.txt",
          [f"mapillary_{val_key}_7936.jpg", f"mapillary_{val_key}_256.jpg"]),
     ])  # fmt: skip
-    status = cli("relabel", "mapillary", "--root", str(root), "--list", str(chosen), "--records", str(records))
-    assert status == 2
+    args = ("relabel", "mapillary", "--root", str(root), "--list", str(chosen), "--records", str(records))
+    assert cli(*args, "--strict") == 2
     err = capsys.readouterr().err
-    assert f"{records / 'map' / 'val_bad.txt'}:2" in err
+    assert f"{records / 'map' / 'val_bad.txt'}:2: segment 256 holds class ids" in err
     base = root / "MapillaryVistasPublic"
     assert files_below(base / "training_semseg65_relabeled") == []  # the train image had succeeded: not moved
     assert files_below(base / "validation_semseg65_relabeled") == []
     assert not (base / ".mseg-relabel-staging").exists()
+    # Without --strict the mismatching segment is left out with a warning; the other two are applied.
+    assert cli(*args) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {records / 'map' / 'val_bad.txt'}:2: segment 256 holds class ids" in captured.err
+    assert "2 segments relabeled" in captured.out and "1 segments left unrelabeled" in captured.out
 
 
 # ---------------------------------------------------------------------- BDD
@@ -458,12 +463,14 @@ def test_bdd_nothing_to_prepare_and_strict_class_region_relabel(tmp_path, capsys
         np.testing.assert_array_equal(read_png(label_path(root, "bdd-relabeled", split, image)), expected)
     np.testing.assert_array_equal(read_png(label_path(root, "bdd", "train", BDD_TRAIN)), labels[BDD_TRAIN])
 
-    # strict: a record whose 'from' class is not what the segment holds stops the run
+    # a record whose 'from' class is not what the segment holds: skipped, or under strict, the run stops
     bad = write_records(tmp_path / "bad", [
         ("bdd", "val", "person", "bicyclist", "bdd/val.txt", ["7d06fefd-f7be05a6_12.jpg"]),
     ])  # fmt: skip
-    with pytest.raises(InputError, match=r"val\.txt:1"):
-        relabel("bdd", root, list_file=chosen, records=bad, workers=1, overwrite=True, progress=False)
+    with pytest.raises(InputError, match=r"val\.txt:1: segment 12 holds class ids"):
+        relabel("bdd", root, list_file=chosen, records=bad, workers=1, overwrite=True, strict=True, progress=False)
+    (summary,) = relabel("bdd", root, list_file=chosen, records=bad, workers=1, overwrite=True, progress=False)
+    assert summary.updates == 0 and len(summary.unrelabeled) == 1 and "val.txt:1: segment 12" in summary.unrelabeled[0]
 
 
 # ---------------------------------------------------------------------- CamVid, KITTI, WildDash, ScanNet

@@ -1,18 +1,22 @@
-"""Write the shipped relabeling manifest ``mseg_semantic/dataprep/records/records.tsv`` from the dataprep spec.
+"""Build and check the relabeling records that ship in ``mseg_semantic/dataprep/records/``.
 
-Run by hand when the spec changes (not needed at install or run time):
+Run by hand when the records change (not needed at install or run time):
 
-    python tools/build_records_manifest.py [--spec ../shared/docs/SPEC-dataprep.md] [--check]
     python tools/build_records_manifest.py --ship ../shared/reference/mseg-api/mseg/relabeled_data
+    python tools/build_records_manifest.py --check [--spec SPEC] [--records DIR]
 
-The spec's Appendix A lists the 381 update records of mseg-api's ``dataset_update_records.py`` in application
-order (folder, split, file, ``orig -> new``, line count). The manifest has one row per record and relabeled
-taxonomy: ``dataset split from to file lines``; the Cityscapes records are applied to two taxonomies, so they
-appear twice (once for cityscapes-19, once for cityscapes-34).
+The dataprep spec's Appendix A lists the 381 update records of mseg-api's ``dataset_update_records.py`` in
+application order (folder, split, file, ``orig -> new``, line count). The manifest ``records.tsv`` has one row per
+record and relabeled taxonomy: ``dataset split from to file lines sha256``; the Cityscapes records are applied to two
+taxonomies, so they appear twice (once for cityscapes-19, once for cityscapes-34). ``sha256`` is the hash of the
+original (uncompressed) file.
 
-``--ship DIR`` copies the record files the manifest names from a copy of mseg-api's ``mseg/relabeled_data`` into
-the package, gzip-compressed (``records/<folder>/<file>.gz``), after checking each file's entry count against the
-manifest; ``mseg data relabel`` then uses them without ``mseg data download records``.
+``--ship DIR`` writes the manifest from the spec and copies the record files it names from a copy of mseg-api's
+``mseg/relabeled_data`` into the package, gzip-compressed (``records/<folder>/<file>.gz``), with their hashes.
+
+``--check`` checks every shipped record file against the manifest (entry count and hash; this is what CI runs, and
+the same check ``mseg data relabel`` makes before it reads a record), and, when the spec is at hand, that the
+manifest's rows are the spec's. Exit status 1 names each file that differs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import hashlib
 import re
 import sys
 from pathlib import Path
@@ -65,40 +70,78 @@ def manifest(spec_text: str) -> str:
     return "dataset\tsplit\tfrom\tto\tfile\tlines\n" + "\n".join(rows) + "\n"
 
 
-def ship(source: Path) -> int:
-    """Copy the manifest's record files from ``source`` into the package, gzip-compressed; returns how many."""
-    rows = list(csv.reader(OUT.read_text(encoding="utf-8").splitlines(), delimiter="\t"))[1:]
-    files = {row[4]: int(row[5]) for row in rows}
-    for name, lines in files.items():
+def hashes(source: Path, text: str) -> dict[str, str]:
+    """sha256 of every file the manifest ``text`` names, read from ``source``, after checking its entry count."""
+    rows = list(csv.reader(text.splitlines(), delimiter="\t"))[1:]
+    out = {}
+    for name, lines in {row[4]: int(row[5]) for row in rows}.items():
         data = (source / name).read_bytes()
         count = sum(1 for line in data.decode("utf-8").splitlines() if line.strip())
         if count != lines:
-            raise SystemExit(f"{source / name}: {count} entries, the manifest says {lines}")
+            raise SystemExit(f"{source / name}: {count} entries, the spec says {lines}")
+        out[name] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def with_hashes(text: str, digests: dict[str, str]) -> str:
+    """The manifest ``text`` with a ``sha256`` column from ``digests`` (file -> hash)."""
+    lines = text.splitlines()
+    body = [f"{line}\t{digests[line.split(chr(9))[4]]}" for line in lines[1:]]
+    return "\n".join([f"{lines[0]}\tsha256", *body]) + "\n"
+
+
+def ship(source: Path, spec_text: str) -> int:
+    """Write the manifest and copy its record files from ``source`` into the package, gzip-compressed."""
+    text = manifest(spec_text)
+    digests = hashes(source, text)
+    for name in digests:
         target = OUT.parent / f"{name}.gz"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
-    return len(files)
+        target.write_bytes(gzip.compress((source / name).read_bytes(), compresslevel=9, mtime=0))
+    OUT.write_text(with_hashes(text, digests), encoding="utf-8")
+    return len(digests)
+
+
+def check(spec: Path, records: Path, explicit_spec: bool) -> int:
+    """0 when the records folder matches its manifest (and the manifest the spec, when the spec is at hand)."""
+    sys.path.insert(0, str(REPO))
+    from mseg_semantic.dataprep.records import check_records
+
+    problems = check_records(records / "records.tsv", records)
+    if spec.is_file():
+        shipped = [line.rsplit("\t", 1)[0] for line in (records / "records.tsv").read_text("utf-8").splitlines()]
+        if "\n".join(shipped) + "\n" != manifest(spec.read_text(encoding="utf-8")):
+            problems.append(f"{records / 'records.tsv'}: rows differ from the spec's Appendix A ({spec})")
+    elif explicit_spec:
+        problems.append(f"{spec}: no such file")
+    else:
+        print(f"note: {spec} not found; checked the record files against the manifest only")
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 1
+    print(f"records in {records}: every file matches records.tsv")
+    return 0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
-    parser.add_argument("--check", action="store_true", help="exit 1 when the committed manifest differs")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )  # fmt: skip
+    parser.add_argument("--spec", type=Path, help=f"the dataprep spec (default: {DEFAULT_SPEC}, when present)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a shipped file or the manifest differs")
+    parser.add_argument("--records", type=Path, default=OUT.parent, metavar="DIR", help="the records folder to check")
     parser.add_argument("--ship", type=Path, metavar="DIR", help="copy the record files from DIR into the package")
     args = parser.parse_args()
-    if args.ship:
-        print(f"shipped {ship(args.ship)} record files into {OUT.parent}")
-        return 0
-    text = manifest(args.spec.read_text(encoding="utf-8"))
+    spec = args.spec or DEFAULT_SPEC
     if args.check:
-        if OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} differs from the spec's Appendix A; rerun tools/build_records_manifest.py")
-            return 1
-        print("records manifest up to date")
-        return 0
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT} ({text.count(chr(10)) - 1} rows)")
+        return check(spec, args.records, args.spec is not None)
+    if not args.ship:
+        parser.error("give --check or --ship DIR")
+    if not spec.is_file():
+        parser.error(f"{spec}: no such file (give --spec)")
+    print(f"shipped {ship(args.ship, spec.read_text(encoding='utf-8'))} record files into {OUT.parent}")
     return 0
 
 

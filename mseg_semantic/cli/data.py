@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from mseg_semantic.cli import add_command_parser
 from mseg_semantic.cli.text import format_table, print_json
 from mseg_semantic.errors import InputError
 
+MAX_WARNINGS = 50
 DATASET_NAMES = (
     "ade20k bdd cityscapes coco-panoptic idd mapillary sunrgbd (training); "
     "camvid kitti pascal-context scannet voc2012 wilddash (test)"
@@ -19,8 +21,7 @@ ORDER = """\
 the sequence, for every dataset (ROOT = the MSeg data root, e.g. export MSEG_DATA=/data/mseg):
   mseg data download ade20k                   # public datasets: fetched and extracted; the others print
   mseg data prepare ade20k --workers 8        #   what to download by hand and where to put it
-  mseg data download records                  # once: the original relabeling records (6 MB)
-  mseg data relabel ade20k --workers 8        # training datasets only
+  mseg data relabel ade20k --workers 8        # training datasets only (the records ship with the package)
   mseg data verify ade20k
   mseg data status                            # what is present, prepared, relabeled, verified"""
 
@@ -51,16 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "download",
-        help="download and extract a public dataset (others: where to get them); 'records' for the relabel records",
+        help="download and extract a public dataset (others: where to get them)",
         description="Public datasets (ade20k, coco-panoptic, camvid, voc2012, pascal-context, sunrgbd) are "
         "downloaded into ROOT/<folder>/ (resumable: run again after an interruption), checked (size and checksum "
         "where known) and extracted into the original layout. The registration-gated ones (bdd, cityscapes, idd, "
         "kitti, mapillary, scannet, wilddash) print what to download by hand, from where, and where to put it; "
-        "'mseg data prepare' then accepts the archives or the extracted folders. DATASET 'records' fetches the "
-        "original relabeling records of mseg-api (381 files, 6 MB) into the cache ($MSEG_HOME, ~/.cache/mseg).",
+        "'mseg data prepare' then accepts the archives or the extracted folders.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dataset", metavar="DATASET", help=f"{DATASET_NAMES}; or 'records'")
+    p.add_argument("dataset", metavar="DATASET", help=DATASET_NAMES)
     _root(p)
     p.add_argument("--mirror", metavar="URL", help="fetch URL/<archive name> instead of the original host")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -85,18 +85,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "relabel",
         help="write a training dataset's -relabeled labels (MSeg's 228,776 segment relabels)",
         description="Remaps the prepared labels X to X-relabeled, then overwrites every segment named by the "
-        "relabeling records, as the original (records in manifest order, lines in file order). ade20k, cityscapes "
-        "(both 19 and 34 classes) and idd overwrite every pixel of a segment; bdd, coco-panoptic, mapillary and "
-        "sunrgbd require each pixel to hold the record's 'from' class and stop naming the record file:line "
-        "otherwise. All records are checked, and every image they touch is computed, before any relabeled file "
-        "is written.",
-        epilog="records: a folder with records.tsv (tab-separated: dataset split from to file) and the record "
-        "files it names, one '<image id>_<segment id>.<ext>' per line; or a copy of mseg-api's mseg/relabeled_data. "
-        "Default: the original records ('mseg data download records').",
+        "relabeling records, as the original (records in manifest order, lines in file order). The original records "
+        "ship with the package. ade20k, cityscapes (both 19 and 34 classes) and idd overwrite every pixel of a "
+        "segment; bdd, coco-panoptic, mapillary and sunrgbd require each pixel to hold the record's 'from' class. "
+        "A record whose segment this copy of the data does not hold as recorded (absent, fewer than 10 pixels on "
+        "ADE20K, another class on the datasets above) is left out with a warning naming the record file:line and "
+        "counted in the summary and in 'mseg data status'; --strict stops instead. All records are checked, and "
+        "every image they touch is computed, before any relabeled file is written.",
+        epilog="records: a folder with records.tsv (tab-separated: dataset split from to file, optionally lines "
+        "and sha256) and the record files it names, one '<image id>_<segment id>.<ext>' per line; or a copy of "
+        "mseg-api's mseg/relabeled_data. Default: the original records inside the package.",
     )
     _dataset(p, training=True)
     _root(p)
-    p.add_argument("--records", metavar="DIR", help="use this records folder instead of the original records")
+    p.add_argument("--records", metavar="DIR", help="use this records folder instead of the shipped records")
+    p.add_argument("--strict", action="store_true", help="stop, writing nothing, when a record does not fit the data")
     _run_options(p)
     p.set_defaults(func=run_step)
 
@@ -176,20 +179,19 @@ def run_status(args: argparse.Namespace) -> int:
 
     table = [
         [r["dataset"], r["role"], r["folder"] + ("" if r["present"] else " (missing)"), frac(r["raw"]),
-         frac(r["prepared"]), frac(r["relabeled"]) if "relabeled" in r else "", r["verified"] or "no"]
+         frac(r["prepared"]), frac(r["relabeled"]) if "relabeled" in r else "", r.get("unrelabeled", ""),
+         r["verified"] or "no"]
         for r in rows
     ]  # fmt: skip
-    print(format_table(["dataset", "role", "folder", "raw", "prepared", "relabeled", "verified"], table))
+    headers = ["dataset", "role", "folder", "raw", "prepared", "relabeled", "unrelabeled", "verified"]
+    print(format_table(headers, table))
+    print("unrelabeled: segments a record names that this copy of the data does not hold as recorded (left as is)")
     return 0
 
 
 def run_download(args: argparse.Namespace) -> int:
     if args.dataset == "records":
-        from mseg_semantic.dataprep.records import download_records
-
-        dest = download_records(mirror=args.mirror, progress=not args.quiet)
-        print(f"relabeling records in {dest}")
-        return 0
+        raise InputError("the relabeling records ship with the package: 'mseg data relabel' needs no download")
     from mseg_semantic.dataprep.datasets import get_dataset
     from mseg_semantic.dataprep.download import download_dataset, manual_instructions
 
@@ -218,12 +220,24 @@ def run_step(args: argparse.Namespace) -> int:
     options = dict(list_file=args.list_file, workers=_workers(args), overwrite=args.overwrite, progress=not args.quiet)
     root = _root_of(args)
     if relabeling:
-        summaries = relabel(args.dataset, root, records=args.records, **options)
+        summaries = relabel(args.dataset, root, records=args.records, strict=args.strict, **options)
     else:
         summaries = [prepare(args.dataset, root, **options)]
     for summary in summaries:
+        _warn_unrelabeled(summary.unrelabeled, Path(root))
         print("\n".join(summary.lines()))
     return 0
+
+
+def _warn_unrelabeled(lines: list[str], root: Path) -> None:
+    """One warning per update a relabel run left out (the first MAX_WARNINGS; all are in the skips file)."""
+    from mseg_semantic.dataprep.run import SKIPS
+
+    for line in lines[:MAX_WARNINGS]:
+        print(f"warning: {line} (left unrelabeled)", file=sys.stderr)
+    if len(lines) > MAX_WARNINGS:
+        print(f"warning: ... and {len(lines) - MAX_WARNINGS} more, all listed in {root}/<dataset>/{SKIPS}",
+              file=sys.stderr)  # fmt: skip
 
 
 def run_verify(args: argparse.Namespace) -> int:

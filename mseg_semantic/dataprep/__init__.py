@@ -16,7 +16,6 @@ _LAZY = {
     "verify": "mseg_semantic.dataprep.verification",
     "status": "mseg_semantic.dataprep.verification",
     "download_dataset": "mseg_semantic.dataprep.download",
-    "download_records": "mseg_semantic.dataprep.records",
     "DATASETS": "mseg_semantic.dataprep.datasets",
 }
 

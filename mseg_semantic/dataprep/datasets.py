@@ -40,7 +40,7 @@ class DatasetSpec:
     semseg: str  # taxonomy of the prepared labels (what training/evaluation read)
     stages: tuple[Stage, ...]
     relabel: tuple[str, ...] = ()  # taxonomies X relabeled to X-relabeled (training datasets only)
-    strict: bool = False  # relabel: mask pixels must hold the record's `from` class
+    check_from: bool = False  # relabel: mask pixels must hold the record's `from` class (the original's strict)
     role: str = "test"
 
     @property

@@ -12,8 +12,10 @@ change another's mask. What a "segment id" means differs per dataset (as in the 
 | cityscapes, idd | the object's ``id`` key, else its position in ``objects`` | its polygon, PIL outline + fill |
 | mapillary | instance PNG value (class * 256 + instance) | ``instances/<key>.png`` == id |
 
-A source is built once per run in the parent process (``prepare_source``) and sent with each image's job; the job
-calls :func:`segment_mask`. A missing segment returns None (the caller names the record line).
+A source is built once per image (:func:`mask_job`) and sent with the image's job; the job reads it with
+:class:`MaskReader`. A segment that this copy of the data does not hold as recorded (absent; an ADE20K segment of
+fewer than :data:`MIN_ADE_PIXELS` pixels) raises :class:`RecordMismatch`: the relabel run leaves that segment out
+with a warning, or stops under ``--strict``. An unreadable or missing mask file is an ordinary error.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from mseg_semantic.fileio import read_label
 
 MIN_ADE_PIXELS = 10
 """The original refuses ADE20K segments of fewer pixels (after resizing the instance mask)."""
+
+
+class RecordMismatch(InputError):
+    """A record's segment is not in this copy of the data as the record describes it (the caller names the line)."""
 
 
 @dataclass(frozen=True)
@@ -110,19 +116,20 @@ class MaskReader:
                 raise InputError(f"{path}: size {self._data.shape[1]}x{self._data.shape[0]} differs from the label's")
         return self._data
 
-    def mask(self, segment: int) -> np.ndarray | None:
-        """Boolean mask of ``segment``, or None when the image has no such segment."""
+    def mask(self, segment: int) -> np.ndarray:
+        """Boolean mask of ``segment``; :class:`RecordMismatch` when the image has no such (usable) segment."""
         data = self._load()
         kind = self.job.kind
         if kind == "polygon":
-            return _polygon_mask(data, segment, self.job.path)
-        if kind == "coco" and segment not in self.job.segments:
-            return None
-        mask = data == segment
-        if not mask.any():
-            return None
+            mask = _polygon_mask(data, segment, self.job.path)
+        elif kind == "coco" and segment not in self.job.segments:
+            mask = None
+        else:
+            mask = data == segment
+        if mask is None or not mask.any():
+            raise RecordMismatch(f"image has no segment {segment}")
         if kind == "ade20k" and int(mask.sum()) < MIN_ADE_PIXELS:
-            raise InputError(f"segment {segment} has {int(mask.sum())} pixels, fewer than {MIN_ADE_PIXELS}")
+            raise RecordMismatch(f"segment {segment} has {int(mask.sum())} pixels, fewer than {MIN_ADE_PIXELS}")
         return mask
 
 

@@ -1,20 +1,26 @@
 """Relabeling records: which segment of which image becomes which class.
 
-A records folder holds ``records.tsv`` (tab-separated; header ``dataset split from to file``, optionally a
-``lines`` column that is then checked) and the record files it names, in the original mseg-api line format:
-``<image id>_<segment id>.<ext>`` (the extension means nothing). Rows are applied in manifest order, lines in file
-order; later writes win where masks overlap. A record file may also be stored gzip-compressed (``file.gz``).
+MSeg's 381 original record files (mseg-api ``mseg/relabeled_data`` at :data:`SOURCE_COMMIT`, 228,776 lines, CC BY 4.0)
+ship inside the package, gzip-compressed, with their manifest ``records.tsv``; ``mseg data relabel`` uses them unless
+``--records DIR`` names another folder.
+
+A records folder holds ``records.tsv`` (tab-separated; header ``dataset split from to file``, optionally followed by
+``lines`` and ``sha256`` columns, which are then checked) and the record files it names, in the original mseg-api
+line format: ``<image id>_<segment id>.<ext>`` (the extension means nothing). Rows are applied in manifest order,
+lines in file order; later writes win where masks overlap. A record file may be stored gzip-compressed
+(``file.gz``); its ``sha256`` is that of the uncompressed text, so it equals the hash of mseg-api's own file.
 
 Everything here is checked before any label file is written: the manifest (names of known classes, files that
-exist), every line's grammar, duplicates (a segment named twice for one image, with both lines named), and that each
-named image is in the dataset's split list (in a run restricted with ``--list``, lines for other images are only
-parsed). Problems name ``file:line``.
+exist, each file's line count and content hash), every line's grammar, duplicates (a segment named twice for one
+image, with both lines named), and that each named image is in the dataset's split list (in a run restricted with
+``--list``, lines for other images are only parsed). Problems name ``file:line``.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,6 +32,8 @@ from mseg_semantic.taxonomy import get_taxonomy
 from mseg_semantic.taxonomy.tables import IGNORE_LABEL, UNLABELED
 
 HEADER = ("dataset", "split", "from", "to", "file")
+CHECKS = ("lines", "sha256")
+"""Optional manifest columns after :data:`HEADER`, checked against each record file when present."""
 TASKS = (
     "ade20k-150",
     "bdd",
@@ -39,9 +47,7 @@ TASKS = (
 """The taxonomies X that are relabeled into X-relabeled (the ``dataset`` column of ``records.tsv``)."""
 
 SOURCE_COMMIT = "2bd00ae8c224d94cbc7ff9b47fde6ae8420adc27"
-"""The mseg-api commit whose ``mseg/relabeled_data/`` the shipped manifest describes."""
-
-RECORDS_URL = f"https://raw.githubusercontent.com/mseg-dataset/mseg-api/{SOURCE_COMMIT}/mseg/relabeled_data"
+"""The mseg-api commit whose ``mseg/relabeled_data/`` files ship in the package."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Record:
     file: Path
     lines: int | None
     where: str  # "records.tsv:<line>"
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,15 +78,8 @@ ImageKey = tuple[str, str]  # (parent folder of the label file, image stem)
 
 
 def shipped_dir() -> Path:
-    """The package's records folder (its manifest always ships; the record files may not, see :func:`resolve`)."""
+    """The package's records folder: ``records.tsv`` and the original record files, gzip-compressed."""
     return Path(str(resources.files("mseg_semantic.dataprep").joinpath("records")))
-
-
-def cache_dir() -> Path:
-    """Where ``mseg data download records`` puts the original record files."""
-    from mseg_semantic.zoo import cache_dir as mseg_cache
-
-    return mseg_cache() / "records" / SOURCE_COMMIT[:7]
 
 
 def _record_path(folder: Path, name: str) -> Path | None:
@@ -93,41 +93,26 @@ def resolve(records_dir: str | os.PathLike | None) -> tuple[Path, Path]:
     """(manifest file, folder the manifest's ``file`` paths are relative to) for ``--records DIR`` or the default.
 
     ``DIR`` is a folder with its own ``records.tsv``, or a copy of mseg-api's ``mseg/relabeled_data`` (used with
-    the shipped manifest). Without ``DIR``: the package's files when complete, else those of
-    ``mseg data download records``.
+    the shipped manifest, so its files must be the original ones). Without ``DIR``: the records in the package.
     """
     shipped = shipped_dir() / "records.tsv"
-    if records_dir is not None:
-        folder = Path(records_dir).expanduser()
-        if not folder.is_dir():
-            raise InputError(f"{folder}: records folder does not exist")
-        if (folder / "records.tsv").is_file():
-            return folder / "records.tsv", folder
-        if _manifest_files(shipped) & {p.name for p in folder.iterdir() if p.is_dir()}:
-            return shipped, folder  # the original's folder layout: the shipped manifest describes it
-        raise InputError(f"{folder}: no records.tsv (tab-separated: {' '.join(HEADER)}) in the records folder")
-    for folder in (shipped_dir(), cache_dir()):
-        if _all_present(shipped, folder):
-            return shipped, folder
-    raise InputError(
-        "the original relabeling records (381 files, 6 MB) are not installed: run 'mseg data download records' "
-        "(or give --records DIR, e.g. a checkout's mseg-api/mseg/relabeled_data)"
-    )
-
-
-def _manifest_rows(manifest: Path) -> list[list[str]]:
-    with open(manifest, encoding="utf-8") as handle:
-        return [row for row in list(csv.reader(handle, delimiter="\t"))[1:] if len(row) >= 5]
+    if records_dir is None:
+        return shipped, shipped_dir()
+    folder = Path(records_dir).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"{folder}: records folder does not exist")
+    if (folder / "records.tsv").is_file():
+        return folder / "records.tsv", folder
+    if _manifest_files(shipped) & {p.name for p in folder.iterdir() if p.is_dir()}:
+        return shipped, folder  # the original's folder layout: the shipped manifest describes it
+    raise InputError(f"{folder}: no records.tsv (tab-separated: {' '.join(HEADER)}) in the records folder")
 
 
 def _manifest_files(manifest: Path) -> set[str]:
     """Top-level folders of the files a manifest names."""
-    return {row[4].split("/", 1)[0] for row in _manifest_rows(manifest)}
-
-
-def _all_present(manifest: Path, folder: Path) -> bool:
-    rows = _manifest_rows(manifest)
-    return bool(rows) and all(_record_path(folder, row[4]) is not None for row in rows)
+    with open(manifest, encoding="utf-8") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))[1:]
+    return {row[4].split("/", 1)[0] for row in rows if len(row) >= 5}
 
 
 def read_manifest(manifest: Path, folder: Path, *, datasets: tuple[str, ...] | None = None) -> list[Record]:
@@ -139,7 +124,7 @@ def read_manifest(manifest: Path, folder: Path, *, datasets: tuple[str, ...] | N
     rows = list(csv.reader(text.splitlines(), delimiter="\t"))
     if not rows or tuple(c.strip() for c in rows[0][:5]) != HEADER:
         raise InputError(f"{manifest}:1: header must be {' '.join(HEADER)} (tab-separated)")
-    has_lines = len(rows[0]) > 5 and rows[0][5].strip() == "lines"
+    extra = {name.strip(): i for i, name in enumerate(rows[0][5:], start=5) if name.strip() in CHECKS}
     records = []
     for number, row in enumerate(rows[1:], start=2):
         where = f"{manifest}:{number}"
@@ -161,30 +146,53 @@ def read_manifest(manifest: Path, folder: Path, *, datasets: tuple[str, ...] | N
         path = _record_path(folder, file)
         if path is None:
             raise InputError(f"{where}: record file {folder / file} does not exist")
-        lines = None
-        if has_lines and len(row) > 5 and row[5].strip():
-            try:
-                lines = int(row[5])
-            except ValueError:
-                raise InputError(f"{where}: lines must be a whole number, got {row[5]!r}") from None
-        records.append(Record(dataset, split, orig, new, path, lines, where))
+        lines, sha256 = (row[extra[c]].strip() if c in extra and len(row) > extra[c] else "" for c in CHECKS)
+        if lines and not lines.isdigit():
+            raise InputError(f"{where}: lines must be a whole number, got {lines!r}")
+        records.append(Record(dataset, split, orig, new, path, int(lines) if lines else None, where, sha256 or None))
     return records
 
 
-def read_record_lines(record: Record) -> list[str]:
-    """A record file's entries (stripped; blank lines skipped), checked against the manifest's line count."""
+def read_record_file(path: Path, *, lines: int | None = None, sha256: str | None = None, where: str = "") -> str:
+    """The text of a record file (gunzipped), checked against the manifest's line count and content hash."""
     try:
-        data = record.file.read_bytes()
-        if record.file.suffix == ".gz":
+        data = path.read_bytes()
+        if path.suffix == ".gz":
             data = gzip.decompress(data)
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as exc:
-        raise InputError(f"{record.file}: cannot read the record file ({exc})") from None
-    lines = [line.strip() for line in text.splitlines()]
-    count = sum(1 for line in lines if line)
-    if record.lines is not None and count != record.lines:
-        raise InputError(f"{record.file}: {count} entries, but the manifest ({record.where}) says {record.lines}")
-    return lines
+        raise InputError(f"{path}: cannot read the record file ({exc})") from None
+    source = f" ({where})" if where else ""
+    count = sum(1 for line in text.splitlines() if line.strip())
+    if lines is not None and count != lines:
+        raise InputError(f"{path}: {count} entries, but the manifest{source} says {lines}")
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise InputError(
+            f"{path}: content differs from the record file the manifest{source} names (sha256 mismatch); "
+            "to apply edited records, give --records a folder with its own records.tsv"
+        )
+    return text
+
+
+def read_record_lines(record: Record) -> list[str]:
+    """A record file's lines (stripped; blank lines kept as ''), checked against the manifest."""
+    text = read_record_file(record.file, lines=record.lines, sha256=record.sha256, where=record.where)
+    return [line.strip() for line in text.splitlines()]
+
+
+def check_records(manifest: Path, folder: Path) -> list[str]:
+    """Problems of a records folder (empty when every file the manifest names is there, whole and unchanged)."""
+    try:
+        records = read_manifest(manifest, folder)
+    except InputError as exc:
+        return [str(exc)]
+    problems = []
+    for record in {r.file: r for r in records}.values():  # Cityscapes files are named twice
+        try:
+            read_record_lines(record)
+        except InputError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def parse_line(task: str, line: str, split: str) -> tuple[str, str, int]:
@@ -264,37 +272,3 @@ def updates_by_image(
                 raise InputError(f"{where}: segment {segment} of {stem!r} is already relabeled by {first}")
             out[key].append(Update(segment, orig_id, new_id, where))
     return dict(out)
-
-
-def download_records(*, mirror: str | None = None, progress: bool = True) -> Path:
-    """Fetch the original record files named by the shipped manifest into :func:`cache_dir` (gzip-compressed).
-
-    Files already there are kept; each download is checked against the manifest's line count. ``mirror``: fetch
-    ``MIRROR/<folder>/<file>`` instead of the mseg-api repository (for sites without internet access).
-    """
-    from tqdm import tqdm
-
-    from mseg_semantic.downloads import http_download
-    from mseg_semantic.errors import DownloadError
-    from mseg_semantic.fileio import write_bytes_atomic
-
-    manifest = shipped_dir() / "records.tsv"
-    dest = cache_dir()
-    rows = {row[4]: row for row in _manifest_rows(manifest)}  # Cityscapes files are listed twice
-    base = (mirror or RECORDS_URL).rstrip("/")
-    for name, row in tqdm(rows.items(), desc="records", unit="file", disable=not progress):
-        target = dest / f"{name}.gz"
-        if target.is_file():
-            continue
-        part = dest / f"{name}.part"
-        part.unlink(missing_ok=True)
-        http_download(f"{base}/{name}", part, progress=False)
-        text = part.read_bytes()
-        count = sum(1 for line in text.decode("utf-8", errors="replace").splitlines() if line.strip())
-        expected = int(row[5]) if len(row) > 5 and row[5].strip() else None
-        if expected is not None and count != expected:
-            part.unlink(missing_ok=True)
-            raise DownloadError(f"{base}/{name}: {count} entries, expected {expected}; not the original record file")
-        write_bytes_atomic(target, gzip.compress(text, mtime=0))
-        part.unlink(missing_ok=True)
-    return dest

@@ -12,6 +12,7 @@ removed); (3) staged files are moved into place, then the images without updates
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -23,7 +24,7 @@ import numpy as np
 from mseg_semantic.data.lists import generated_list_path, list_lines, read_list_file
 from mseg_semantic.dataprep import convert
 from mseg_semantic.dataprep.datasets import SPLITS, DatasetSpec, get_dataset, relabeled
-from mseg_semantic.dataprep.masks import MaskJob, MaskReader, ade_instance_paths, mask_job
+from mseg_semantic.dataprep.masks import MaskJob, MaskReader, RecordMismatch, ade_instance_paths, mask_job
 from mseg_semantic.dataprep.records import Record, Update, read_manifest, resolve, updates_by_image
 from mseg_semantic.errors import InputError, MsegError, TaxonomyError
 from mseg_semantic.fileio import write_bytes_atomic, write_label
@@ -48,6 +49,7 @@ class Summary:
     images: dict[str, int] = field(default_factory=dict)
     updates: int = 0
     note: str = ""
+    unrelabeled: list[str] = field(default_factory=list)  # "file:line: reason" of each update left out
 
     def lines(self) -> list[str]:
         out = [self.note] if self.note else []
@@ -58,6 +60,11 @@ class Summary:
             )
         if self.step == "relabel":
             out.append(f"{self.updates} segments relabeled")
+        if self.unrelabeled:
+            out.append(
+                f"{len(self.unrelabeled)} segments left unrelabeled: their record does not fit this copy of the data "
+                "(see the warnings; --strict makes this an error)"
+            )
         return out
 
 
@@ -319,38 +326,51 @@ class RelabelJob:
     output: Path  # where to write (the staging file for images with updates)
     final: Path  # the X-relabeled label path
     overwrite: bool
-    strict: bool
+    check_from: bool  # the dataset's mask pixels must hold the record's `from` class (the original's "strict" swap)
+    strict: bool  # a record that does not fit the data stops the run instead of being skipped
     updates: tuple[Update, ...] = ()
     mask: MaskJob | None = None
 
 
-def relabel_one(job: RelabelJob) -> int:
-    """Remap X -> X-relabeled and overwrite the recorded segments; returns the number of files written."""
+def relabel_one(job: RelabelJob) -> tuple[int, tuple[str, ...]]:
+    """Remap X -> X-relabeled and overwrite the recorded segments.
+
+    Returns the number of files written and the updates left out, as ``"file:line: reason"``: a record whose
+    segment this copy of the data does not hold as recorded (see :class:`RecordMismatch`) leaves that segment as
+    the class-level remap wrote it; with ``job.strict`` it stops the run instead.
+    """
     if not job.overwrite and job.final.exists():
-        return 0
+        return 0, ()
     if not job.source.is_file():
         raise InputError(f"{job.source}: label file missing (run 'mseg data prepare' first)")
     label = convert.read_grey(job.source)
     out = remap(label, job.task, relabeled(job.task), job.source).astype(np.uint8)
-    if job.updates:
-        reader = MaskReader(job.mask, out, label)
-        for update in job.updates:
-            try:
-                mask = reader.mask(update.segment)
-            except InputError as exc:
-                raise InputError(f"{update.where}: {exc}") from None
-            if mask is None:
-                raise InputError(f"{update.where}: image has no segment {update.segment}")
+    left = []
+    reader = MaskReader(job.mask, out, label) if job.updates else None
+    for update in job.updates:
+        try:
+            out[_segment(reader, update, out, job)] = update.new_id
+        except RecordMismatch as exc:
             if job.strict:
-                held = np.unique(out[mask])
-                if held.size != 1 or int(held[0]) != update.orig_id:
-                    raise InputError(
-                        f"{update.where}: segment {update.segment} holds class ids {held.tolist()[:8]} in the "
-                        f"{job.task}-relabeled labels, not the record's class {update.orig_id} (a strict dataset)"
-                    )
-            out[mask] = update.new_id
+                raise InputError(f"{update.where}: {exc}") from None
+            left.append(f"{update.where}: {exc}")
+        except InputError as exc:
+            raise InputError(f"{update.where}: {exc}") from None
     write_label(job.output, out)
-    return 1
+    return 1, tuple(left)
+
+
+def _segment(reader: MaskReader, update: Update, out: np.ndarray, job: RelabelJob) -> np.ndarray:
+    """The mask of ``update``'s segment; :class:`RecordMismatch` when the data does not hold it as recorded."""
+    mask = reader.mask(update.segment)
+    if job.check_from:
+        held = np.unique(out[mask])
+        if held.size != 1 or int(held[0]) != update.orig_id:
+            raise RecordMismatch(
+                f"segment {update.segment} holds class ids {held.tolist()[:8]} in the {job.task}-relabeled labels, "
+                f"not the record's class {update.orig_id}"
+            )
+    return mask
 
 
 def relabel(
@@ -361,17 +381,51 @@ def relabel(
     records: str | os.PathLike | None = None,
     workers: int = 1,
     overwrite: bool = False,
+    strict: bool = False,
     progress: bool = True,
 ) -> list[Summary]:
-    """Write the ``-relabeled`` labels of a training dataset (both for Cityscapes: 19 and 34 classes)."""
+    """Write the ``-relabeled`` labels of a training dataset (both for Cityscapes: 19 and 34 classes).
+
+    Records come from the package unless ``records`` names a folder. A record whose segment this copy of the data
+    does not hold as recorded is left out with a warning (``Summary.unrelabeled``); ``strict`` makes it an error.
+    """
     spec = get_dataset(dataset)
     if not spec.relabel:
         raise InputError(f"{spec.name} is a test dataset; only the training datasets are relabeled")
     root = check_root(root)
+    plans = _relabel_plans(spec, root, list_file, records, overwrite, strict)
+    for _, _, jobs in plans:
+        missing = [job.source for job in jobs if not job.source.is_file() and (overwrite or not job.final.exists())]
+        if missing:
+            more = f" ({len(missing)} in all)" if len(missing) > 1 else ""
+            raise InputError(f"{missing[0]}: label file missing{more}; run 'mseg data prepare {spec.name}' first")
+    remove_orphans(job.final for _, _, jobs in plans for job in jobs)
+    staged = _stage_updates(plans, root / spec.list_root / STAGING, workers, progress)
+    summaries = {task: Summary(spec.name if len(spec.relabel) == 1 else task, "relabel") for task in spec.relabel}
+    done: dict[Path, tuple[str, ...]] = {}
+    for task, split, jobs in plans:
+        rest = [j for j in jobs if not j.updates]
+        counts = run_jobs(relabel_one, rest, workers=workers, desc=f"relabel {task} {split}", progress=progress)
+        done.update((j.final, left) for j, (c, left) in zip(rest, counts, strict=True) if c)
+        landed = staged[task, split]
+        done.update((j.final, left) for j, left in landed)
+        summary = summaries[task]
+        summary.images[split] = len(jobs)
+        summary.written[split] = sum(c for c, _ in counts) + len(landed)
+        summary.skipped[split] = len(jobs) - summary.written[split]
+        summary.unrelabeled.extend(line for _, left in landed for line in left)
+        summary.updates += sum(len(j.updates) - len(left) for j, left in landed)
+    _record_skips(root, spec, done)
+    return list(summaries.values())
+
+
+def _relabel_plans(
+    spec: DatasetSpec, root: Path, list_file, records, overwrite: bool, strict: bool
+) -> list[tuple[str, str, list[RelabelJob]]]:
+    """(task, split, jobs) of every task and split, after every record has been read and checked."""
     manifest, folder = resolve(records)
     record_rows = read_manifest(manifest, folder, datasets=spec.relabel)
     base = root / spec.list_root
-    plans = []
     instances: dict[str, Path] | None = None  # ADE20K's instance masks, indexed once (only when a record needs them)
 
     def instance_paths() -> dict[str, Path]:
@@ -380,82 +434,106 @@ def relabel(
             instances = ade_instance_paths(base)
         return instances
 
+    plans = []
     for task in spec.relabel:
         per_split = {split: _aligned((task, relabeled(task)), split, root) for split in SPLITS}
         chosen = selection(list_file, {image for entries in per_split.values() for image, _ in entries})
         for split, entries in per_split.items():
-            plans.append(_plan(spec, task, split, entries, chosen, record_rows, root, base, overwrite, instance_paths))
-    summaries = {task: Summary(spec.name if len(spec.relabel) == 1 else task, "relabel") for task in spec.relabel}
-    for _, _, jobs in plans:
-        missing = [job.source for job in jobs if not job.source.is_file() and (overwrite or not job.final.exists())]
-        if missing:
-            more = f" ({len(missing)} in all)" if len(missing) > 1 else ""
-            raise InputError(f"{missing[0]}: label file missing{more}; run 'mseg data prepare {spec.name}' first")
-    remove_orphans(job.final for _, _, jobs in plans for job in jobs)
-    # Phase 2: every image with updates, into a staging folder; nothing lands unless all of them succeed.
-    staging = base / STAGING
+            context = _PlanContext(spec, root, base, overwrite, strict, instance_paths)
+            plans.append(_plan(context, task, split, entries, chosen, record_rows))
+    return plans
+
+
+def _stage_updates(
+    plans: list[tuple[str, str, list[RelabelJob]]], staging: Path, workers: int, progress: bool
+) -> dict[tuple[str, str], list[tuple[RelabelJob, tuple[str, ...]]]]:
+    """Every image with updates, computed into ``staging`` and moved into place only when all of them succeeded."""
     shutil.rmtree(staging, ignore_errors=True)
-    staged: dict[tuple[str, str], list[RelabelJob]] = {}
+    staged = {}
     try:
         for task, split, jobs in plans:
             updated = [j for j in jobs if j.updates]
-            counts = run_jobs(relabel_one, updated, workers=workers, desc=f"relabel {task} {split} (records)",
-                              progress=progress)  # fmt: skip
-            staged[task, split] = [j for j, c in zip(updated, counts, strict=True) if c]
+            results = run_jobs(relabel_one, updated, workers=workers, desc=f"relabel {task} {split} (records)",
+                               progress=progress)  # fmt: skip
+            staged[task, split] = [(j, left) for j, (c, left) in zip(updated, results, strict=True) if c]
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    for job in (j for jobs in staged.values() for j in jobs):
+    for job, _ in (item for items in staged.values() for item in items):
         job.final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(job.output, job.final)
     shutil.rmtree(staging, ignore_errors=True)
-    # Phase 3: the remaining images only need the class-level remap.
-    for task, split, jobs in plans:
-        rest = [j for j in jobs if not j.updates]
-        counts = run_jobs(relabel_one, rest, workers=workers, desc=f"relabel {task} {split}", progress=progress)
-        summary = summaries[task]
-        done = staged[task, split]
-        summary.images[split] = len(jobs)
-        summary.written[split] = sum(counts) + len(done)
-        summary.skipped[split] = len(jobs) - summary.written[split]
-        summary.updates += sum(len(j.updates) for j in done)
-    return list(summaries.values())
+    return staged
+
+
+SKIPS = ".mseg_relabel_skips.json"
+"""Below a dataset's folder: the updates each relabeled file left out, ``{label path: ["file:line: reason"]}``."""
+
+
+def read_skips(root: Path, spec: DatasetSpec) -> dict[str, list[str]]:
+    """The updates left out of the dataset's relabeled files, per label path (relative to ROOT)."""
+    path = root / spec.top / SKIPS
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data.get("unrelabeled", {}) if isinstance(data, dict) else {}
+
+
+def _record_skips(root: Path, spec: DatasetSpec, written: dict[Path, tuple[str, ...]]) -> None:
+    """Update :data:`SKIPS` for the files this run wrote (files it kept keep their entries)."""
+    skips = read_skips(root, spec)
+    for path, left in written.items():
+        key = path.relative_to(root).as_posix()
+        if left:
+            skips[key] = list(left)
+        else:
+            skips.pop(key, None)
+    target = root / spec.top / SKIPS
+    if skips or target.exists():
+        text = json.dumps({"unrelabeled": dict(sorted(skips.items()))}, indent=1)
+        write_bytes_atomic(target, text.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class _PlanContext:
+    spec: DatasetSpec
+    root: Path
+    base: Path
+    overwrite: bool
+    strict: bool
+    instance_paths: Callable[[], dict[str, Path]]
 
 
 def _plan(
-    spec: DatasetSpec,
+    ctx: _PlanContext,
     task: str,
     split: str,
     entries: list[tuple[str, list[str]]],
     chosen: set[str] | None,
     record_rows: list[Record],
-    root: Path,
-    base: Path,
-    overwrite: bool,
-    instance_paths: Callable[[], dict[str, Path]],
 ) -> tuple[str, str, list[RelabelJob]]:
     keys = {(Path(labels[0]).parent.name, Path(image).stem): image for image, labels in entries}
     in_run = None if chosen is None else {k for k, image in keys.items() if image in chosen}
     updates = updates_by_image(task, record_rows, split, set(keys), in_run)
-    seg_paths = instance_paths() if updates and task == "ade20k-150" else {}
-    coco_segments = _coco_index(root, split) if updates and task == "coco-panoptic-133" else {}
+    seg_paths = ctx.instance_paths() if updates and task == "ade20k-150" else {}
+    coco_segments = _coco_index(ctx.root, split) if updates and task == "coco-panoptic-133" else {}
     jobs = []
-    staging = base / STAGING / f"{task}-{split}"
+    staging = ctx.base / STAGING / f"{task}-{split}"
     for number, (image, labels) in enumerate(entries):
         if chosen is not None and image not in chosen:
             continue
         key = (Path(labels[0]).parent.name, Path(image).stem)
         todo = updates.get(key, [])
-        final = base / labels[1]
+        final = ctx.base / labels[1]
         mask = None
         if todo:
-            mask = mask_job(task, base, split, key[0], key[1], seg_paths)
+            mask = mask_job(task, ctx.base, split, key[0], key[1], seg_paths)
             if coco_segments:
                 if key[1] not in coco_segments:
-                    raise InputError(f"{image}: not in {_coco_json(root, split)}")
+                    raise InputError(f"{image}: not in {_coco_json(ctx.root, split)}")
                 mask = MaskJob(mask.kind, mask.path, tuple(coco_segments[key[1]][0].tolist()))
         output = staging / f"{number}.png" if todo else final
-        jobs.append(
-            RelabelJob(image, task, base / labels[0], output, final, overwrite, spec.strict, tuple(todo), mask)
-        )
+        jobs.append(RelabelJob(image, task, ctx.base / labels[0], output, final, ctx.overwrite, ctx.spec.check_from,
+                               ctx.strict, tuple(todo), mask))  # fmt: skip
     return task, split, jobs

@@ -18,7 +18,7 @@ import numpy as np
 
 from mseg_semantic.data.lists import list_lines
 from mseg_semantic.dataprep.datasets import DATASETS, SPLITS, DatasetSpec, get_dataset, relabeled
-from mseg_semantic.dataprep.run import _coco_json, _source_path, check_root, run_jobs, selection
+from mseg_semantic.dataprep.run import _coco_json, _source_path, check_root, read_skips, run_jobs, selection
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.fileio import read_label, write_bytes_atomic
 from mseg_semantic.taxonomy import get_taxonomy
@@ -204,6 +204,7 @@ def _status_of(spec: DatasetSpec, root: Path) -> dict:
         counts = [_label_paths(relabeled(t), root, base) for t in spec.relabel]
         paths = [p for c in counts if c is not None for p in c]
         row["relabeled"] = _count(paths) if all(c is not None for c in counts) else None
+        row["unrelabeled"] = sum(len(v) for v in read_skips(root, spec).values())
     marker = root / spec.top / MARKER
     row["verified"] = None
     if marker.is_file():
