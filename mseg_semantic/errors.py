@@ -6,6 +6,8 @@ Each family names the thing the user got wrong (a file, a key, a class name). Th
 
 from __future__ import annotations
 
+import errno
+
 
 class MsegError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -25,3 +27,24 @@ class InputError(MsegError):
 
 class DownloadError(MsegError):
     """A model or dataset archive could not be downloaded or is not the expected file; the message says what to do."""
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space and run the command again (finished outputs are kept)",
+    errno.EDQUOT: "the disk quota is used up: free some space and run the command again (finished outputs are kept)",
+    errno.EROFS: "the file system is read-only: choose a folder you can write to",
+    errno.EACCES: "permission denied: choose a folder you can write to, or change its permissions",
+    errno.EPERM: "operation not permitted: choose a folder you can write to, or change its permissions",
+    errno.ENAMETOOLONG: "the path is too long for the file system: choose a shorter output folder",
+    errno.EMFILE: "too many open files: raise the limit ('ulimit -n') or use fewer workers",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error met while running a command: the path, what happened, what to do."""
+    what = exc.strerror or exc.__class__.__name__
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{exc.filename} -> {exc.filename2}: "
+    hint = _OS_HINTS.get(exc.errno or -1)
+    return f"{where}{what}" + (f" ({hint})" if hint else "")

@@ -22,6 +22,7 @@ from conftest import skip_without_shared
 
 from mseg_semantic.cli import main
 from mseg_semantic.dataprep import convert, records
+from mseg_semantic.dataprep.datasets import LOCK_NAME as LOCK
 from mseg_semantic.dataprep.run import prepare, relabel
 from mseg_semantic.errors import InputError
 
@@ -518,10 +519,140 @@ def test_a_killed_run_restarted_ends_like_an_uninterrupted_run(tmp_path: Path) -
     done = len(list(out_dir.glob("*.png")))
     assert 20 <= done < 200, done  # killed midway
     assert _cli("prepare", "kitti", "--root", str(killed), "--quiet") == 0
-    mine = sorted(p.relative_to(killed) for p in (killed / "KITTI").rglob("*") if p.is_file())
-    theirs = sorted(p.relative_to(clean) for p in (clean / "KITTI").rglob("*") if p.is_file())
+    mine = sorted(p.relative_to(killed) for p in (killed / "KITTI").rglob("*") if p.is_file() and p.name != LOCK)
+    theirs = sorted(p.relative_to(clean) for p in (clean / "KITTI").rglob("*") if p.is_file() and p.name != LOCK)
     assert mine == theirs  # no leftover temporary files either
     assert all((killed / p).read_bytes() == (clean / p).read_bytes() for p in mine)
+
+
+def _sun_root(path: Path, count: int) -> Path:
+    """A SUN RGB-D root with random raw labels for the first ``count`` train images; returns its --list file."""
+    from mseg_semantic.data.lists import list_lines
+
+    rng = np.random.default_rng(1)
+    images = []
+    for fields in list_lines("sunrgbd-38", "train")[1][:count]:
+        target = path / "SUNRGBD" / fields[1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(target), rng.integers(0, 38, size=(53, 73), dtype=np.uint8))
+        images.append(fields[0])
+    listing = path / "list.txt"
+    listing.write_text("".join(f"{image}\n" for image in images))
+    return listing
+
+
+def _holds_lock(lock: Path, pid: int) -> bool:
+    try:
+        return json.loads(lock.read_text() or "{}").get("pid") == pid
+    except (OSError, ValueError):
+        return False
+
+
+def test_a_second_run_on_one_dataset_is_refused_and_the_first_ends_as_a_single_run(tmp_path: Path) -> None:
+    """prepare, then relabel: run A is frozen (SIGSTOP) while it holds the lock; run B, the same command, is refused
+    with A named and touches nothing; A then finishes, and every file equals one uninterrupted run's."""
+    listing = _sun_root(tmp_path / "busy", 60)
+    busy, single = tmp_path / "busy", tmp_path / "single"
+    shutil.copytree(busy, single)
+    prepare("sunrgbd", single, list_file=listing, progress=False)
+    relabel("sunrgbd", single, list_file=listing, progress=False)
+    lock = busy / "SUNRGBD" / LOCK
+    for step in ("prepare", "relabel"):
+        command = [sys.executable, "-m", "mseg_semantic", "data", step, "sunrgbd", "--root", str(busy), "--list",
+                   str(listing), "--workers", "1", "--quiet"]  # fmt: skip
+        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not _holds_lock(lock, first.pid) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        first.send_signal(signal.SIGSTOP)
+        try:
+            assert _holds_lock(lock, first.pid), f"{step}: the first run never held the lock"
+            second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        assert second.returncode == 2, second.stderr
+        assert f"another 'mseg data {step} sunrgbd' (pid {first.pid}, started " in second.stderr
+        assert "Traceback" not in second.stderr and second.stderr.count("\n") == 1
+        assert first.wait(timeout=300) == 0
+    mine = sorted(p.relative_to(busy) for p in (busy / "SUNRGBD").rglob("*") if p.is_file() and p.name != LOCK)
+    theirs = sorted(p.relative_to(single) for p in (single / "SUNRGBD").rglob("*") if p.is_file() and p.name != LOCK)
+    assert mine == theirs and len(mine) == 3 * 60  # raw, prepared, relabeled; no temporary or staged file
+    assert all((busy / p).read_bytes() == (single / p).read_bytes() for p in mine)
+
+
+def test_a_record_file_named_twice_for_one_dataset_is_refused(dataprep: Path, root: Path, tmp_path: Path) -> None:
+    """A manifest row copied and its `to` edited must not apply the file's segments twice (the last silently won)."""
+    lists = dataprep / "lists" / "ade20k.txt"
+    prepare("ade20k", root, list_file=lists, progress=False)
+    mine = tmp_path / "records"
+    (mine / "ade").mkdir(parents=True)
+    (mine / "ade" / "val.txt").write_text("ADE_val_00000001_159.png\n")
+    header = "dataset\tsplit\tfrom\tto\tfile\n"
+    rows = "ade20k-150\tval\tbuilding\tbuilding\tade/val.txt\nade20k-150\tval\tbuilding\tsky\tade/val.txt\n"
+    (mine / "records.tsv").write_text(header + rows)
+    with pytest.raises(InputError, match=r"records.tsv:3: names record file ade/val.txt for ade20k-150 again "
+                                         r"\(first at .*records.tsv:2\)"):  # fmt: skip
+        relabel("ade20k", root, list_file=lists, records=mine, progress=False)
+    assert not (root / "ADE20K" / "ADEChallengeData2016" / "annotations_semseg150_relabeled").exists()
+
+
+def test_workers_beyond_the_cpus_are_lowered_with_a_note(dataprep: Path, root: Path, capsys) -> None:
+    from mseg_semantic.locks import usable_cpus
+
+    lists = dataprep / "lists" / "sunrgbd.txt"
+    assert _cli("prepare", "sunrgbd", "--root", str(root), "--list", str(lists), "--workers", "100000", "--quiet") == 0
+    captured = capsys.readouterr()
+    assert f"note: --workers 100000 lowered to {usable_cpus()}, the CPUs this process may use" in captured.err
+    assert "2 files written" not in captured.out and "1 files written" in captured.out
+
+
+def test_verify_decodes_images_whole_and_checks_a_root_it_cannot_write(dataprep: Path, root: Path, capsys) -> None:
+    lists = dataprep / "lists" / "sunrgbd.txt"
+    prepare("sunrgbd", root, list_file=lists, progress=False)
+    relabel("sunrgbd", root, list_file=lists, progress=False)
+    image = root / "SUNRGBD" / "image" / "train" / "img-000001.jpg"
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 3])  # truncated: the header still reads
+    # The "last verified" marker cannot be written (here: a folder stands where the file would go).
+    (root / "SUNRGBD" / ".mseg_verified.json").mkdir()
+    assert _cli("verify", "sunrgbd", "--root", str(root), "--workers", "1", "--quiet", "--list", str(lists)) == 1
+    captured = capsys.readouterr()
+    assert f"image {image}: not a readable image (corrupt, truncated" in captured.out
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm, a second file system")
+def test_relabel_into_a_folder_on_another_file_system(dataprep: Path, root: Path) -> None:
+    """The relabeled folder a symlink to another disk: staged files sit beside their labels, so moving is a rename."""
+    import tempfile
+
+    lists = dataprep / "lists" / "sunrgbd.txt"
+    prepare("sunrgbd", root, list_file=lists, progress=False)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as elsewhere:
+        if os.stat(elsewhere).st_dev == os.stat(root).st_dev:
+            pytest.skip("/dev/shm is on the same file system here")
+        (root / "SUNRGBD" / "semseg-relabeled37").symlink_to(elsewhere, target_is_directory=True)
+        relabel("sunrgbd", root, list_file=lists, workers=2, progress=False)
+        names = sorted(p.relative_to(elsewhere).as_posix() for p in Path(elsewhere).rglob("*") if p.is_file())
+        assert names == ["test/00000001.png", "train/00000001.png"]  # nothing staged left behind
+        for rel in _expected(dataprep, "relabel"):
+            if rel.parts[0] == "SUNRGBD":
+                assert np.array_equal(_read(root / rel), _read(dataprep / "expected" / "relabel" / rel)), rel
+
+
+def test_an_os_error_is_one_line_naming_the_path(dataprep: Path, root: Path, capsys) -> None:
+    """OSErrors (full disk, read-only, permission) are the user's to fix: one line, the path, what to do."""
+    import errno
+
+    from mseg_semantic.errors import describe_os_error
+
+    (root / "SUNRGBD" / LOCK).mkdir()  # the lock file cannot be opened: a real IsADirectoryError
+    lists = dataprep / "lists" / "sunrgbd.txt"
+    assert _cli("prepare", "sunrgbd", "--root", str(root), "--list", str(lists), "--quiet") == 2
+    err = capsys.readouterr().err
+    assert err == f"mseg data: error: {root / 'SUNRGBD' / LOCK}: Is a directory\n"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/out/a.png")
+    assert describe_os_error(full).startswith("/out/a.png: No space left on device (the disk is full: free some")
+    assert "choose a folder you can write to" in describe_os_error(OSError(errno.EROFS, "Read-only file system", "/x"))
 
 
 def test_prepare_extracts_a_gated_archive_placed_by_hand(tmp_path: Path, capsys) -> None:

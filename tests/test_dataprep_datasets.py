@@ -25,6 +25,7 @@ from PIL import Image
 
 from mseg_semantic.cli import main
 from mseg_semantic.data.lists import DATASET_FOLDERS
+from mseg_semantic.dataprep.datasets import LOCK_NAME
 from mseg_semantic.dataprep.run import prepare, relabel
 from mseg_semantic.dataprep.verification import verify
 from mseg_semantic.errors import InputError
@@ -84,7 +85,10 @@ def read_png(path: Path) -> np.ndarray:
 
 
 def files_below(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    """The files below ``folder`` but the lock file each writing step keeps in the dataset folder."""
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != LOCK_NAME)
 
 
 def rect(x0: int, y0: int, x1: int, y1: int) -> list[list[int]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from mirror_server import serve
 
+from mseg_semantic.dataprep.datasets import LOCK_NAME
 from mseg_semantic.dataprep.download import (
     ARCHIVES,
     MANUAL_ARCHIVES,
@@ -68,7 +69,8 @@ def make_tar(path: Path, members: dict[str, bytes], *, links: dict[str, str] | N
 
 
 def files_under(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    """The files below ``folder`` but the lock file a writing step keeps there."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != LOCK_NAME}
 
 
 # The members of each public archive, as the real release lays them out (names from the original lists/scripts).
@@ -173,12 +175,26 @@ def test_download_gives_the_original_layout(dataset, mirror, tmp_path, monkeypat
     top, expected = LAYOUTS[dataset]
     folder = root / top
     assert files_under(folder) == expected  # archives deleted, dropped parts gone, no .part, no staging folder
-    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [LOCK_NAME]  # no hidden leftovers
     assert placed and all(p.exists() and p.is_relative_to(folder) for p in placed)
     # A second run finds the layout and neither downloads nor touches anything.
     count = len(handler.requests)
     assert download_dataset(dataset, root, mirror=url, progress=False) == []
     assert len(handler.requests) == count
+
+
+def test_download_makes_a_new_root_and_a_failed_one_leaves_no_dataset_folder(mirror, tmp_path, capsys):
+    from mseg_semantic.cli import main
+
+    served, url, _ = mirror
+    root = tmp_path / "new" / "root"
+    assert main(["data", "download", "sunrgbd", "--root", str(root), "--mirror", url, "--quiet"]) == 2  # HTTP 404
+    err = capsys.readouterr().err
+    assert "sun_rgbd.tgz" in err and err.count("\n") == 1
+    assert root.is_dir() and list(root.iterdir()) == []  # the root is made; no empty SUNRGBD/ that looks present
+    build_release("sunrgbd", served)
+    assert main(["data", "download", "sunrgbd", "--root", str(root), "--mirror", url, "--quiet"]) == 0
+    assert (root / "SUNRGBD" / "label38" / "train" / "00000001.png").is_file()
 
 
 def test_sunrgbd_keeps_archive_on_request_and_drops_depth(mirror, tmp_path):
@@ -269,6 +285,7 @@ def test_size_or_checksum_mismatch_names_the_file(field, mirror, tmp_path, monke
     assert not (folder / "sun_rgbd.tgz").exists() and not (folder / "image").exists()
     # An archive already lying there under its own name is checked against the published size too.
     if field == "size":
+        folder.mkdir()  # (the failed download left none)
         (folder / "sun_rgbd.tgz").write_bytes(b"short")
         with pytest.raises(DownloadError, match=r"sun_rgbd\.tgz has 5 bytes, expected 12,345"):
             download_dataset("sunrgbd", tmp_path / "root", mirror=url, progress=False)

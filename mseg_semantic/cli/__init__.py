@@ -4,8 +4,9 @@ Each sub-command module exposes ``register(subparsers)``, which adds its parser 
 and sets ``func`` to the function that runs it. :func:`main` imports the module of the command being run only, so
 ``mseg taxonomy list`` and ``mseg --help`` do not pay for PyTorch; the other commands appear in the parser as
 stubs with their one-line summary from :data:`COMMANDS`. Errors the user can fix
-(:class:`~mseg_semantic.errors.MsegError`) are printed as one line on stderr with exit status 2; there is no
-traceback for them.
+(:class:`~mseg_semantic.errors.MsegError`) and operating-system errors (a full disk, a read-only or foreign
+folder: :func:`~mseg_semantic.errors.describe_os_error`) are printed as one line on stderr with exit status 2; there
+is no traceback for them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mseg_semantic import __version__
-from mseg_semantic.errors import MsegError
+from mseg_semantic.errors import MsegError, describe_os_error
 
 #: Every sub-command, in the order ``mseg --help`` lists them: its module in this package and its summary.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -82,3 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # Output piped into `head` and the like: not an error of ours.
         return 0
+    except OSError as exc:  # a full disk, a read-only or foreign folder: the user's to fix, so no traceback
+        print(f"mseg {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2

@@ -12,6 +12,7 @@ from mseg_semantic.cli.text import format_table, print_json
 from mseg_semantic.errors import InputError
 
 MAX_WARNINGS = 50
+WORKERS_HELP = "processes (default and maximum: the CPUs this process may use)"
 DATASET_NAMES = (
     "ade20k bdd cityscapes coco-panoptic idd mapillary sunrgbd (training); "
     "camvid kitti pascal-context scannet voc2012 wilddash (test)"
@@ -113,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _dataset(p)
     _root(p)
     p.add_argument("--list", dest="list_file", metavar="FILE", help="check only the images named in FILE")
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="processes (default: the CPU count)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_verify)
@@ -135,7 +136,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="process only the images whose path (first column, as in the shipped lists) is in FILE",
     )
-    parser.add_argument("--workers", type=int, default=None, metavar="N", help="processes (default: the CPU count)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
     parser.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -159,10 +160,17 @@ def _root_of(args: argparse.Namespace) -> str:
 
 
 def _workers(args: argparse.Namespace) -> int:
+    """--workers, at most the CPUs this process may use (default: all of them)."""
+    from mseg_semantic.locks import usable_cpus
+
+    cpus = usable_cpus()
     if args.workers is None:
-        return os.cpu_count() or 1
+        return cpus
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > cpus:
+        print(f"note: --workers {args.workers} lowered to {cpus}, the CPUs this process may use", file=sys.stderr)
+        return cpus
     return args.workers
 
 
@@ -196,6 +204,9 @@ def run_download(args: argparse.Namespace) -> int:
     from mseg_semantic.dataprep.download import download_dataset, manual_instructions
 
     spec = get_dataset(args.dataset)
+    root = args.root or os.environ.get("MSEG_DATA")
+    if root and not os.path.exists(os.path.expanduser(root)):
+        os.makedirs(os.path.expanduser(root))  # a new data root: the download is its first content
     root = _root_of(args)
     text = manual_instructions(spec.name, root)
     if text:

@@ -8,10 +8,13 @@ one chain are aligned (line *i* of each names the same image), which is how the 
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 from mseg_semantic.data.lists import DATASET_FOLDERS
 from mseg_semantic.errors import InputError
+from mseg_semantic.locks import exclusive
 
 SPLITS = ("train", "val")
 """Only the train and val splits are prepared and relabeled (as in the original)."""
@@ -107,3 +110,15 @@ def get_dataset(name: str) -> DatasetSpec:
 
 def relabeled(taxonomy: str) -> str:
     return f"{taxonomy}-relabeled"
+
+
+LOCK_NAME = ".mseg-data.lock"
+"""The lock file in each dataset folder, held by the ``mseg data`` step writing there (:mod:`mseg_semantic.locks`)."""
+
+
+def dataset_lock(root: Path, spec: DatasetSpec, step: str) -> AbstractContextManager:
+    """The lock of the dataset's folder below ROOT for one writing step (nothing to lock when it does not exist)."""
+    folder = root / spec.top
+    if not folder.is_dir():
+        return nullcontext()
+    return exclusive(folder / LOCK_NAME, f"mseg data {step} {spec.name}")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mseg_semantic.dataprep.datasets import get_dataset
+from mseg_semantic.dataprep.datasets import LOCK_NAME, dataset_lock, get_dataset
 from mseg_semantic.downloads import file_digest, http_download
 from mseg_semantic.errors import DownloadError, InputError
 
@@ -259,12 +259,20 @@ def download_dataset(
         raise InputError(manual_instructions(spec.name, root) or f"{spec.name}: no download recipe")
     mirror = mirror or os.environ.get(MIRROR_ENV) or None
     folder = Path(root) / spec.top
+    new = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
     placed: list[Path] = []
-    for archive in archives:  # one at a time: an archive is deleted before the next is fetched (peak disk use)
-        if _extracted(archive, folder):
-            continue
-        path = _fetch(archive, folder, mirror, progress)
-        placed += _unpack(archive, path, folder, progress=progress, keep_archive=keep_archives)
+    try:
+        with dataset_lock(Path(root), spec, "download"):
+            for archive in archives:  # one at a time: an archive is deleted before the next is fetched (peak disk)
+                if _extracted(archive, folder):
+                    continue
+                path = _fetch(archive, folder, mirror, progress)
+                placed += _unpack(archive, path, folder, progress=progress, keep_archive=keep_archives)
+    except BaseException:
+        if new and {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing fetched: no empty folder that status calls present
+        raise
     return placed
 
 

@@ -126,6 +126,7 @@ def read_manifest(manifest: Path, folder: Path, *, datasets: tuple[str, ...] | N
         raise InputError(f"{manifest}:1: header must be {' '.join(HEADER)} (tab-separated)")
     extra = {name.strip(): i for i, name in enumerate(rows[0][5:], start=5) if name.strip() in CHECKS}
     records = []
+    first_row: dict[tuple[str, str], str] = {}
     for number, row in enumerate(rows[1:], start=2):
         where = f"{manifest}:{number}"
         if not any(cell.strip() for cell in row):
@@ -143,6 +144,10 @@ def read_manifest(manifest: Path, folder: Path, *, datasets: tuple[str, ...] | N
         for role, name in (("from", orig), ("to", new)):
             if name not in classes:
                 raise InputError(f"{where}: {role} class {name!r} is not a class of {dataset}-relabeled")
+        first = first_row.setdefault((dataset, file), where)
+        if first != where:
+            raise InputError(f"{where}: names record file {file} for {dataset} again (first at {first}); a file is "
+                             "applied once per dataset: give each change its own file")  # fmt: skip
         path = _record_path(folder, file)
         if path is None:
             raise InputError(f"{where}: record file {folder / file} does not exist")

@@ -2,19 +2,22 @@
 
 Every output is written to a temporary file and renamed, so a killed run leaves no half-written label; outputs that
 exist are skipped unless ``overwrite``, so a rerun finishes what a killed run left. An exception in any job stops
-the run with the image and the reason named.
+the run with the image and the reason named. A run holds its dataset folder's lock (:mod:`mseg_semantic.locks`)
+while it writes, so a second run on the same dataset is refused with the first one named; temporary files a dead
+run left are removed only under that lock.
 
 ``relabel`` works in three phases so that a bad record never leaves a relabeled file behind: (1) all records are
-read and checked; (2) the images that records touch are computed into a staging folder (a segment that is missing,
-or whose pixels do not hold the record's class on a strict dataset, stops the run here and the staging folder is
-removed); (3) staged files are moved into place, then the images without updates are remapped.
+read and checked; (2) the images that records touch are computed into staged files beside their destinations (same
+folder, so moving them in is a rename on one file system; names unique to the run); a failure here removes the
+run's staged files and writes nothing; (3) staged files are moved into place, then the images without updates are
+remapped.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +26,17 @@ import numpy as np
 
 from mseg_semantic.data.lists import generated_list_path, list_lines, read_list_file
 from mseg_semantic.dataprep import convert
-from mseg_semantic.dataprep.datasets import SPLITS, DatasetSpec, get_dataset, relabeled
+from mseg_semantic.dataprep.datasets import SPLITS, DatasetSpec, dataset_lock, get_dataset, relabeled
 from mseg_semantic.dataprep.masks import MaskJob, MaskReader, RecordMismatch, ade_instance_paths, mask_job
 from mseg_semantic.dataprep.records import Record, Update, read_manifest, resolve, updates_by_image
 from mseg_semantic.errors import InputError, MsegError, TaxonomyError
 from mseg_semantic.fileio import write_bytes_atomic, write_label
+from mseg_semantic.locks import usable_cpus
 from mseg_semantic.taxonomy import get_taxonomy
 from mseg_semantic.taxonomy.converter import TaxonomyConverter
 
-STAGING = ".mseg-relabel-staging"
+STAGED_SUFFIX = ".staged"
+"""Relabel's staged outputs: ``.<label name>.<run token>.staged`` beside the label they become."""
 
 
 class JobError(InputError):
@@ -121,10 +126,10 @@ def selection(list_file: str | os.PathLike | None, images: set[str]) -> set[str]
 
 
 def remove_orphans(paths: Iterable[Path]) -> None:
-    """Delete temporary files a killed run left next to these outputs (``.<name>.*.tmp``, see ``atomic_path``)."""
+    """Delete temporary and staged files a dead run left next to these outputs (call only under the dataset lock)."""
     for folder in {p.parent for p in paths}:
         if folder.is_dir():
-            for tmp in folder.glob(".*.tmp"):
+            for tmp in (*folder.glob(".*.tmp"), *folder.glob(f".*{STAGED_SUFFIX}")):
                 tmp.unlink(missing_ok=True)
 
 
@@ -144,6 +149,7 @@ def run_jobs(fn: Callable, jobs: list, *, workers: int, desc: str, progress: boo
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress or not jobs, leave=False)
+    workers = min(workers, usable_cpus())
     results = []
     try:
         if workers <= 1 or len(jobs) <= 1:
@@ -233,11 +239,19 @@ def prepare(
     """Convert the raw labels of ``dataset`` into its semseg taxonomy at the paths the split lists name."""
     spec = get_dataset(dataset)
     root = check_root(root)
-    _extract(spec, root, progress)
     summary = Summary(spec.name, "prepare")
-    if not spec.stages:
-        summary.note = f"{spec.name}: labels are used as distributed; nothing to convert (run 'mseg data verify')"
-        return summary
+    with dataset_lock(root, spec, "prepare"):
+        _extract(spec, root, progress)
+        if not spec.stages:
+            summary.note = f"{spec.name}: labels are used as distributed; nothing to convert (run 'mseg data verify')"
+            return summary
+        _prepare_splits(spec, root, summary, list_file, workers, overwrite, progress)
+    return summary
+
+
+def _prepare_splits(
+    spec: DatasetSpec, root: Path, summary: Summary, list_file, workers: int, overwrite: bool, progress: bool
+) -> None:
     base = root / spec.list_root
     per_split = {split: _prepare_entries(spec, root, split) for split in SPLITS}
     chosen = selection(list_file, {image for entries in per_split.values() for image, _, _ in entries})
@@ -270,7 +284,6 @@ def prepare(
         summary.images[split] = len(jobs)
         summary.written[split] = sum(counts)
         summary.skipped[split] = len(jobs) - sum(1 for c in counts if c)
-    return summary
 
 
 def _prepare_entries(spec: DatasetSpec, root: Path, split: str) -> list[tuple[str, list[str], object]]:
@@ -399,8 +412,16 @@ def relabel(
         if missing:
             more = f" ({len(missing)} in all)" if len(missing) > 1 else ""
             raise InputError(f"{missing[0]}: label file missing{more}; run 'mseg data prepare {spec.name}' first")
-    remove_orphans(job.final for _, _, jobs in plans for job in jobs)
-    staged = _stage_updates(plans, root / spec.list_root / STAGING, workers, progress)
+    with dataset_lock(root, spec, "relabel"):
+        remove_orphans(job.final for _, _, jobs in plans for job in jobs)
+        staged = _stage_updates(plans, workers, progress)
+        return _remap_rest(spec, root, plans, staged, workers, progress)
+
+
+def _remap_rest(
+    spec: DatasetSpec, root: Path, plans: list, staged: dict, workers: int, progress: bool
+) -> list[Summary]:
+    """Phase 3: the images without updates; the summaries; the skips file."""
     summaries = {task: Summary(spec.name if len(spec.relabel) == 1 else task, "relabel") for task in spec.relabel}
     done: dict[Path, tuple[str, ...]] = {}
     for task, split, jobs in plans:
@@ -435,21 +456,22 @@ def _relabel_plans(
         return instances
 
     plans = []
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
     for task in spec.relabel:
         per_split = {split: _aligned((task, relabeled(task)), split, root) for split in SPLITS}
         chosen = selection(list_file, {image for entries in per_split.values() for image, _ in entries})
         for split, entries in per_split.items():
-            context = _PlanContext(spec, root, base, overwrite, strict, instance_paths)
+            context = _PlanContext(spec, root, base, overwrite, strict, instance_paths, token)
             plans.append(_plan(context, task, split, entries, chosen, record_rows))
     return plans
 
 
 def _stage_updates(
-    plans: list[tuple[str, str, list[RelabelJob]]], staging: Path, workers: int, progress: bool
+    plans: list[tuple[str, str, list[RelabelJob]]], workers: int, progress: bool
 ) -> dict[tuple[str, str], list[tuple[RelabelJob, tuple[str, ...]]]]:
-    """Every image with updates, computed into ``staging`` and moved into place only when all of them succeeded."""
-    shutil.rmtree(staging, ignore_errors=True)
+    """Every image with updates, computed into its staged file and moved into place only when all succeeded."""
     staged = {}
+    new_folders = _missing_folders({j.output.parent for _, _, jobs in plans for j in jobs if j.updates})
     try:
         for task, split, jobs in plans:
             updated = [j for j in jobs if j.updates]
@@ -457,13 +479,27 @@ def _stage_updates(
                                progress=progress)  # fmt: skip
             staged[task, split] = [(j, left) for j, (c, left) in zip(updated, results, strict=True) if c]
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        for _, _, jobs in plans:
+            for job in jobs:
+                if job.output != job.final:
+                    job.output.unlink(missing_ok=True)
+        for folder in sorted(new_folders, key=lambda f: len(f.parts), reverse=True):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # made for staged files only: a failed run leaves no trace
         raise
     for job, _ in (item for items in staged.values() for item in items):
-        job.final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(job.output, job.final)
-    shutil.rmtree(staging, ignore_errors=True)
+        os.replace(job.output, job.final)  # same folder: a rename, whatever file system the folder is on
     return staged
+
+
+def _missing_folders(folders: set[Path]) -> set[Path]:
+    """These folders and their ancestors that do not exist yet."""
+    missing = set()
+    for folder in folders:
+        while not folder.exists() and folder not in missing:
+            missing.add(folder)
+            folder = folder.parent
+    return missing
 
 
 SKIPS = ".mseg_relabel_skips.json"
@@ -503,6 +539,7 @@ class _PlanContext:
     overwrite: bool
     strict: bool
     instance_paths: Callable[[], dict[str, Path]]
+    token: str  # unique to the run: its staged files' names
 
 
 def _plan(
@@ -519,8 +556,7 @@ def _plan(
     seg_paths = ctx.instance_paths() if updates and task == "ade20k-150" else {}
     coco_segments = _coco_index(ctx.root, split) if updates and task == "coco-panoptic-133" else {}
     jobs = []
-    staging = ctx.base / STAGING / f"{task}-{split}"
-    for number, (image, labels) in enumerate(entries):
+    for image, labels in entries:
         if chosen is not None and image not in chosen:
             continue
         key = (Path(labels[0]).parent.name, Path(image).stem)
@@ -533,7 +569,7 @@ def _plan(
                 if key[1] not in coco_segments:
                     raise InputError(f"{image}: not in {_coco_json(ctx.root, split)}")
                 mask = MaskJob(mask.kind, mask.path, tuple(coco_segments[key[1]][0].tolist()))
-        output = staging / f"{number}.png" if todo else final
+        output = final.parent / f".{final.name}.{ctx.token}{STAGED_SUFFIX}" if todo else final
         jobs.append(RelabelJob(image, task, ctx.base / labels[0], output, final, ctx.overwrite, ctx.spec.check_from,
                                ctx.strict, tuple(todo), mask))  # fmt: skip
     return task, split, jobs

@@ -1,9 +1,10 @@
 """``verify`` and ``status``: is a dataset on disk exactly what the split lists promise?
 
 ``verify`` reads every line of the dataset's train/val lists (semseg and ``-relabeled``): the image and the label
-exist, their sizes agree, the label is single-channel and every value is a class of the taxonomy or 255. It
-collects problems instead of stopping at the first, and records a successful check in
-``<dataset folder>/.mseg_verified.json`` (what ``status`` shows). ``status`` only counts which files exist.
+exist and decode whole (a truncated file is reported like a missing one), their sizes agree, the label is
+single-channel and every value is a class of the taxonomy or 255. It collects problems instead of stopping at the
+first, and records a successful check in ``<dataset folder>/.mseg_verified.json`` (what ``status`` shows; on a root
+it cannot write, verify still checks and reports). ``status`` only counts which files exist.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mseg_semantic.data.lists import list_lines
 from mseg_semantic.dataprep.datasets import DATASETS, SPLITS, DatasetSpec, get_dataset, relabeled
 from mseg_semantic.dataprep.run import _coco_json, _source_path, check_root, read_skips, run_jobs, selection
 from mseg_semantic.errors import InputError, MsegError
-from mseg_semantic.fileio import read_label, write_bytes_atomic
+from mseg_semantic.fileio import read_image, read_label, write_bytes_atomic
 from mseg_semantic.taxonomy import get_taxonomy
 from mseg_semantic.taxonomy.tables import IGNORE_LABEL
 
@@ -47,12 +48,9 @@ def check_one(job: CheckJob) -> list[str]:
     if problems:
         return problems
     try:
-        from PIL import Image
-
-        with Image.open(job.image_path) as image:
-            width, height = image.size
-    except Exception as exc:
-        return [f"{job.where}: image {job.image_path} cannot be read ({exc.__class__.__name__})"]
+        height, width = read_image(job.image_path).shape[:2]  # decoded whole, as training will: truncation shows
+    except MsegError as exc:
+        return [f"{job.where}: image {exc}"]
     try:
         label = read_label(job.label_path)
     except MsegError as exc:
@@ -150,17 +148,24 @@ def verify(
             report.problems.extend(problems)
         ok = sum(1 for i in line_jobs if not results[i])
         report.splits.append(SplitReport(taxonomy, split, len(line_jobs), ok, len(line_jobs) - ok))
-    marker = root / spec.top / MARKER
-    if report.passed and chosen is None:
-        record = {
-            "dataset": spec.name,
-            "verified": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "splits": [asdict(s) for s in report.splits],
-        }
-        write_bytes_atomic(marker, (json.dumps(record, indent=1) + "\n").encode())
-    elif not report.passed:
-        marker.unlink(missing_ok=True)
+    _mark(root / spec.top / MARKER, report, whole=chosen is None)
     return report
+
+
+def _mark(marker: Path, report: VerifyReport, whole: bool) -> None:
+    """Record a passed check of the whole dataset (what ``status`` shows); forget it when a check fails.
+
+    The marker is a convenience: on a root this process cannot write (read-only, another user's) it is left as is.
+    """
+    try:
+        if report.passed and whole:
+            splits = [asdict(s) for s in report.splits]
+            record = {"dataset": report.dataset, "verified": time.strftime("%Y-%m-%d %H:%M:%S"), "splits": splits}
+            write_bytes_atomic(marker, (json.dumps(record, indent=1) + "\n").encode())
+        elif not report.passed:
+            marker.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------- status
