@@ -119,7 +119,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: cannot read file ({exc.strerror or exc})") from None
     if data.size == 0:
         raise InputError(f"{path}: empty file")
+    return decode_image(data, str(path))
+
+
+def decode_image(data: np.ndarray, name: str) -> np.ndarray:
+    """An encoded image (bytes as uint8) as (H, W, 3) RGB uint8: grey and palette expanded, alpha dropped, 16-bit
+    samples scaled to 8 bits. The one conversion every image input goes through (``name`` is for messages)."""
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
-        raise InputError(f"{path}: not a readable image (corrupt, truncated, or not an image format)")
+        raise InputError(f"{name}: not a readable image (corrupt, truncated, or not an image format)")
     return np.ascontiguousarray(image[:, :, ::-1])

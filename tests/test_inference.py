@@ -253,6 +253,38 @@ def test_inputs_path_pil_and_grey(tmp_path):
     assert seg.predict(image[:, :, 0]).shape == (20, 30)
 
 
+def test_pil_images_of_every_mode_get_the_path_readers_pixels(tmp_path):
+    """A PIL image gives the pixels of the same file read by path: 16-bit modes scaled, not clipped to white."""
+    from PIL import Image
+
+    from mseg_semantic.fileio import read_image
+    from mseg_semantic.inference.images import as_rgb_array
+
+    rng = np.random.default_rng(0)
+    grey16 = rng.integers(0, 65536, size=(24, 32), dtype=np.uint16)
+    path = tmp_path / "grey16.png"
+    cv2.imwrite(str(path), grey16)
+    opened = Image.open(path)
+    assert opened.mode.startswith("I")  # I;16 (or I, in older Pillow)
+    expected = read_image(path)
+    assert np.array_equal(as_rgb_array(opened), expected) and 0 < expected.mean() < 250
+    assert np.array_equal(as_rgb_array(Image.fromarray(grey16.astype(np.int32), mode="I")), expected)
+    rgb = random_image(24, 32)
+    for mode in ("1", "L", "P", "LA", "RGBA", "RGB"):
+        image = Image.fromarray(rgb).convert(mode)
+        image.save(tmp_path / f"{mode}.png")
+        assert np.array_equal(as_rgb_array(image), read_image(tmp_path / f"{mode}.png")), mode
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    cmyk = as_rgb_array(Image.open(tmp_path / "cmyk.jpg")).astype(int)
+    assert np.abs(cmyk - read_image(tmp_path / "cmyk.jpg")).max() <= 1  # PIL's and libjpeg's CMYK conversions
+    with pytest.raises(InputError, match=r"mode F .* convert it to 8-bit RGB"):
+        as_rgb_array(Image.fromarray(grey16.astype(np.float32)))
+    with pytest.raises(InputError, match=r"outside 0\.\.65535"):
+        as_rgb_array(Image.fromarray(np.full((4, 4), 70000, np.int32), mode="I"))
+    seg = Segmenter(PixelModel(11), config="360_ss", base_size=20, crop_size=33, model_taxonomy="camvid-11")
+    assert np.array_equal(seg.predict(Image.open(path)), seg.predict(path))
+
+
 def test_errors_are_clear(tmp_path):
     with pytest.raises(TaxonomyError, match="11 output classes but taxonomy 'universal' has 194"):
         Segmenter(PixelModel(11), config="360_ss")
