@@ -304,6 +304,7 @@ def test_status_counts_what_is_there(dataprep: Path, root: Path, capsys) -> None
     [
         (["prepare", "nope"], "unknown dataset 'nope'"),
         (["prepare", "ade20k", "--root", "/does/not/exist"], "data root does not exist"),
+        (["prepare", "ade20k", "--root", __file__], "data root is a file, not a folder"),
         (["prepare", "ade20k"], "give the data root with --root ROOT"),
         (["relabel", "camvid", "--root", "."], "camvid is a test dataset"),
         (["prepare", "ade20k", "--root", ".", "--workers", "0"], "--workers must be at least 1"),
@@ -618,6 +619,14 @@ def test_verify_decodes_images_whole_and_checks_a_root_it_cannot_write(dataprep:
     captured = capsys.readouterr()
     assert f"image {image}: not a readable image (corrupt, truncated" in captured.out
     assert "Traceback" not in captured.err
+    # Through the command: the decoders' own warnings about the damaged file stay off stderr.
+    label = root / "SUNRGBD" / "semseg-label37" / "test" / "00000001.png"
+    label.write_bytes(label.read_bytes()[:8] + b"x" * 40)  # a PNG signature, then garbage
+    command = [sys.executable, "-m", "mseg_semantic", "data", "verify", "sunrgbd", "--root", str(root), "--workers",
+               "1", "--quiet", "--list", str(lists)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 1 and f"label {label}: not a readable image file" in done.stdout
+    assert done.stderr == "", done.stderr
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm, a second file system")

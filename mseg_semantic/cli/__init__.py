@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -33,6 +34,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "convert an original .pth checkpoint to a weights-only .safetensors file"),
     "export": ("export", "write a model as an ONNX or OpenVINO file (fp32 or int8) to run without this package"),
 }
+
+#: Environment settings that keep OpenCV's and FFmpeg's warnings about damaged files off stderr (set unless given).
+QUIET_DECODERS = {"OPENCV_LOG_LEVEL": "SILENT", "OPENCV_FFMPEG_LOGLEVEL": "-8"}
 
 
 def add_command_parser(subparsers: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -66,6 +70,8 @@ def _command(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    for name, level in QUIET_DECODERS.items():  # our messages name the bad file; the decoders' chatter is noise
+        os.environ.setdefault(name, level)
     parser = build_parser(full=[name for name in (_command(argv),) if name in COMMANDS])
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -154,8 +154,9 @@ def _root_of(args: argparse.Namespace) -> str:
     root = args.root or os.environ.get("MSEG_DATA")
     if not root:
         raise InputError("give the data root with --root ROOT (or set MSEG_DATA)")
-    if not os.path.isdir(os.path.expanduser(root)):
-        raise InputError(f"{root}: data root does not exist")
+    from mseg_semantic.dataprep.run import check_root
+
+    check_root(root)
     return root
 
 

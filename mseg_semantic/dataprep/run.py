@@ -29,7 +29,7 @@ from mseg_semantic.dataprep import convert
 from mseg_semantic.dataprep.datasets import SPLITS, DatasetSpec, dataset_lock, get_dataset, relabeled
 from mseg_semantic.dataprep.masks import MaskJob, MaskReader, RecordMismatch, ade_instance_paths, mask_job
 from mseg_semantic.dataprep.records import Record, Update, read_manifest, resolve, updates_by_image
-from mseg_semantic.errors import InputError, MsegError, TaxonomyError
+from mseg_semantic.errors import InputError, MsegError, TaxonomyError, describe_os_error
 from mseg_semantic.fileio import write_bytes_atomic, write_label
 from mseg_semantic.locks import usable_cpus
 from mseg_semantic.taxonomy import get_taxonomy
@@ -140,6 +140,8 @@ def _call(item: tuple[Callable, object]):
         return fn(job)
     except MsegError as exc:
         raise JobError(f"{job.image}: {exc}") from None
+    except OSError as exc:  # a full disk, a read-only folder: the file and what to do
+        raise JobError(f"{job.image}: {describe_os_error(exc)}") from None
     except Exception as exc:  # a bug or an unreadable file: still name the image
         raise JobError(f"{job.image}: {exc.__class__.__name__}: {exc}") from None
 
@@ -319,7 +321,7 @@ def _source_path(spec: DatasetSpec, base: Path, labels: list[str]) -> Path:
 def check_root(root: str | os.PathLike) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise InputError(f"{root}: data root does not exist")
+        raise InputError(f"{root}: data root " + ("is a file, not a folder" if root.exists() else "does not exist"))
     return root
 
 
