@@ -77,7 +77,7 @@ def shipped_dir() -> Path:
 
 def cache_dir() -> Path:
     """Where ``mseg data download records`` puts the original record files."""
-    from mseg_semantic.zoo import cache_dir as mseg_cache
+    from mseg_semantic.downloads import cache_dir as mseg_cache
 
     return mseg_cache() / "records" / SOURCE_COMMIT[:7]
 
