@@ -47,25 +47,23 @@ def _input_size(text: str) -> tuple[int, int]:
     return size
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from mseg_semantic import zoo
+#: What ``mseg export --help`` says the command does.
+DESCRIPTION = (
+    "Write a model's network as one file for a deployment runtime: ONNX (ONNX Runtime, and most "
+    "others) or OpenVINO IR (NAME.xml + NAME.bin). The file computes the logits of normalised RGB images and "
+    "carries what a user needs without this package: class names, taxonomy, mean/std, the recommended preset "
+    "and its settings, precision, what the output is (ONNX metadata_props / OpenVINO rt_info, keys mseg.*). "
+    "Resizing, sliding windows, flips and the taxonomy projection stay outside the file (mseg_semantic's "
+    "Segmenter runs them; the preset's settings in the metadata say how). fp32 files give our logits to within "
+    "1e-4. int8 files are a quarter of the size, can run faster (CPUs with VNNI or AMX: measure on yours) and "
+    "change some labels (calibrated on the windows the preset cuts from --calibrate's images)."
+)
 
-    bundled = zoo.get_model_info(zoo.DEFAULT_MODEL)
-    parser = add_command_parser(
-        subparsers,
-        "export",
-        description=textwrap.fill(
-            "Write a model's network as one file for a deployment runtime: ONNX (ONNX Runtime, and most "
-            "others) or OpenVINO IR (NAME.xml + NAME.bin). The file computes the logits of normalised RGB images and "
-            "carries what a user needs without this package: class names, taxonomy, mean/std, the recommended preset "
-            "and its settings, precision, what the output is (ONNX metadata_props / OpenVINO rt_info, keys mseg.*). "
-            "Resizing, sliding windows, flips and the taxonomy projection stay outside the file (mseg_semantic's "
-            "Segmenter runs them; the preset's settings in the metadata say how). fp32 files give our logits to within "
-            "1e-4. int8 files are a quarter of the size, can run faster (CPUs with VNNI or AMX: measure on yours) and "
-            "change some labels (calibrated on the windows the preset cuts from --calibrate's images).",
-            width=100,
-        ),
-        epilog="examples:\n"
+
+def _epilog() -> str:
+    """Examples of the command, and how to run the file it writes."""
+    return (
+        "examples:\n"
         "  mseg export --out camvid11.onnx                       # the bundled CamVid-11 model, dynamic size\n"
         "  mseg export mseg-3m --out mseg-3m.xml                 # OpenVINO IR: mseg-3m.xml + mseg-3m.bin\n"
         "  mseg export mseg-3m --out m.onnx --precision int8 --calibrate street-photos/\n"
@@ -76,7 +74,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + "".join(f"  {line}\n" for line in _snippet("openvino", "mseg-3m.xml").splitlines())
         + "\nread the metadata:\n"
         '  session.get_modelmeta().custom_metadata_map["mseg.class_names"]  # ONNX Runtime\n'
-        '  ov.Core().read_model("mseg-3m.xml").get_rt_info(["mseg", "class_names"]).astype(str)  # OpenVINO',
+        '  ov.Core().read_model("mseg-3m.xml").get_rt_info(["mseg", "class_names"]).astype(str)  # OpenVINO'
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from mseg_semantic import zoo
+
+    bundled = zoo.get_model_info(zoo.DEFAULT_MODEL)
+    parser = add_command_parser(
+        subparsers,
+        "export",
+        description=textwrap.fill(DESCRIPTION, width=100),
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
