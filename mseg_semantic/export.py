@@ -9,7 +9,7 @@ sliding windows, flips and the taxonomy projection stay in :class:`~mseg_semanti
 
 - :func:`export_onnx` traces the model with ``torch.onnx.export`` (the dynamo exporter: the older TorchScript exporter
   gives wrong HRNet logits), with a dynamic batch and image size unless ``input_size`` fixes them, and records
-  :func:`model_metadata` in the file: class names, mean/std, taxonomy, preset, the output's resolution.
+  :func:`model_metadata` in the file: class names, mean/std, taxonomy, the preset given, the output's resolution.
 - :func:`quantize_onnx` makes the int8 file with ONNX Runtime's static post-training quantization (QDQ format, weights
   per channel, activation ranges from calibration windows). The first convolution (it sees raw pixels) and the
   classifier stay in float: rounding there changes the most labels for the least time.
@@ -103,6 +103,11 @@ def model_metadata(
     """
     from mseg_semantic import __version__
 
+    if isinstance(preset, (str, os.PathLike)):
+        raise InputError(
+            f"model_metadata records loaded settings, not a preset name: pass preset=load_config({str(preset)!r}) "
+            "(mseg_semantic.inference.load_config)"
+        )
     taxonomy = getattr(model, "taxonomy", None)
     num_classes = getattr(model, "num_classes", None)
     names: list[str] | None = None

@@ -1,7 +1,8 @@
 """Test-time settings: the original presets (``360_ms`` ...), YAML files in the original layout, speed-ups.
 
 A preset name maps to a YAML file shipped in ``mseg_semantic/config/test/`` (the same files the original
-``universal_demo.py --config=...`` command line reads), so there is one source for the values.
+``universal_demo.py --config=...`` command line reads), so there is one source for the values; the names, the
+default and the choice of a model's preset are :mod:`mseg_semantic.presets`'s.
 
 The speed-up settings (``precision``, ``pad``, ``max_window``, ``head``, ``batch_windows``, ``channels_last``,
 ``backend``, ``compile``, ``calibration``) live
