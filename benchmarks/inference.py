@@ -79,10 +79,11 @@ from mseg_semantic.export import OPSET
 from mseg_semantic.fileio import read_image, read_label
 from mseg_semantic.inference import Segmenter
 from mseg_semantic.inference.reference import reference_predict
-from mseg_semantic.models import build_model, load_model
+from mseg_semantic.models import build_model
 from mseg_semantic.normalization import normalize
 from mseg_semantic.resizing import resize_short_side
 from mseg_semantic.taxonomy import class_names, get_taxonomy
+from mseg_semantic.zoo import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -46,7 +46,6 @@ import numpy as np
 import torch
 from machine import cpu_description  # benchmarks/machine.py, beside this script
 
-from mseg_semantic.cli.evaluate import DEFAULT_PRESET
 from mseg_semantic.cli.modelargs import add_config_arguments, add_model_arguments, model_spec
 from mseg_semantic.data import read_list
 from mseg_semantic.data.degradations import (
@@ -59,6 +58,7 @@ from mseg_semantic.data.degradations import (
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.evaluation import evaluate, plan_evaluation
 from mseg_semantic.inference import Segmenter
+from mseg_semantic.presets import EVAL_PRESET
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = Path(os.environ.get("MSEG_SHARED") or REPO.parent / "shared") / "data" / "camvid11"
@@ -106,7 +106,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="keep predictions and metrics in OUT/<corruption> (default: none)")
     parser.add_argument("--resume", action="store_true", help="reuse the predictions already in --out")
     add_model_arguments(parser)
-    add_config_arguments(parser, default=DEFAULT_PRESET)
+    add_config_arguments(parser, default=EVAL_PRESET)
     args = parser.parse_args()
     if args.resume and args.out is None:
         parser.error("--resume needs --out")
@@ -118,7 +118,7 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = model_spec(args, default_preset=DEFAULT_PRESET)  # what `mseg eval` does with the same options
+    spec = model_spec(args, default_preset=EVAL_PRESET)  # what `mseg eval` does with the same options
     spec.apply_threads()
     entries = read_list(args.list or args.data_root / "val.txt", args.data_root)[: args.limit]
     model, model_taxonomy = spec.load()

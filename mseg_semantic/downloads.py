@@ -7,6 +7,9 @@ with an HTTP Range request. Servers that ignore Range (they answer 200 with the 
 another range than asked make the download restart from byte 0 instead of appending a second copy. A web page
 served instead of the file (a login or quota page, a dead link redirected to a home page) is recognised by its
 first bytes and deleted, so it is never resumed, verified or cached as the file.
+
+:func:`cache_dir` is the one home of the folder everything fetched or made once is kept in (zoo checkpoints,
+dataset records, the runtime backends' exported files).
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ from mseg_semantic.errors import DownloadError
 
 CHUNK = 1 << 20  # bytes per read: large enough for speed, small enough for a responsive progress bar
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)")
+
+
+def cache_dir() -> Path:
+    """Where downloaded and generated files live: ``$MSEG_HOME`` or ``$XDG_CACHE_HOME/mseg`` (default
+    ``~/.cache/mseg``)."""
+    if os.environ.get("MSEG_HOME"):
+        return Path(os.environ["MSEG_HOME"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "mseg"
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256", *, progress: bool = False) -> str:

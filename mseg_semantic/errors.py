@@ -2,15 +2,26 @@
 
 Each family names the thing the user got wrong (a file, a key, a class name). The command line catches
 :class:`MsegError` once and prints its message without a traceback; library users can catch the specific family.
+A message that tells the caller which keyword argument to pass names it in ``keywords``, so that the command line
+can name its own option instead (``mseg convert`` says ``--force`` where Python says ``overwrite=True``).
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Mapping
 
 
 class MsegError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose.
+
+    ``keywords``: the keyword arguments the message asks for, each with the text that asks for it (``{"arch":
+    "arch=..."}``): the command line replaces that text with the option that sets the argument.
+    """
+
+    def __init__(self, *args: object, keywords: Mapping[str, str] | None = None) -> None:
+        super().__init__(*args)
+        self.keywords: dict[str, str] = dict(keywords or {})
 
 
 class TaxonomyError(MsegError, ValueError):

@@ -1,31 +1,32 @@
 """The network as a file for a deployment runtime: ONNX (ONNX Runtime) and OpenVINO IR, fp32 or int8.
 
-One owner for turning a model into such a file, used by ``mseg export`` (a file to use without this package) and by
-the ``onnxruntime``/``openvino`` inference backends (:mod:`mseg_semantic.inference.runtimes`, which cache the files
-they make). What is exported is the network's forward pass only; resizing, sliding windows, flips and the taxonomy
-projection stay in :class:`~mseg_semantic.Segmenter`.
+A leaf: it turns a network into files and reads them back, and imports nothing of this package above the
+taxonomy tables, so that both its users sit above it without a cycle: the ``onnxruntime``/``openvino`` inference
+backends (:mod:`mseg_semantic.inference.runtimes`, which cache the files they make) and ``mseg export``
+(:func:`mseg_semantic.inference.deploy.export_model`, which chooses the preset and cuts the int8 calibration
+windows with a :class:`~mseg_semantic.Segmenter`). What is exported is the network's forward pass only; resizing,
+sliding windows, flips and the taxonomy projection stay in :class:`~mseg_semantic.Segmenter`.
 
 - :func:`export_onnx` traces the model with ``torch.onnx.export`` (the dynamo exporter: the older TorchScript exporter
   gives wrong HRNet logits), with a dynamic batch and image size unless ``input_size`` fixes them, and records
-  :func:`model_metadata` in the file: class names, mean/std, taxonomy, preset, the output's resolution.
+  :func:`model_metadata` in the file: class names, mean/std, taxonomy, the preset given, the output's resolution.
 - :func:`quantize_onnx` makes the int8 file with ONNX Runtime's static post-training quantization (QDQ format, weights
   per channel, activation ranges from calibration windows). The first convolution (it sees raw pixels) and the
   classifier stay in float: rounding there changes the most labels for the least time.
 - :func:`onnx_to_openvino` converts either file to OpenVINO IR (``.xml`` + ``.bin``); OpenVINO reads the QDQ int8 file
   as int8.
-- :func:`export_model` is ``mseg export``: the three above in sequence for one format and precision, int8 calibrated on
-  the windows a preset cuts from images; :func:`output_files` checks the destination first (never overwriting a file
-  unasked). :func:`read_metadata` and :func:`tensor_shapes` read a written file back.
+- :func:`output_files` checks a destination (never overwriting a file unasked) and :func:`require_for` the packages
+  an export needs, both cheap, before a model loads. :func:`read_metadata` and :func:`tensor_shapes` read a written
+  file back.
 
 The runtimes are optional dependencies: ``pip install "mseg-semantic[onnx]"`` (onnx, onnxscript, onnxruntime) and
 ``"mseg-semantic[openvino]"``; without them these functions raise an :class:`~mseg_semantic.errors.InputError` naming
-the extra.
+the extra (:func:`mseg_semantic.optional.require`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 import logging
@@ -35,39 +36,40 @@ import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from mseg_semantic.errors import InputError
+from mseg_semantic.models.registry import takes_resize
 from mseg_semantic.normalization import MEAN_RGB, STD_RGB
-
-if TYPE_CHECKING:
-    from mseg_semantic.inference.config import InferenceConfig
+from mseg_semantic.optional import require
+from mseg_semantic.precision import FILE_PRECISIONS
+from mseg_semantic.taxonomy import get_taxonomy
 
 #: The ONNX opset the files use (ONNX Runtime >= 1.16 and OpenVINO >= 2023.1 read it).
 OPSET = 18
 #: Input and output names of every exported file.
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-#: Which extra installs a missing module.
-EXTRAS = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
 #: Metadata keys are prefixed with this (ONNX ``metadata_props``; OpenVINO ``rt_info`` section ``mseg``).
 METADATA_PREFIX = "mseg."
+#: The file formats and the suffix each is written with.
+FORMATS: dict[str, str] = {"onnx": ".onnx", "openvino": ".xml"}
 
 
-def require(module: str, purpose: str) -> ModuleType:
-    """Import an optional dependency, or raise an :class:`InputError` saying which extra installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        extra = EXTRAS.get(module.split(".")[0], module)
-        raise InputError(
-            f"{purpose} needs the Python package {module.split('.')[0]!r}, which is not installed ({error}); "
-            f'install it with: pip install "mseg-semantic[{extra}]" (in a checkout: pip install -e ".[{extra}]")'
-        ) from None
+class PresetSettings(Protocol):
+    """What the metadata records of the preset a file is meant for (an
+    :class:`~mseg_semantic.inference.InferenceConfig` has it)."""
+
+    name: str
+    base_size: int | None
+    scales: tuple[float, ...]
+    crop_h: int
+    crop_w: int
+    flip: bool
+    batched: bool
 
 
 class _Forward(nn.Module):
@@ -89,28 +91,29 @@ def model_metadata(
     *,
     low_res: bool = False,
     precision: str = "fp32",
-    preset: str | os.PathLike | InferenceConfig | None = None,
+    preset: PresetSettings | None = None,
     input_size: tuple[int, int] | None = None,
 ) -> dict[str, str]:
     """What a user of the file needs to feed it and read its output, as string values (keys without the prefix).
 
-    ``preset``: the inference preset to run the file with (a name or a YAML path; default the model's own, else
-    the :class:`~mseg_semantic.Segmenter` default); its settings are recorded too, so that a user without this
-    package can reproduce the algorithm around the network (short side, windows, flips). ``input_size``: the fixed
+    ``preset``: the inference settings to run the file with, recorded with their name, so that a user without this
+    package can reproduce the algorithm around the network (short side, windows, flips); None records none
+    (:func:`~mseg_semantic.inference.deploy.export_model` passes the model's own). ``input_size``: the fixed
     (H, W) of a static file; None: dynamic.
     """
     from mseg_semantic import __version__
-    from mseg_semantic.inference.config import load_config
-    from mseg_semantic.inference.segmenter import DEFAULT_PRESET
-    from mseg_semantic.taxonomy import get_taxonomy
 
+    if isinstance(preset, (str, os.PathLike)):
+        raise InputError(
+            f"model_metadata records loaded settings, not a preset name: pass preset=load_config({str(preset)!r}) "
+            "(mseg_semantic.inference.load_config)"
+        )
     taxonomy = getattr(model, "taxonomy", None)
     num_classes = getattr(model, "num_classes", None)
     names: list[str] | None = None
     if taxonomy is not None:
         names = list(get_taxonomy(taxonomy).classes)
         num_classes = len(names)
-    config = load_config(preset or getattr(model, "preset", None) or DEFAULT_PRESET)
     output = (
         "float32 (N, K, ceil(H/4), ceil(W/4)), the logits before the model's final resize: resize them to (H, W) "
         "bilinearly with align_corners=True; the label map is their argmax over K"
@@ -123,15 +126,8 @@ def model_metadata(
         "num_classes": num_classes,
         "taxonomy": taxonomy,
         "class_names": names,
-        "preset": config.name,
-        "preset_settings": {
-            "base_size": config.base_size,
-            "scales": list(config.scales),
-            "crop_h": config.crop_h,
-            "crop_w": config.crop_w,
-            "flip": config.flip,
-            "batched": config.batched,
-        },
+        "preset": None if preset is None else preset.name,
+        "preset_settings": None if preset is None else _preset_settings(preset),
         "precision": precision,
         "input": f"{INPUT_NAME}: float32 (N, 3, H, W), RGB in 0..255 normalised per channel as (x - mean) / std",
         "input_size": "dynamic" if input_size is None else f"{input_size[0]}x{input_size[1]}",
@@ -141,6 +137,17 @@ def model_metadata(
         "output_stride": 4 if low_res else 1,
     }
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items() if v is not None}
+
+
+def _preset_settings(preset: PresetSettings) -> dict[str, Any]:
+    return {
+        "base_size": preset.base_size,
+        "scales": list(preset.scales),
+        "crop_h": preset.crop_h,
+        "crop_w": preset.crop_w,
+        "flip": preset.flip,
+        "batched": preset.batched,
+    }
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -158,9 +165,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         return {key: value.astype(str) if hasattr(value, "astype") else str(value) for key, value in section.items()}
     onnx = require("onnx", "reading an ONNX file")
     proto = onnx.load(str(path), load_external_data=False)
-    return {
-        p.key[len(METADATA_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)
-    }
+    return {p.key[len(METADATA_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)}
 
 
 def export_onnx(
@@ -175,12 +180,11 @@ def export_onnx(
 
     ``input_size`` (H, W) fixes the image size (some runtimes are faster with it); without it batch, height and
     width are dynamic. ``low_res``: output the logits before the final resize (see :func:`model_metadata`); only
-    for models whose forward takes ``resize`` (ours). ``metadata`` defaults to :func:`model_metadata`.
+    for models whose forward takes ``resize`` (ours). ``metadata`` defaults to :func:`model_metadata` (without a
+    preset).
     """
     require("onnx", "ONNX export")
     require("onnxscript", "ONNX export")
-    from mseg_semantic.inference.network import takes_resize
-
     if low_res and not takes_resize(model):
         raise InputError(f"a low-resolution export needs a forward that takes resize= (got {type(model).__name__})")
     path = Path(path)
@@ -356,12 +360,6 @@ def onnx_to_openvino(source: str | os.PathLike, path: str | os.PathLike) -> Path
     return path
 
 
-#: The file formats of :func:`export_model` and the suffix each is written with.
-FORMATS: dict[str, str] = {"onnx": ".onnx", "openvino": ".xml"}
-#: The precisions of an exported file.
-PRECISIONS = ("fp32", "int8")
-
-
 def output_files(
     path: str | os.PathLike, format: str | None = None, *, overwrite: bool = False
 ) -> tuple[str, list[Path]]:
@@ -393,83 +391,10 @@ def output_files(
 
 def require_for(format: str, precision: str) -> None:
     """Check that the packages an export to ``format`` in ``precision`` needs are installed (before a model loads)."""
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision not in FILE_PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(FILE_PRECISIONS)}; got {precision!r}")
     modules = ["onnx", "onnxscript"]
     modules += ["onnxruntime"] if precision == "int8" else []  # int8 calibration runs the network in ONNX Runtime
     modules += ["openvino"] if format == "openvino" else []
     for module in modules:
         require(module, f"exporting to {format} in {precision}")
-
-
-def export_model(
-    model: nn.Module,
-    path: str | os.PathLike,
-    *,
-    format: str | None = None,
-    precision: str = "fp32",
-    input_size: tuple[int, int] | None = None,
-    low_res: bool = False,
-    preset: str | os.PathLike | None = None,
-    calibration: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    metadata: Mapping[str, str] | None = None,
-) -> list[Path]:
-    """Write the model as a file for ONNX Runtime (``.onnx``) or OpenVINO (``.xml`` + ``.bin``); returns the files.
-
-    What ``mseg export`` does. ``format``: ``onnx`` or ``openvino`` (default: from the suffix, see
-    :func:`output_files`). ``precision``: ``fp32``, or ``int8`` calibrated on the network inputs that
-    ``preset`` cuts from the ``calibration`` images (a folder or file of images and videos; default the bundled
-    examples; see :func:`~mseg_semantic.inference.runtimes.calibration_images`); a static file calibrates on
-    windows of its own size. ``input_size`` (H, W): a static file (batch 1); None: batch and size dynamic.
-    ``low_res``: the logits before the final resize (1/4 of the input size). ``preset``: the preset recorded as
-    the one to run the file with (default the model's own). ``metadata``: extra string entries, added to
-    :func:`model_metadata`'s. The output appears whole or not at all (written in a temporary folder beside it).
-    """
-    from mseg_semantic.inference.config import load_config
-    from mseg_semantic.inference.segmenter import DEFAULT_PRESET
-
-    format, files = output_files(path, format, overwrite=overwrite)
-    path = files[0]
-    require_for(format, precision)
-    if calibration is not None and precision != "int8":
-        raise InputError("calibration images are for precision int8 only")
-    if input_size is not None and (len(input_size) != 2 or min(input_size) < 1):
-        raise InputError(f"input_size must be (height, width), both positive; got {input_size}")
-    config = load_config(preset or getattr(model, "preset", None) or DEFAULT_PRESET)
-    values = model_metadata(model, low_res=low_res, precision=precision, preset=config, input_size=input_size)
-    windows = None
-    if precision == "int8":
-        windows, source = _calibration(model, config, calibration, input_size)
-        size = f" at {input_size[0]}x{input_size[1]}" if input_size else ""
-        values["calibration"] = f"{source}: the windows of preset {config.name}{size}"
-    values.update(metadata or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".mseg-export-") as tmp:
-        last = path if format == "onnx" and precision == "fp32" else Path(tmp) / "fp32.onnx"
-        export_onnx(model, last, input_size=input_size, low_res=low_res, metadata=values)
-        if windows is not None:
-            int8 = path if format == "onnx" else Path(tmp) / "int8.onnx"
-            last = quantize_onnx(last, int8, windows)
-        if format == "openvino":
-            onnx_to_openvino(last, path)
-    return files
-
-
-def _calibration(
-    model: nn.Module, config: InferenceConfig, images: str | os.PathLike | None, input_size: tuple[int, int] | None
-) -> tuple[Iterator[np.ndarray], str]:
-    """The int8 calibration windows: what the preset gives the network for the calibration images (for a static
-    file, the preset's windows made the file's size), and a description of their source."""
-    from mseg_semantic.inference.runtimes import calibration_images
-    from mseg_semantic.inference.segmenter import Segmenter
-
-    read, _ = calibration_images(images)
-    # Named without its full path: the file may be shipped.
-    source = "the bundled examples" if images is None else f"{Path(images).resolve().name}"
-    # The geometry of the preset cuts the windows; PyTorch fp32 runs nothing here (the windows are inputs).
-    settings: dict[str, Any] = {"backend": "torch", "precision": "fp32", "compile": False}
-    if input_size is not None:
-        settings.update(crop_size=tuple(input_size), pad="crop", max_window=None)
-    segmenter = Segmenter(model, config=config.replace(**settings))
-    return segmenter.calibration_windows(read()), source

@@ -12,7 +12,8 @@ Downloads resume from a partial ``.part`` file. Google Drive is handled by the `
 ``MSEG_MODEL_MIRROR=URL`` (or ``mirror=``) fetches ``URL/<filename>`` instead, for air-gapped sites and tests.
 
 Public: :func:`load_model`, :func:`get_model_info` (a model's facts), :func:`model_names`, :func:`fetch` (the
-verified local file of a model: download ahead of time), :func:`cache_dir`, :func:`remove`. :func:`lookup` and
+verified local file of a model: download ahead of time), :func:`cache_dir` (defined in
+:mod:`mseg_semantic.downloads`), :func:`remove`. :func:`lookup` and
 :func:`resolve` (a name or a path to a zoo entry / a local file, without loading) serve the command line and
 training.
 """
@@ -30,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mseg_semantic.downloads import file_digest, http_download
+from mseg_semantic.downloads import cache_dir, file_digest, http_download
 from mseg_semantic.errors import CheckpointError, DownloadError, InputError, TaxonomyError
+from mseg_semantic.presets import DEFAULT_PRESET
 from mseg_semantic.taxonomy import get_taxonomy, taxonomy_names
 from mseg_semantic.taxonomy.tables import NAIVE, NUM_NAIVE_CLASSES, NUM_UNIVERSAL_CLASSES, UNIVERSAL
 
@@ -57,7 +59,7 @@ class ZooModel:
     drive_id: str | None
     aliases: tuple[str, ...] = ()
     arch: str = ARCH
-    preset: str = "360_ms"
+    preset: str = DEFAULT_PRESET
     filename: str = ""
     published: dict[str, float] = field(default_factory=dict)
     published_training: dict[str, float] = field(default_factory=dict)
@@ -116,14 +118,6 @@ def get_model_info(name: str) -> ZooModel:
     close = difflib.get_close_matches(name, [*_registry(), *(a for m in _registry().values() for a in m.aliases)])
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise InputError(f"unknown model {name!r}.{hint} Known models: {', '.join(model_names())} (or a checkpoint path)")
-
-
-def cache_dir() -> Path:
-    """Where downloaded checkpoints live: ``$MSEG_HOME`` or ``$XDG_CACHE_HOME/mseg`` (default ``~/.cache/mseg``)."""
-    if os.environ.get("MSEG_HOME"):
-        return Path(os.environ["MSEG_HOME"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "mseg"
 
 
 def model_dir(model: ZooModel) -> Path:

@@ -25,9 +25,9 @@ from conftest import TINY_HRNET, failure, run_mseg, skip_without_shared
 
 from mseg_semantic import Segmenter
 from mseg_semantic.fileio import read_image, read_label
-from mseg_semantic.models import load_model
 from mseg_semantic.training import config_from_dict, train
 from mseg_semantic.training.checkpoints import load_training_checkpoint
+from mseg_semantic.zoo import load_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

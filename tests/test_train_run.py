@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 from mseg_semantic.cli import main
 from mseg_semantic.data import KeyedDataset, LabelMapper, SampleKey, SegmentationDataset, TrainTransform, read_list
 from mseg_semantic.fileio import read_label, write_label
-from mseg_semantic.models import load_model
 from mseg_semantic.taxonomy import class_names
 from mseg_semantic.training import config_from_dict, train
 from mseg_semantic.training.class_weights import enet_weights, label_counts
 from mseg_semantic.training.data import prepare_datasets
+from mseg_semantic.zoo import load_model
 
 
 @pytest.fixture(scope="module")

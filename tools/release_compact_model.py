@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from mseg_semantic.models import load_model, read_metadata, save_checkpoint
+from mseg_semantic.models import read_metadata, save_checkpoint
+from mseg_semantic.zoo import load_model
 
 TARGET = Path(__file__).resolve().parents[1] / "mseg_semantic" / "assets" / "models" / "camvid11-compact.safetensors"
 

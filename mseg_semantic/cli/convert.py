@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="extra metadata to record (repeatable)",
     )
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, keyword_options={"overwrite": "--force"})
 
 
 def _parse_meta(items: list[str]) -> dict[str, str]:

@@ -17,10 +17,9 @@ from mseg_semantic.errors import InputError
 from mseg_semantic.examples import EXAMPLES, example_path
 from mseg_semantic.inference import Segmenter, collect_inputs, run_demo
 from mseg_semantic.inference.demo import DEFAULT_OUTPUTS, OUTPUT_SUFFIXES, parse_outputs, prepare_output_dir
+from mseg_semantic.presets import DEFAULT_PRESET
 from mseg_semantic.taxonomy import get_taxonomy
 
-#: The inference preset of a checkpoint that is not a zoo model (a zoo model brings its own).
-DEFAULT_PRESET = "360_ms"
 #: How long the processes of a torchrun run wait for each other at the end.
 PROCESS_GROUP_TIMEOUT = timedelta(days=7)
 #: Output-writing threads per process on a GPU (--io-workers).

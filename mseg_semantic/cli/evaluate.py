@@ -16,10 +16,8 @@ from mseg_semantic.data import read_list
 from mseg_semantic.errors import InputError
 from mseg_semantic.evaluation import evaluate, plan_evaluation
 from mseg_semantic.inference import Segmenter
+from mseg_semantic.presets import EVAL_PRESET
 from mseg_semantic.taxonomy import get_taxonomy
-
-#: The inference preset of the evaluation (the bundled model brings its own).
-DEFAULT_PRESET = "360_ss"
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ class EvalSpec:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EvalSpec:
         get_taxonomy(args.dataset)
-        model = model_spec(args, default_preset=DEFAULT_PRESET)
+        model = model_spec(args, default_preset=EVAL_PRESET)
         name = args.name or Path(model.model).stem
         return cls(
             dataset=args.dataset,
@@ -99,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_arguments(parser)
-    add_config_arguments(parser, default=DEFAULT_PRESET)
+    add_config_arguments(parser, default=EVAL_PRESET)
     parser.set_defaults(func=run)
 
 

@@ -1,7 +1,7 @@
 """``mseg export [MODEL] --out FILE``: the network as an ONNX or OpenVINO file that runs without this package.
 
 The command checks everything cheap (the output name and format, an existing file, the preset, the calibration
-folder) before it loads the model; :func:`mseg_semantic.export.export_model` writes the file.
+folder) before it loads the model; :func:`mseg_semantic.inference.deploy.export_model` writes the file.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ import textwrap
 from pathlib import Path
 
 from mseg_semantic.cli import add_command_parser
+from mseg_semantic.cli.modelargs import ModelSpec, add_checkpoint_arguments
 from mseg_semantic.cli.text import print_json
+from mseg_semantic.export import FORMATS
+from mseg_semantic.precision import FILE_PRECISIONS
+from mseg_semantic.presets import DEFAULT_PRESET, preset_for
 
 #: How to run each format, three lines (``x``: the normalised float32 (N, 3, H, W) input); ``{path}`` is the file.
 SNIPPETS: dict[str, str] = {
@@ -43,22 +47,23 @@ def _input_size(text: str) -> tuple[int, int]:
     return size
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command_parser(
-        subparsers,
-        "export",
-        description=textwrap.fill(
-            "Write a model's network as one file for a deployment runtime: ONNX (ONNX Runtime, and most "
-            "others) or OpenVINO IR (NAME.xml + NAME.bin). The file computes the logits of normalised RGB images and "
-            "carries what a user needs without this package: class names, taxonomy, mean/std, the recommended preset "
-            "and its settings, precision, what the output is (ONNX metadata_props / OpenVINO rt_info, keys mseg.*). "
-            "Resizing, sliding windows, flips and the taxonomy projection stay outside the file (mseg_semantic's "
-            "Segmenter runs them; the preset's settings in the metadata say how). fp32 files give our logits to within "
-            "1e-4. int8 files are a quarter of the size, can run faster (CPUs with VNNI or AMX: measure on yours) and "
-            "change some labels (calibrated on the windows the preset cuts from --calibrate's images).",
-            width=100,
-        ),
-        epilog="examples:\n"
+#: What ``mseg export --help`` says the command does.
+DESCRIPTION = (
+    "Write a model's network as one file for a deployment runtime: ONNX (ONNX Runtime, and most "
+    "others) or OpenVINO IR (NAME.xml + NAME.bin). The file computes the logits of normalised RGB images and "
+    "carries what a user needs without this package: class names, taxonomy, mean/std, the recommended preset "
+    "and its settings, precision, what the output is (ONNX metadata_props / OpenVINO rt_info, keys mseg.*). "
+    "Resizing, sliding windows, flips and the taxonomy projection stay outside the file (mseg_semantic's "
+    "Segmenter runs them; the preset's settings in the metadata say how). fp32 files give our logits to within "
+    "1e-4. int8 files are a quarter of the size, can run faster (CPUs with VNNI or AMX: measure on yours) and "
+    "change some labels (calibrated on the windows the preset cuts from --calibrate's images)."
+)
+
+
+def _epilog() -> str:
+    """Examples of the command, and how to run the file it writes."""
+    return (
+        "examples:\n"
         "  mseg export --out camvid11.onnx                       # the bundled CamVid-11 model, dynamic size\n"
         "  mseg export mseg-3m --out mseg-3m.xml                 # OpenVINO IR: mseg-3m.xml + mseg-3m.bin\n"
         "  mseg export mseg-3m --out m.onnx --precision int8 --calibrate street-photos/\n"
@@ -69,7 +74,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + "".join(f"  {line}\n" for line in _snippet("openvino", "mseg-3m.xml").splitlines())
         + "\nread the metadata:\n"
         '  session.get_modelmeta().custom_metadata_map["mseg.class_names"]  # ONNX Runtime\n'
-        '  ov.Core().read_model("mseg-3m.xml").get_rt_info(["mseg", "class_names"]).astype(str)  # OpenVINO',
+        '  ov.Core().read_model("mseg-3m.xml").get_rt_info(["mseg", "class_names"]).astype(str)  # OpenVINO'
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from mseg_semantic import zoo
+
+    bundled = zoo.get_model_info(zoo.DEFAULT_MODEL)
+    parser = add_command_parser(
+        subparsers,
+        "export",
+        description=textwrap.fill(DESCRIPTION, width=100),
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -84,11 +101,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", required=True, type=Path, metavar="FILE", help="file to write: NAME.onnx, or NAME.xml for OpenVINO"
     )
     parser.add_argument(
-        "--format", choices=["onnx", "openvino"], help="file format (default: from --out's suffix, .onnx or .xml)"
+        "--format", choices=list(FORMATS), help="file format (default: from --out's suffix, .onnx or .xml)"
     )
     parser.add_argument(
         "--precision",
-        choices=["fp32", "int8"],
+        choices=FILE_PRECISIONS,
         default="fp32",
         help="fp32 (default: our logits to within 1e-4) or int8 (static quantization, calibrated; changes some "
         "labels: 95-98%% of the pixels of the demo photos keep their fp32 label with the bundled model)",
@@ -112,7 +129,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preset",
         metavar="PRESET|FILE.yaml",
         help="the inference preset the file is meant for, recorded in its metadata; with --precision int8 its "
-        "windows are what calibrates (default: the model's own, compact_360_ss for the bundled model, else 360_ms)",
+        f"windows are what calibrates (default: the model's own, {bundled.preset} for the bundled model, else "
+        f"{DEFAULT_PRESET})",
     )
     parser.add_argument(
         "--calibrate",
@@ -122,52 +140,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace FILE (and NAME.bin) if it exists")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    from mseg_semantic.cli.modelargs import add_checkpoint_arguments
-
     add_checkpoint_arguments(parser.add_argument_group("model"))
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from mseg_semantic.export import read_metadata, tensor_shapes
+    from mseg_semantic.inference.deploy import export_model
 
-    from mseg_semantic import zoo
-    from mseg_semantic.cli.modelargs import ModelSpec
-    from mseg_semantic.errors import InputError
-    from mseg_semantic.export import export_model, output_files, read_metadata, require_for, tensor_shapes
-    from mseg_semantic.inference.config import load_config
-    from mseg_semantic.inference.runtimes import calibration_images
-    from mseg_semantic.inference.segmenter import DEFAULT_PRESET
-    from mseg_semantic.taxonomy import get_taxonomy
-
-    # Everything cheap first, so that a typo does not wait for a 500 MB checkpoint to load (or download).
-    format, _ = output_files(args.out, args.format, overwrite=args.overwrite)
-    require_for(format, args.precision)
-    if args.calibrate is not None:
-        if args.precision != "int8":
-            raise InputError("--calibrate chooses the int8 calibration images: it needs --precision int8")
-        calibration_images(args.calibrate)  # the folder exists and holds images
-    if args.model_taxonomy:
-        get_taxonomy(args.model_taxonomy)
-    name = args.model or zoo.DEFAULT_MODEL
-    entry = zoo.lookup(name)
-    # The spec's preset checks --preset now; export_model applies it, or the model's own (a checkpoint records it).
-    spec = ModelSpec(
-        model=name,
-        arch=args.arch,
-        num_classes=args.num_classes,
-        model_taxonomy=args.model_taxonomy,
-        device=torch.device("cpu"),
-        threads=None,
-        config=load_config(args.preset or (entry.preset if entry else DEFAULT_PRESET)),
-        default_model=args.model is None,
-    )
+    format, spec = _check(args)
     model, _ = spec.load()
     if not args.json:
         what = (
             f"int8, calibrating on {args.calibrate or 'the bundled examples'}" if args.precision == "int8" else "fp32"
         )
-        print(f"exporting {name} to {FORMAT_NAMES[format]} ({what})...", file=sys.stderr)
+        print(f"exporting {spec.model} to {FORMAT_NAMES[format]} ({what})...", file=sys.stderr)
     files = export_model(
         model,
         args.out,
@@ -178,24 +165,63 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         calibration=args.calibrate,
         overwrite=args.overwrite,
-        metadata={"model": Path(name).name},
+        metadata={"model": Path(spec.model).name},
     )
     metadata = read_metadata(files[0])
     shapes = tensor_shapes(files[0])
     if args.json:
-        print_json(
-            {
-                "files": [{"path": str(f), "mb": round(f.stat().st_size / 1e6, 2)} for f in files],
-                "format": format,
-                "precision": args.precision,
-                "input": {"name": "image", "shape": shapes["image"]},
-                "output": {"name": "logits", "shape": shapes["logits"]},
-                "metadata": metadata,
-            }
-        )
-        return 0
-    _print_summary(files, format, shapes, metadata)
+        _print_json(files, format, args.precision, shapes, metadata)
+    else:
+        _print_summary(files, format, shapes, metadata)
     return 0
+
+
+def _check(args: argparse.Namespace) -> tuple[str, ModelSpec]:
+    """The export's format and model, after everything cheap is checked: a typo must not wait for a 500 MB
+    checkpoint to load (or download)."""
+    import torch
+
+    from mseg_semantic import zoo
+    from mseg_semantic.errors import InputError
+    from mseg_semantic.export import output_files, require_for
+    from mseg_semantic.inference.config import load_config
+    from mseg_semantic.inference.runtimes import calibration_images
+    from mseg_semantic.taxonomy import get_taxonomy
+
+    format, _ = output_files(args.out, args.format, overwrite=args.overwrite)
+    require_for(format, args.precision)
+    if args.calibrate is not None:
+        if args.precision != "int8":
+            raise InputError("--calibrate chooses the int8 calibration images: it needs --precision int8")
+        calibration_images(args.calibrate)  # the folder exists and holds images
+    if args.model_taxonomy:
+        get_taxonomy(args.model_taxonomy)
+    name = args.model or zoo.DEFAULT_MODEL
+    # The spec's preset checks --preset now; export_model applies it, or the model's own (a checkpoint records it).
+    spec = ModelSpec(
+        model=name,
+        arch=args.arch,
+        num_classes=args.num_classes,
+        model_taxonomy=args.model_taxonomy,
+        device=torch.device("cpu"),
+        threads=None,
+        config=load_config(preset_for(zoo.lookup(name), args.preset)),
+        default_model=args.model is None,
+    )
+    return format, spec
+
+
+def _print_json(files: list[Path], format: str, precision: str, shapes: dict, metadata: dict[str, str]) -> None:
+    print_json(
+        {
+            "files": [{"path": str(f), "mb": round(f.stat().st_size / 1e6, 2)} for f in files],
+            "format": format,
+            "precision": precision,
+            "input": {"name": "image", "shape": shapes["image"]},
+            "output": {"name": "logits", "shape": shapes["logits"]},
+            "metadata": metadata,
+        }
+    )
 
 
 def _print_summary(files: list[Path], format: str, shapes: dict, metadata: dict[str, str]) -> None:

@@ -17,16 +17,9 @@ from torch import nn
 
 from mseg_semantic import distributed, zoo
 from mseg_semantic.errors import InputError, TaxonomyError
-from mseg_semantic.inference.config import (
-    BACKENDS,
-    HEADS,
-    PADS,
-    SPEED_FIELDS,
-    InferenceConfig,
-    load_config,
-    preset_names,
-)
-from mseg_semantic.precision import INFERENCE_PRECISIONS
+from mseg_semantic.inference.config import HEADS, PADS, SPEED_FIELDS, InferenceConfig, load_config
+from mseg_semantic.precision import INFERENCE_BACKENDS, INFERENCE_PRECISIONS
+from mseg_semantic.presets import preset_for, preset_names
 from mseg_semantic.taxonomy import get_taxonomy, taxonomy_names
 
 
@@ -82,12 +75,10 @@ def model_spec(args: argparse.Namespace, *, default_preset: str, zoo_preset: boo
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
     model = args.model or zoo.DEFAULT_MODEL
-    preset = args.preset
-    if preset is None:
-        entry = zoo.lookup(model)
-        # A bundled model's preset is part of it (its eval protocol too); other zoo models' presets are for the demo.
-        use_zoo = entry is not None and (zoo_preset or entry.bundled is not None)
-        preset = entry.preset if use_zoo else default_preset
+    entry = None if args.preset is not None else zoo.lookup(model)
+    # A bundled model's preset is part of it (its eval protocol too); other zoo models' presets are for the demo.
+    use_zoo = entry is not None and (zoo_preset or entry.bundled is not None)
+    preset = preset_for(entry if use_zoo else None, args.preset, default_preset)
     if args.model_taxonomy:
         get_taxonomy(args.model_taxonomy)
     return ModelSpec(
@@ -165,7 +156,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_p
     if zoo_preset:
         choice = f"the zoo model's own preset ('mseg zoo info NAME'), {default} for other checkpoints"
     else:
-        choice = f"{default}; compact_360_ss for the bundled camvid11-compact"
+        bundled = zoo.get_model_info(zoo.DEFAULT_MODEL)
+        choice = f"{default}; {bundled.preset} for the bundled {bundled.name}"
     group.add_argument(
         "--preset",
         "--config",
@@ -178,10 +170,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_p
     group.add_argument("--scales", type=float, nargs="+", metavar="S", help="override: scale multipliers")
     group.add_argument("--crop-size", type=int, metavar="N", help="override: square sliding-window size")
     group.add_argument("--no-flip", action="store_true", help="override: no flip averaging (faster, not the original)")
+    # A group's description is printed as it is (only help strings are %-formatted): one % sign.
     speed = parser.add_argument_group(
         "speed-ups",
         "Defaults reproduce the original numerics. --fast = --backend auto --precision auto --head low_res "
-        "--channels-last: label maps agreeing with the original ones on >= 99%% of pixels (speed: README, Fast "
+        "--channels-last: label maps agreeing with the original ones on >= 99% of pixels (speed: README, Fast "
         "inference); on a CPU with OpenVINO installed that is OpenVINO in bf16. --precision int8, --pad minimal, "
         "--max-window and --no-flip save more but change more labels. An explicit option wins over --fast: "
         "--fast --precision fp32.",
@@ -196,7 +189,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str, *, zoo_p
     )
     speed.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=INFERENCE_BACKENDS,
         help="what runs the network: torch (original), onnxruntime or openvino (CPU; the model is exported once and "
         "cached; pip install 'mseg-semantic[onnx]' or '[openvino]'), auto = the fastest installed for the device",
     )

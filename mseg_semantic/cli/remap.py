@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--non-strict", action="store_true", help="map values that are not classes of A to 255")
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="files converted in parallel (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, keyword_options={"strict": "--non-strict"})
 
 
 def run(args: argparse.Namespace) -> int:

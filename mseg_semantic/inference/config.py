@@ -1,7 +1,8 @@
 """Test-time settings: the original presets (``360_ms`` ...), YAML files in the original layout, speed-ups.
 
 A preset name maps to a YAML file shipped in ``mseg_semantic/config/test/`` (the same files the original
-``universal_demo.py --config=...`` command line reads), so there is one source for the values.
+``universal_demo.py --config=...`` command line reads), so there is one source for the values; the names, the
+default and the choice of a model's preset are :mod:`mseg_semantic.presets`'s.
 
 The speed-up settings (``precision``, ``pad``, ``max_window``, ``head``, ``batch_windows``, ``channels_last``,
 ``backend``, ``compile``, ``calibration``) live
@@ -21,9 +22,8 @@ from typing import Any
 
 from mseg_semantic.configs import ConfigError, check, check_choice, parse_yaml, read_config, read_yaml, show
 from mseg_semantic.errors import InputError
-
-# Imported under this name by cli/modelargs.py (which could take INFERENCE_PRECISIONS from mseg_semantic.precision).
-from mseg_semantic.precision import INFERENCE_PRECISIONS as PRECISIONS
+from mseg_semantic.precision import AUTO, INFERENCE_BACKENDS, INFERENCE_PRECISIONS
+from mseg_semantic.presets import DEFAULT_PRESET, PRESET_FILES
 
 MULTI_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
@@ -38,31 +38,33 @@ HEADS = ("full", "low_res")
 #: network). ``backend="auto"`` runs the network on OpenVINO (bf16) on a CPU when it is installed: the fastest
 #: measured combination that keeps >= 99% (:mod:`mseg_semantic.inference.runtimes`).
 FAST: dict[str, Any] = {
-    "backend": "auto",
-    "precision": "auto",
+    "backend": AUTO,
+    "precision": AUTO,
     "head": "low_res",
     "channels_last": True,
 }
 
 # Settings that change speed, not the algorithm's definition; they are not part of the original YAML files.
 SPEED_FIELDS = (
-    "precision", "pad", "max_window", "head", "batch_windows", "channels_last", "backend", "compile", "calibration",
+    "precision",
+    "pad",
+    "max_window",
+    "head",
+    "batch_windows",
+    "channels_last",
+    "backend",
+    "compile",
+    "calibration",
 )
-#: Where the network runs (``auto``: see :func:`mseg_semantic.inference.runtimes.resolve_backend`).
-BACKENDS = ("torch", "onnxruntime", "openvino", "auto")
 
-PRESET_FILES: dict[str, str] = {
-    "360_ss": "default_config_360_ss.yaml",
-    "360_ms": "default_config_360_ms.yaml",
-    "720_ss": "default_config_720_ss.yaml",
-    "720_ms": "default_config_720_ms.yaml",
-    "1080_ss": "default_config_1080_ss.yaml",
-    "1080_ms": "default_config_1080_ms.yaml",
-    "batched_480": "480/default_config_batched_ss.yaml",
-    "batched_720": "720/default_config_batched_ss.yaml",
-    "batched_1080": "1080/default_config_batched_ss.yaml",
-    "compact_360_ss": "compact_360_ss.yaml",  # the bundled camvid11-compact model's own
-}
+
+def with_fast(values: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``values`` without their ``fast`` key, and with :data:`FAST` under them when it was true (the values given
+    explicitly win); and whether it was. The one place ``fast`` is read, for keyword arguments and YAML files alike.
+    """
+    values = dict(values)
+    fast = bool(values.pop("fast", False))
+    return ({**FAST, **values} if fast else values), fast
 
 
 @dataclass
@@ -180,7 +182,8 @@ class InferenceConfig:
         for key in ("crop_h", "crop_w"):
             check(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
         check(not self.batched or scales == [1.0], "scales", "batched inference is single-scale: must be [1.0]")
-        for key, allowed in (("precision", PRECISIONS), ("pad", PADS), ("head", HEADS), ("backend", BACKENDS)):
+        choices = (("precision", INFERENCE_PRECISIONS), ("pad", PADS), ("head", HEADS), ("backend", INFERENCE_BACKENDS))
+        for key, allowed in choices:
             check_choice(getattr(self, key), allowed, key)
         windows, largest = self.batch_windows, self.max_window  # also checked when built directly, not read
         check(isinstance(windows, int) and windows >= 1, "batch_windows", f"must be an integer >= 1, got {windows!r}")
@@ -194,16 +197,13 @@ class InferenceConfig:
         speed = (self.precision, self.pad, self.head, self.channels_last, self.backend, self.compile)
         return speed == ("fp32", "crop", "full", False, "torch", False)
 
-
     def replace(self, **overrides: Any) -> InferenceConfig:
         """A copy with some values changed (``crop_size=N`` sets both crop sides, ``fast=True`` applies :data:`FAST`).
 
         Explicit values win over ``fast``: ``replace(fast=True, precision="fp32")`` is fast without bf16.
         """
-        suffix = "+custom"
-        if overrides.pop("fast", False):
-            overrides = {**FAST, **overrides}
-            suffix = "+fast"
+        overrides, fast = with_fast(overrides)
+        suffix = "+fast" if fast else "+custom"
         if "crop_size" in overrides:
             size = overrides.pop("crop_size")
             overrides["crop_h"], overrides["crop_w"] = (size, size) if isinstance(size, int) else tuple(size)
@@ -213,11 +213,7 @@ class InferenceConfig:
         return read_config(InferenceConfig, values, source="inference settings")
 
 
-def preset_names() -> list[str]:
-    return list(PRESET_FILES)
-
-
-def load_config(config: str | os.PathLike | InferenceConfig = "360_ms", **overrides: Any) -> InferenceConfig:
+def load_config(config: str | os.PathLike | InferenceConfig = DEFAULT_PRESET, **overrides: Any) -> InferenceConfig:
     """An :class:`InferenceConfig` from a preset name, a YAML path (ours or the original layout) or a config.
 
     ``overrides`` are :class:`InferenceConfig` values, ``crop_size`` and ``fast``.
@@ -238,9 +234,7 @@ def load_config(config: str | os.PathLike | InferenceConfig = "360_ms", **overri
 
 def _from_mapping(data: Any, name: str, source: str) -> InferenceConfig:
     """Read our flat keys or the original sectioned layout (keys ``test_h``/``test_w``, ``native_img_h``)."""
-    flat = flatten_sections(data, source)
-    if bool(flat.pop("fast", False)):
-        flat = {**FAST, **flat}
+    flat, _ = with_fast(flatten_sections(data, source))
     flat.setdefault("name", name)
     flat["batched"] = "native_img_h" in flat or flat.get("batched", False)
     return read_config(InferenceConfig, flat, source=source, aliases=_ORIGINAL_ALIASES, ignore=_IGNORED_ORIGINAL_KEYS)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import inspect
 import sys
 from collections.abc import Iterable
 
@@ -30,26 +29,25 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mseg_semantic.errors import InputError
-from mseg_semantic.precision import PRECISIONS, autocast, cpu_has_native_bf16, low_precision_dtype
+from mseg_semantic.models.registry import takes_resize
+from mseg_semantic.precision import (
+    AUTO,
+    TORCH_PRECISIONS,
+    autocast,
+    cpu_has_native_bf16,
+    low_precision_dtype,
+)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> what the device runs fastest without giving up range: bf16, else fp16 (GPU), else fp32."""
-    if precision != "auto":
+    if precision != AUTO:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16"
     return "fp32"
-
-
-def takes_resize(model: nn.Module) -> bool:
-    """Does the model's forward take ``resize`` (our HRNet and PSPNet: ``resize=False`` skips the final resize)?"""
-    try:
-        return "resize" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):  # a forward without a signature
-        return False
 
 
 def cut_final_resize(module: nn.Module | fx.GraphModule) -> fx.GraphModule | None:
@@ -199,8 +197,8 @@ class Network:
         early_exit: bool = True,
         compile: bool = False,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        if precision not in TORCH_PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(TORCH_PRECISIONS)}; got {precision!r}")
         self.device = device
         self.precision = precision
         self.channels_last = channels_last

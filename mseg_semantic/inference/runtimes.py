@@ -5,8 +5,9 @@ windows to a network: :class:`~mseg_semantic.inference.network.Network` for PyTo
 for the runtimes users pick for fast CPU inference. Both return the logits before the model's final resize, so the
 rest of the algorithm is the same code whatever runs the network.
 
-A runtime needs the model as a file (:mod:`mseg_semantic.export`). It is made once and cached in
-``cache_dir()/backends/<weights digest>/`` (``$MSEG_HOME``, default ``~/.cache/mseg``): the fp32 ONNX file for any
+A runtime needs the model as a file (:mod:`mseg_semantic.export`, a leaf below this module). It is made once and
+cached in ``cache_dir()/backends/<weights digest>/`` (:func:`mseg_semantic.downloads.cache_dir`: ``$MSEG_HOME``,
+default ``~/.cache/mseg``): the fp32 ONNX file for any
 window size, and per (crop size, calibration images) the int8 file, whose calibration is the slow part (about a
 minute for HRNet-W48). The digest is of the weights themselves, so a changed checkpoint never reuses a stale file.
 
@@ -15,13 +16,13 @@ HRNet-W48; see the README's Fast inference): OpenVINO bf16 is the fastest path t
 trained bundled model, so ``backend="auto"`` (what ``fast=True`` asks for) takes OpenVINO on a CPU when it is
 installed, else PyTorch (bf16) where the CPU computes bf16 natively, else ONNX Runtime when installed (fp32 is
 faster there than PyTorch's). int8 is faster still but changes more labels; it is only used when asked for.
+The names of backends and precisions, and which backend runs which, are :mod:`mseg_semantic.precision`'s.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -30,18 +31,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from mseg_semantic.downloads import cache_dir
 from mseg_semantic.errors import InputError
-from mseg_semantic.export import export_onnx, quantize_onnx, require
+from mseg_semantic.export import export_onnx, model_metadata, quantize_onnx
+from mseg_semantic.inference.config import load_config
 from mseg_semantic.inference.network import cpu_has_native_bf16, resolve_precision, takes_resize
+from mseg_semantic.optional import installed, require
+from mseg_semantic.precision import AUTO, BACKEND_PRECISIONS, BACKENDS, INFERENCE_BACKENDS
+from mseg_semantic.presets import preset_for
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
-AUTO = "auto"
-#: The precisions each backend runs.
-BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
-    "torch": ("fp32", "bf16", "fp16"),
-    "onnxruntime": ("fp32", "int8"),
-    "openvino": ("fp32", "bf16", "int8"),
-}
 #: The Python module behind each runtime backend.
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
@@ -49,7 +47,7 @@ _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 def available(backend: str) -> bool:
     """Is the backend's runtime installed (without importing it)?"""
     module = _MODULES.get(backend)
-    return module is None or importlib.util.find_spec(module) is not None
+    return module is None or installed(module)
 
 
 def resolve_backend(
@@ -73,14 +71,14 @@ def resolve_backend(
         else:
             backend = "onnxruntime"
     if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {', '.join((*BACKENDS, AUTO))}; got {backend!r}")
+        raise InputError(f"backend must be one of {', '.join(INFERENCE_BACKENDS)}; got {backend!r}")
     if backend == "torch":
         if precision == "int8":
             raise InputError("precision int8 needs backend onnxruntime or openvino (PyTorch runs fp32, bf16, fp16)")
         return backend, resolve_precision(precision, device)
     if device.type != "cpu":
         raise InputError(f"backend {backend!r} runs on the CPU here; use --device cpu, or backend torch on {device}")
-    if precision == "auto":
+    if precision == AUTO:
         precision = "bf16" if backend == "openvino" and cpu_has_native_bf16() else "fp32"
     if precision not in BACKEND_PRECISIONS[backend]:
         raise InputError(
@@ -103,8 +101,6 @@ def weights_digest(model: nn.Module) -> str:
 
 def backend_cache(model: nn.Module) -> Path:
     """The folder of the model's runtime files: ``cache_dir()/backends/<weights digest>``."""
-    from mseg_semantic.zoo import cache_dir
-
     return cache_dir() / "backends" / weights_digest(model)
 
 
@@ -127,7 +123,9 @@ def network_file(
     if not fp32.is_file():
         if log:
             log(f"exporting the network to ONNX once (cached in {folder})")
-        export_onnx(model, fp32, low_res=low_res)
+        # The file records the model's own preset, as a file of mseg export does.
+        metadata = model_metadata(model, low_res=low_res, preset=load_config(preset_for(model)))
+        export_onnx(model, fp32, low_res=low_res, metadata=metadata)
     if precision == "fp32":
         return fp32
     if precision != "int8":

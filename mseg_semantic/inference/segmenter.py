@@ -35,13 +35,12 @@ from mseg_semantic.inference.network import Network
 from mseg_semantic.inference.runtimes import RuntimeNetwork, calibration_images, resolve_backend, runtime_network
 from mseg_semantic.inference.windows import ScaleMap, WindowGrid, WindowOutput, window_grid, window_output
 from mseg_semantic.normalization import normalize
+from mseg_semantic.presets import preset_for
 from mseg_semantic.resizing import scaled_short_side_size, truncated_short_side_size
 from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy
 from mseg_semantic.taxonomy.tables import NAIVE, UNIVERSAL
 
 _BAND_BYTES = 64 * 2**20  # size of one band of output rows while combining scales
-#: The preset of a model that recommends none: the original demo's multi-scale setting.
-DEFAULT_PRESET = "360_ms"
 #: How many windows (flips included) int8 calibration runs at most.
 CALIBRATION_WINDOWS = 64
 
@@ -82,7 +81,7 @@ class Segmenter:
         config: a preset name (``360_ss``, ``360_ms``, ``720_ss``, ``720_ms``, ``1080_ss``, ``1080_ms``,
             ``batched_480``, ``batched_720``, ``batched_1080``, ``compact_360_ss``), a YAML path, or an
             :class:`InferenceConfig`; default: the model's recommended preset (``model.preset``, set by
-            :func:`~mseg_semantic.load_model`), else ``360_ms``.
+            :func:`~mseg_semantic.load_model`), else :data:`~mseg_semantic.presets.DEFAULT_PRESET`.
         model_taxonomy: the taxonomy of the model's K outputs: ``universal`` (194), ``naive`` (316) or a dataset
             taxonomy (oracle models); default: the one the model carries (``model.taxonomy``), else ``universal``.
         output_taxonomy: the taxonomy of the results; default: the model's. A universal or naive model can
@@ -108,10 +107,8 @@ class Segmenter:
         log: Callable[[str], None] | None = None,
         **overrides: Any,
     ) -> None:
-        if fast:
-            overrides["fast"] = True
         # A preset given is checked before a model is loaded (or downloaded).
-        chosen = None if config is None else load_config(config, **overrides)
+        chosen = None if config is None else load_config(config, fast=fast, **overrides)
         self.device = torch.device(device)
         if isinstance(model_or_name, nn.Module):
             model = model_or_name
@@ -119,10 +116,20 @@ class Segmenter:
             from mseg_semantic.zoo import load_model
 
             model = load_model(model_or_name, device=self.device)
-        if chosen is None:
-            chosen = load_config(getattr(model, "preset", None) or DEFAULT_PRESET, **overrides)
-        self.config = chosen
+        self.config = chosen if chosen is not None else load_config(preset_for(model), fast=fast, **overrides)
         model = model.to(self.device).eval()
+        self._set_taxonomies(model, model_taxonomy, output_taxonomy)
+        #: What runs the network and in which arithmetic (``auto`` resolved for this device and installation).
+        self.backend, self.precision = resolve_backend(self.config.backend, self.config.precision, self.device, model)
+        if self.config.compile and self.backend != "torch":
+            raise InputError(f"compile=True compiles PyTorch's network; backend {self.backend!r} compiles its own")
+        # The Segmenter keeps no reference of its own to ``model``: with a low-precision copy or a runtime, an fp32
+        # model it loaded itself (or that the caller drops) is freed.
+        self.network: Network | RuntimeNetwork = self._network(model, log)
+
+    def _set_taxonomies(self, model: nn.Module, model_taxonomy: str | None, output_taxonomy: str | None) -> None:
+        """The taxonomies of the model's outputs and of the results, checked against the model's class count, and
+        the projection from the one onto the other when they differ."""
         carried = getattr(model, "taxonomy", None)
         self.model_taxonomy = get_taxonomy(model_taxonomy or carried or UNIVERSAL).name
         self.output_taxonomy = get_taxonomy(output_taxonomy or self.model_taxonomy).name
@@ -145,30 +152,21 @@ class Segmenter:
             matrix = TaxonomyConverter().universal_to_test_matrix(self.output_taxonomy, source=self.model_taxonomy)
             self._projection = torch.from_numpy(matrix).to(self.device)
         self.class_names: list[str] = list(get_taxonomy(self.output_taxonomy).classes)
-        #: What runs the network and in which arithmetic (``auto`` resolved for this device and installation).
-        self.backend, self.precision = resolve_backend(
-            self.config.backend, self.config.precision, self.device, model
-        )
-        if self.config.compile and self.backend != "torch":
-            raise InputError(f"compile=True compiles PyTorch's network; backend {self.backend!r} compiles its own")
-        # The Segmenter keeps no reference of its own to ``model``: with a low-precision copy or a runtime, an fp32
-        # model it loaded itself (or that the caller drops) is freed.
-        self.network: Network | RuntimeNetwork
+
+    def _network(self, model: nn.Module, log: Callable[[str], None] | None) -> Network | RuntimeNetwork:
+        """What runs ``model``'s forward pass: PyTorch, or a runtime on the model's exported (cached) file."""
         if self.backend == "torch":
-            self.network = Network(
-                model, self.device, self.precision, self.config.channels_last, compile=self.config.compile
-            )
-        else:
-            images, key = calibration_images(self.config.calibration)
-            self.network = runtime_network(
-                model,
-                self.backend,
-                self.precision,
-                crop=(self.config.crop_h, self.config.crop_w),
-                calibration=lambda: self.calibration_windows(images()),
-                calibration_key=self._windows_key(key),
-                log=log,
-            )
+            return Network(model, self.device, self.precision, self.config.channels_last, compile=self.config.compile)
+        images, key = calibration_images(self.config.calibration)
+        return runtime_network(
+            model,
+            self.backend,
+            self.precision,
+            crop=(self.config.crop_h, self.config.crop_w),
+            calibration=lambda: self.calibration_windows(images()),
+            calibration_key=self._windows_key(key),
+            log=log,
+        )
 
     @property
     def model(self) -> nn.Module | None:

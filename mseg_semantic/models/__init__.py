@@ -3,18 +3,16 @@
 Two lines to a model::
 
     model = build_model("hrnet_w48", num_classes=194)     # fresh, train mode
-    model = load_model("mseg-3m.pth", arch="hrnet_w48")    # original checkpoint, eval mode
+    metadata = load_checkpoint(model, "model.safetensors")  # its weights from a checkpoint file, strictly
 
 Modules, bottom-up: ``resnet`` (residual blocks, dilated deep-stem ResNet), ``hrnet``, ``pspnet``, ``weights``
 (safe reading/writing of weight files, strict loading with explanations), ``registry`` (names -> builders),
 ``checkpoint`` (our safetensors format, building a model from a file, ``convert_checkpoint``).
 
-``load_model`` (zoo names, checkpoint paths, the bundled default) is :func:`mseg_semantic.zoo.load_model`, the same
-function as ``mseg_semantic.load_model``; it is looked up on first use, so importing this package does not import
-the zoo (which itself uses this package to check and convert downloads).
+``load_model`` (zoo names, checkpoint paths, the bundled default) is not here: it is
+:func:`mseg_semantic.zoo.load_model` (also ``mseg_semantic.load_model``). The zoo sits above this package (it
+builds, checks and converts models with it), so this package does not refer to it.
 """
-
-from typing import Any
 
 from mseg_semantic.models.checkpoint import (
     convert_checkpoint,
@@ -40,15 +38,6 @@ __all__ = [
     "load_backbone_weights",
     "load_checkpoint",
     "load_hrnet_config",
-    "load_model",
     "read_metadata",
     "save_checkpoint",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "load_model":
-        from mseg_semantic.zoo import load_model
-
-        return load_model
-    raise AttributeError(f"module 'mseg_semantic.models' has no attribute {name!r}")

@@ -97,7 +97,9 @@ def build_from_checkpoint(
         if saved_arch is None:
             guess = guess_arch(state_dict)
             hint = f" (its keys look like {guess!r})" if guess else ""
-            raise CheckpointError(f"{path} does not record its architecture; pass arch=...{hint}")
+            raise CheckpointError(
+                f"{path} does not record its architecture; pass arch=...{hint}", keywords={"arch": "arch=..."}
+            )
         arch = saved_arch
     if arch == saved_arch and "config" in metadata and "config" not in options:
         try:
@@ -121,7 +123,10 @@ def _saved_classes(path: str | os.PathLike[str], metadata: dict[str, str], state
             ) from exc
     classes = head_classes(state_dict)
     if classes is None:
-        raise CheckpointError(f"{path}: no classifier head found to read the class count from; pass num_classes=")
+        raise CheckpointError(
+            f"{path}: no classifier head found to read the class count from; pass num_classes=",
+            keywords={"num_classes": "num_classes="},
+        )
     return classes
 
 
@@ -143,7 +148,9 @@ def convert_checkpoint(
     """
     in_path, out_path = Path(in_path), Path(out_path)
     if out_path.exists() and not overwrite:
-        raise InputError(f"{out_path} already exists; pass --force (overwrite=True) to replace it")
+        raise InputError(
+            f"{out_path} already exists; pass overwrite=True to replace it", keywords={"overwrite": "overwrite=True"}
+        )
     if out_path.exists() and out_path.resolve() == in_path.resolve():
         raise InputError(f"{out_path} is the input file; write the converted checkpoint elsewhere")
     options = {} if config is None else {"config": config}

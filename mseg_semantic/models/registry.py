@@ -2,7 +2,9 @@
 
 A builder takes ``num_classes`` and the arch's own keyword options and returns a plain ``nn.Module`` that has
 ``arch``, ``config`` (a dataclass with ``to_dict()``) and ``num_classes``; :func:`save_checkpoint
-<mseg_semantic.models.save_checkpoint>` stores those three so the file alone can rebuild the model.
+<mseg_semantic.models.save_checkpoint>` stores those three so the file alone can rebuild the model. Their
+``forward`` takes ``resize`` (``resize=False``: the logits before the final upsample), which :func:`takes_resize`
+tells apart from a module of the caller's, for inference and export alike.
 """
 
 from __future__ import annotations
@@ -95,3 +97,11 @@ def build_model(
     if backbone_weights is not None:
         load_backbone_weights(model, backbone_weights)
     return model
+
+
+def takes_resize(model: nn.Module) -> bool:
+    """Does the model's forward take ``resize`` (our HRNet and PSPNet: ``resize=False`` skips the final resize)?"""
+    try:
+        return "resize" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature
+        return False

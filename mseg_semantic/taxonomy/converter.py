@@ -316,5 +316,6 @@ def _bad_values(values: list[int], source: str) -> TaxonomyError:
     shown = ", ".join(str(v) for v in values[:20]) + (", ..." if len(values) > 20 else "")
     return TaxonomyError(
         f"label values [{shown}] are not classes of {source!r} (valid: 0..{n - 1} and 255 = unlabeled); "
-        f"pass strict=False to map them to 255"
+        f"pass strict=False to map them to 255",
+        keywords={"strict": "strict=False"},
     )

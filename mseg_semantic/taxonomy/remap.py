@@ -93,7 +93,7 @@ def remap_label_folder(
                 label = rgb_to_ids(label, source, strict=strict)
             out = converter.convert_labels(label, source, target, strict=strict)
         except TaxonomyError as exc:
-            raise InputError(f"{in_path}: {exc}") from None
+            raise InputError(f"{in_path}: {exc}", keywords=exc.keywords) from None
         write_label(out_path, out)
         return out_path
 

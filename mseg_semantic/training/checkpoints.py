@@ -5,7 +5,7 @@
     {'state_dict': {'module.' + name: tensor}, 'optimizer': ..., 'epoch': int, 'current_iter': int, 'max_iter': int}
 
 plus what an exact resume and the loaders need: ``scaler`` (fp16 only), ``arch``, ``num_classes``, ``config``
-(the model's stage config as JSON, so :func:`mseg_semantic.models.load_model` needs no arguments), ``taxonomy``
+(the model's stage config as JSON, so :func:`mseg_semantic.load_model` needs no arguments), ``taxonomy``
 and ``train_config`` (the resolved training config as YAML). ``iter_00001000.safetensors`` holds the weights
 only, with arch/config/class count/taxonomy metadata (what ``mseg demo`` and ``mseg eval`` take). ``last`` is
 a text file naming the newest ``.pth``. Every file is written to a temporary name and renamed, so a kill at any

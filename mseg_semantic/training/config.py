@@ -33,7 +33,7 @@ from mseg_semantic.configs import (
 from mseg_semantic.data.sampling import LAYOUTS
 from mseg_semantic.data.transforms import Augmentation
 from mseg_semantic.errors import InputError, MsegError
-from mseg_semantic.precision import PRECISIONS
+from mseg_semantic.precision import TORCH_PRECISIONS
 
 TAXONOMY_MODES = ("universal", "naive", "own")
 CLASS_WEIGHTINGS = ("none", "enet")
@@ -286,7 +286,7 @@ def check_config(config: TrainConfig) -> None:
         "datasets",
         "no dataset given; this config expects them on the command line, e.g. --set datasets=[cityscapes-19-relabeled]",
     )
-    for key, allowed in (("taxonomy", TAXONOMY_MODES), ("dataset_layout", LAYOUTS), ("precision", PRECISIONS)):
+    for key, allowed in (("taxonomy", TAXONOMY_MODES), ("dataset_layout", LAYOUTS), ("precision", TORCH_PRECISIONS)):
         check_choice(getattr(config, key), allowed, key)
     converter = TaxonomyConverter()
     names = [dataset.name for dataset in config.datasets]

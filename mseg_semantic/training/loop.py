@@ -45,7 +45,7 @@ from mseg_semantic.distributed import (
 )
 from mseg_semantic.errors import CheckpointError, InputError
 from mseg_semantic.fileio import atomic_path
-from mseg_semantic.models import build_model, load_checkpoint, load_model, save_checkpoint
+from mseg_semantic.models import build_model, load_checkpoint, save_checkpoint
 from mseg_semantic.models.weights import load_state_dict_strictly
 from mseg_semantic.precision import autocast, cpu_has_native_bf16
 from mseg_semantic.taxonomy import IGNORE_LABEL, class_names
@@ -70,6 +70,7 @@ from mseg_semantic.training.mgda import mgda_gradients
 from mseg_semantic.training.ohem import hard_pixels
 from mseg_semantic.training.optim import build_optimizer, poly_lr, set_lr
 from mseg_semantic.training.validation import validate
+from mseg_semantic.zoo import load_model
 
 CONFIG_FILE = "config.yaml"
 FINAL_MODEL = "model.safetensors"
@@ -435,9 +436,10 @@ def _dataset_losses(
     aux = output[1] if isinstance(output, tuple) else None
     aux_pixel = None
     if aux is not None:
-        aux_pixel = F.cross_entropy(
-            aux.float(), labels, weight=class_weights, ignore_index=IGNORE_LABEL, reduction="none"
-        ) * valid  # OHEM's kept pixels only (labelled ones have their loss, the rest 0, either way)
+        aux_pixel = (
+            F.cross_entropy(aux.float(), labels, weight=class_weights, ignore_index=IGNORE_LABEL, reduction="none")
+            * valid
+        )  # OHEM's kept pixels only (labelled ones have their loss, the rest 0, either way)
     losses = {}
     for d in torch.unique(dataset_ids).tolist():
         crops = dataset_ids == d
