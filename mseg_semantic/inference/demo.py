@@ -12,6 +12,13 @@ interrupted run resumes where it stopped. A file that cannot be read is reported
 still processed. Under ``torchrun`` the inputs left to do are split over the processes (every ``world_size``-th
 one from the ``rank``-th), so a rerun with any number of processes resumes; a rerun first removes the temporary files a
 killed run left.
+
+The work goes inputs -> predictions -> outputs, and each check runs once: a :class:`DemoJob` is what to segment and
+write, checked (the CLI makes it before the model loads, so that a typo does not wait for a checkpoint);
+:func:`run_job` works through it with :class:`DemoOptions`, in one object per run whose few methods share the run's
+state (the manifest, the report, where messages go) instead of closures: what is left to do, the images (decoded
+ahead, segmented ``batch_windows`` at a time, written behind), the videos (:class:`_FrameLoop` into a
+:class:`_VideoSink`), and the manifest lines of both. :func:`run_demo` is the one-call form of the two.
 """
 
 from __future__ import annotations
