@@ -530,17 +530,17 @@ class _DemoRun:
         options = self.options
         sink = _run_video(self.segmenter, item, options, options.progress and self.rank == 0,
                           "confidence" in self.job.kinds)  # fmt: skip
-        if sink.warning is not None:
-            self.report.failures.append(sink.warning)
         self.report.frames += sink.frames
-        if sink.warning is not None:
-            self.log(f"{self.prefix}warning: {sink.warning}")
+        warning = sink.warning
+        if warning is not None:
+            self.report.failures.append(warning)
+            self.log(f"{self.prefix}warning: {warning}")
         saved = [video_output(item.out_stem)] + ([sink.frames_dir] if options.save_frames else [])
-        self.record(item, status="done" if sink.warning is None else "partial",
+        self.record(item, status="done" if warning is None else "partial",
                     outputs=[self.manifest.relative(p) for p in saved], height=sink.size[0], width=sink.size[1],
                     frames=sink.frames, seconds=round(time.perf_counter() - began, 4),
                     taxonomy=self.segmenter.output_taxonomy, histogram=_histogram_dict(sink.histogram, self.keys),
-                    **({"error": sink.warning} if sink.warning is not None else {}))  # fmt: skip
+                    **({"error": warning} if warning is not None else {}))  # fmt: skip
 
 
 def _read_item(item: DemoItem) -> np.ndarray:
