@@ -21,7 +21,7 @@ from mseg_semantic.inference.demo import (
     OUTPUT_SUFFIXES,
     DemoJob,
     DemoOptions,
-    parse_outputs,
+    check_outputs,
     prepare_output_dir,
     run_job,
 )
@@ -57,9 +57,7 @@ class DemoSpec:
         inputs = (*args.inputs, *([str(example_path(args.example))] if args.example else []))
         if not inputs and not args.inputs_from:
             raise InputError("nothing to segment: give image files, folders or videos, --inputs-from or --example")
-        outputs = parse_outputs(args.outputs)
-        if args.probs_topk is not None and "probs" not in outputs:
-            raise InputError("--probs-topk applies to the probs output: add probs to --outputs")
+        outputs = check_outputs(args.outputs, args.probs_topk)
         if args.probs_topk is not None and args.probs_topk < 1:
             raise InputError(f"--probs-topk must be at least 1, got {args.probs_topk}")
         if args.output_taxonomy:

@@ -94,6 +94,14 @@ def parse_outputs(text: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(kind for kind in OUTPUT_SUFFIXES if kind in names)
 
 
+def check_outputs(outputs: str | Iterable[str], probs_topk: int | None) -> tuple[str, ...]:
+    """The outputs named (:func:`parse_outputs`); ``probs_topk`` only with probs."""
+    kinds = parse_outputs(outputs)
+    if probs_topk is not None and "probs" not in kinds:
+        raise InputError("--probs-topk applies to the probs output: add probs to --outputs")
+    return kinds
+
+
 def read_input_list(path: str | os.PathLike) -> list[Path]:
     """The image and video paths of a list file, one per line (blank lines and ``#`` comments skipped; relative
     paths are taken from the current folder, as on the command line); an error names the file and line."""
@@ -320,9 +328,7 @@ class DemoJob:
         inputs_from: Iterable[str | os.PathLike] = (),
     ) -> DemoJob:
         out = Path(out_dir)
-        kinds = parse_outputs(outputs)
-        if probs_topk is not None and "probs" not in kinds:
-            raise InputError("--probs-topk applies to the probs output: add probs to --outputs")
+        kinds = check_outputs(outputs, probs_topk)
         items = collect_inputs(inputs, out, inputs_from)
         prepare_output_dir(out)
         return cls(out, tuple(items), kinds, probs_topk)
