@@ -8,7 +8,9 @@ Existing predictions are reused with ``resume=True``, so a long evaluation can b
 Under ``torchrun`` each process predicts a shard of the list (images ``rank::world_size``) and the confusion
 matrices are summed exactly (int64) before rank 0 writes the results. A sample that cannot be read (missing or
 corrupt file, label of the wrong size or with values outside the taxonomy) is reported with its list line; the
-other predictions are still made and kept, and no metrics are written.
+other predictions are still made and kept, and no metrics are written. :func:`evaluate` reads as its steps (checks,
+this process's shard, the gather over processes, the reports); the work on one sample (predict or reuse, convert,
+score) is :class:`_Scorer`'s.
 """
 
 from __future__ import annotations
