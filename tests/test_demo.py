@@ -131,6 +131,26 @@ def test_user_mistakes_give_one_clear_line(args, message, tiny_checkpoint, tmp_p
     assert len(err.strip().splitlines()) == 1
 
 
+def test_inputs_are_checked_once_before_the_model_loads(demo_dir, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """The CLI collects the inputs once (before it loads the model); the run works from that job."""
+    import mseg_semantic.cli.demo as cli_demo
+    import mseg_semantic.inference.demo as demo_module
+
+    calls: list[tuple] = []
+    collect = demo_module.collect_inputs
+
+    def counted(*args: object, **kwargs: object) -> list:
+        calls.append(args)
+        return collect(*args, **kwargs)
+
+    monkeypatch.setattr(cli_demo, "collect_inputs", counted)
+    monkeypatch.setattr(demo_module, "collect_inputs", counted)
+    code, out, err = demo(capsys, str(demo_dir / "3dogs.jpg"), "--model", str(tiny_checkpoint), "--out",
+                          str(tmp_path), *FAST)  # fmt: skip
+    assert code == 0 and "1 image(s)" in out, err
+    assert len(calls) == 1
+
+
 def test_missing_or_bad_model_file(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no --out: the default ./mseg_demo must not land in the caller's folder
     image = tmp_path / "img.png"

@@ -15,8 +15,16 @@ from mseg_semantic.cli.modelargs import ModelSpec, add_config_arguments, add_mod
 from mseg_semantic.cli.text import notice
 from mseg_semantic.errors import InputError
 from mseg_semantic.examples import EXAMPLES, example_path
-from mseg_semantic.inference import Segmenter, collect_inputs, run_demo
-from mseg_semantic.inference.demo import DEFAULT_OUTPUTS, OUTPUT_SUFFIXES, parse_outputs, prepare_output_dir
+from mseg_semantic.inference import Segmenter, collect_inputs
+from mseg_semantic.inference.demo import (
+    DEFAULT_OUTPUTS,
+    OUTPUT_SUFFIXES,
+    DemoJob,
+    DemoOptions,
+    check_outputs,
+    prepare_output_dir,
+    run_job,
+)
 from mseg_semantic.presets import DEFAULT_PRESET
 from mseg_semantic.taxonomy import get_taxonomy
 
@@ -48,9 +56,7 @@ class DemoSpec:
         inputs = (*args.inputs, *([str(example_path(args.example))] if args.example else []))
         if not inputs and not args.inputs_from:
             raise InputError("nothing to segment: give image files, folders or videos, --inputs-from or --example")
-        outputs = parse_outputs(args.outputs)
-        if args.probs_topk is not None and "probs" not in outputs:
-            raise InputError("--probs-topk applies to the probs output: add probs to --outputs")
+        outputs = check_outputs(args.outputs, args.probs_topk)
         if args.probs_topk is not None and args.probs_topk < 1:
             raise InputError(f"--probs-topk must be at least 1, got {args.probs_topk}")
         if args.output_taxonomy:
@@ -157,17 +163,19 @@ def run(args: argparse.Namespace) -> int:
     # The spec checks the cheap things first, so that a typo does not wait for a 500 MB checkpoint to load.
     spec = DemoSpec.from_args(args)
     spec.model.apply_threads()
-    collect_inputs(spec.inputs, Path(spec.out), spec.inputs_from)
-    prepare_output_dir(Path(spec.out))
+    # The inputs and the output folder are checked once, here, before the model loads.
+    out = Path(spec.out)
+    job = DemoJob(out, tuple(collect_inputs(spec.inputs, out, spec.inputs_from)), spec.outputs, spec.probs_topk)
+    prepare_output_dir(out)
     # The processes meet after their last input: one may wait hours for another (a long video, a slower GPU).
     ctx = distributed.init_process(spec.model.device, timeout=PROCESS_GROUP_TIMEOUT)
     try:
-        return _run(spec, ctx)
+        return _run(spec, job, ctx)
     finally:
         distributed.close_process(ctx)
 
 
-def _run(spec: DemoSpec, ctx: distributed.ProcessContext) -> int:
+def _run(spec: DemoSpec, job: DemoJob, ctx: distributed.ProcessContext) -> int:
     model, model_taxonomy = spec.model.load()
     segmenter = Segmenter(
         model,
@@ -190,20 +198,14 @@ def _run(spec: DemoSpec, ctx: distributed.ProcessContext) -> int:
         processes = f"; {ctx.world_size} processes" if ctx.distributed else ""
         print(f"{described}; settings: {segmenter.config.name}, {segmenter.backend} {segmenter.precision}{processes}",
               file=sys.stderr)  # fmt: skip
-    report = run_demo(
-        segmenter,
-        spec.inputs,
-        spec.out,
+    options = DemoOptions(
         overwrite=spec.overwrite,
         save_frames=spec.save_frames,
         max_frames=spec.max_frames,
         progress=spec.progress,
-        log=lambda m: print(m, file=sys.stderr),
-        outputs=spec.outputs,
-        probs_topk=spec.probs_topk,
-        inputs_from=spec.inputs_from,
         io_workers=spec.io_workers or (GPU_IO_WORKERS if ctx.device.type == "cuda" else 1),
     )
+    report = run_job(segmenter, job, options, log=lambda m: print(m, file=sys.stderr))
     if not ctx.is_main:
         return 1 if report.failures else 0
     count = report.images + report.frames

@@ -8,7 +8,9 @@ Existing predictions are reused with ``resume=True``, so a long evaluation can b
 Under ``torchrun`` each process predicts a shard of the list (images ``rank::world_size``) and the confusion
 matrices are summed exactly (int64) before rank 0 writes the results. A sample that cannot be read (missing or
 corrupt file, label of the wrong size or with values outside the taxonomy) is reported with its list line; the
-other predictions are still made and kept, and no metrics are written.
+other predictions are still made and kept, and no metrics are written. :func:`evaluate` reads as its steps (checks,
+this process's shard, the gather over processes, the reports); the work on one sample (predict or reuse, convert,
+score) is :class:`_Scorer`'s.
 """
 
 from __future__ import annotations
@@ -91,58 +93,91 @@ def evaluate(
     if relabeled_entries is not None:
         _check_same_images(entries, relabeled_entries)
     out = Path(out_dir)
-    gray = out / "gray"
     names = prediction_names(entries)
     if not resume:
-        existing = [n for n in names if (gray / f"{n}.png").exists()]
-        if existing:
-            raise InputError(
-                f"{gray}: {len(existing)} prediction(s) already exist; "
-                f"pass --resume to reuse them or choose another --out"
-            )
+        _check_no_predictions(out / "gray", names)
     distributed.barrier()  # every process has looked before any writes: a fast one must not trip a slow one's check
-    num_classes = get_taxonomy(plan.eval_taxonomy).num_classes
-    converter = TaxonomyConverter()
-    cm = ConfusionMatrix(num_classes)
-    result = EvaluationResult(metrics=None)
+    scorer = _Scorer(predict, plan, resume, relabeled_entries)
     start = time.perf_counter()
     shard = list(range(distributed.rank(), len(entries), distributed.world_size()))
     bar = tqdm(shard, desc=f"eval {plan.dataset}", unit="img", disable=not progress or not distributed.is_main())
     for index in bar:
-        entry, pred_path = entries[index], gray / f"{names[index]}.png"
+        entry = entries[index]
         try:
-            image, label = read_sample(entry, plan.dataset)
-            pred = _reuse(pred_path, label.shape, num_classes) if resume and pred_path.exists() else None
-            if pred is None:
-                pred = np.asarray(predict(image))
-                write_label(pred_path, pred)
-                result.predicted += 1
-            else:
-                result.reused += 1
-            if plan.maps_labels:
-                label = converter.convert_labels(label, plan.dataset, plan.eval_taxonomy)
-            if pred.shape != label.shape:
-                raise InputError(f"{entry.source}: prediction {pred.shape} and label {label.shape} differ in size")
-            if relabeled_entries is not None and plan.relabeled is not None:
-                relabeled = read_entry_label(relabeled_entries[index], label.shape, plan.relabeled)
-                relabeled = converter.convert_labels(relabeled, plan.relabeled, plan.eval_taxonomy)
-                pred, label = apply_relabeled_rules(pred, label, relabeled)
-            cm.update(pred, label)
+            scorer.score(index, entry, out / "gray" / f"{names[index]}.png")
         except MsegError as exc:
             message = str(exc) if entry.source in str(exc) else f"{entry.source}: {exc}"
-            result.failures.append(message)
+            scorer.result.failures.append(message)
             (bar.write if progress else print)(f"failed: {message}")
-    cm.load_state(distributed.all_reduce_sum(cm.state()))
-    gathered = distributed.all_gather_objects((result.failures, result.predicted, result.reused))
-    result.failures = [f for failures, _, _ in gathered for f in failures]
-    result.predicted = sum(p for _, p, _ in gathered)
-    result.reused = sum(r for _, _, r in gathered)
+    result, cm = scorer.gather()
     result.seconds = time.perf_counter() - start
     if result.failures or not distributed.is_main():
         return result
     result.metrics = metrics_dict(cm, plan, len(entries), info or {})
     write_reports(out, result.metrics, cm, plan)
     return result
+
+
+def _check_no_predictions(gray: Path, names: Sequence[str]) -> None:
+    """Without ``resume``, no prediction may exist yet: they would be overwritten, or mixed with an older run's."""
+    existing = [n for n in names if (gray / f"{n}.png").exists()]
+    if existing:
+        raise InputError(
+            f"{gray}: {len(existing)} prediction(s) already exist; pass --resume to reuse them or choose another --out"
+        )
+
+
+class _Scorer:
+    """Adds the samples of this process to one confusion matrix: each prediction made (and saved) or reused, and
+    scored in the evaluation taxonomy (with the relabeled rules in a relabeled evaluation)."""
+
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        plan: EvaluationPlan,
+        resume: bool,
+        relabeled_entries: Sequence[ListEntry] | None,
+    ) -> None:
+        self.predict, self.plan, self.resume, self.relabeled_entries = predict, plan, resume, relabeled_entries
+        self.num_classes = get_taxonomy(plan.eval_taxonomy).num_classes
+        self.converter = TaxonomyConverter()
+        self.cm = ConfusionMatrix(self.num_classes)
+        self.result = EvaluationResult(metrics=None)
+
+    def score(self, index: int, entry: ListEntry, pred_path: Path) -> None:
+        plan = self.plan
+        image, label = read_sample(entry, plan.dataset)
+        pred = self._prediction(image, label.shape, pred_path)
+        if plan.maps_labels:
+            label = self.converter.convert_labels(label, plan.dataset, plan.eval_taxonomy)
+        if pred.shape != label.shape:
+            raise InputError(f"{entry.source}: prediction {pred.shape} and label {label.shape} differ in size")
+        if self.relabeled_entries is not None and plan.relabeled is not None:
+            relabeled = read_entry_label(self.relabeled_entries[index], label.shape, plan.relabeled)
+            relabeled = self.converter.convert_labels(relabeled, plan.relabeled, plan.eval_taxonomy)
+            pred, label = apply_relabeled_rules(pred, label, relabeled)
+        self.cm.update(pred, label)
+
+    def _prediction(self, image: np.ndarray, shape: tuple[int, ...], path: Path) -> np.ndarray:
+        """The saved prediction (with ``resume``, when it is readable and fits), else a new one, saved."""
+        pred = _reuse(path, shape, self.num_classes) if self.resume and path.exists() else None
+        if pred is None:
+            pred = np.asarray(self.predict(image))
+            write_label(path, pred)
+            self.result.predicted += 1
+        else:
+            self.result.reused += 1
+        return pred
+
+    def gather(self) -> tuple[EvaluationResult, ConfusionMatrix]:
+        """The confusion matrices of all processes summed exactly, and their failures and counts."""
+        result, cm = self.result, self.cm
+        cm.load_state(distributed.all_reduce_sum(cm.state()))
+        gathered = distributed.all_gather_objects((result.failures, result.predicted, result.reused))
+        result.failures = [f for failures, _, _ in gathered for f in failures]
+        result.predicted = sum(p for _, p, _ in gathered)
+        result.reused = sum(r for _, _, r in gathered)
+        return result, cm
 
 
 def _check_same_images(entries: Sequence[ListEntry], relabeled: Sequence[ListEntry]) -> None:
@@ -245,5 +280,3 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     if not ok:
         raise InputError(f"{path}: PNG encoding failed")
     write_bytes_atomic(path, data.tobytes())
-
-

@@ -12,6 +12,13 @@ interrupted run resumes where it stopped. A file that cannot be read is reported
 still processed. Under ``torchrun`` the inputs left to do are split over the processes (every ``world_size``-th
 one from the ``rank``-th), so a rerun with any number of processes resumes; a rerun first removes the temporary files a
 killed run left.
+
+The work goes inputs -> predictions -> outputs, and each check runs once: a :class:`DemoJob` is what to segment and
+write, checked (the CLI makes it before the model loads, so that a typo does not wait for a checkpoint);
+:func:`run_job` works through it with :class:`DemoOptions`, in one object per run whose few methods share the run's
+state (the manifest, the report, where messages go) instead of closures: what is left to do, the images (decoded
+ahead, segmented ``batch_windows`` at a time, written behind), the videos (:class:`_FrameLoop` into a
+:class:`_VideoSink`), and the manifest lines of both. :func:`run_demo` is the one-call form of the two.
 """
 
 from __future__ import annotations
@@ -85,6 +92,14 @@ def parse_outputs(text: str | Iterable[str]) -> tuple[str, ...]:
         what = f"unknown output {unknown[0]!r}" if unknown else "no output named"
         raise InputError(f"--outputs: {what}; choose from {','.join(OUTPUT_SUFFIXES)} (comma-separated)")
     return tuple(kind for kind in OUTPUT_SUFFIXES if kind in names)
+
+
+def check_outputs(outputs: str | Iterable[str], probs_topk: int | None) -> tuple[str, ...]:
+    """The outputs named (:func:`parse_outputs`); ``probs_topk`` only with probs."""
+    kinds = parse_outputs(outputs)
+    if probs_topk is not None and "probs" not in kinds:
+        raise InputError("--probs-topk applies to the probs output: add probs to --outputs")
+    return kinds
 
 
 def read_input_list(path: str | os.PathLike) -> list[Path]:
@@ -293,6 +308,44 @@ def _message(item: DemoItem, error: Exception) -> str:
     return text if str(item.path) in text else f"{item.path}: {text}"
 
 
+@dataclass(frozen=True)
+class DemoJob:
+    """What a run segments and writes, checked once: the inputs (collected), the output folder (created) and the
+    outputs asked for (parsed). :meth:`prepare` does the checks; the CLI does them before it loads the model."""
+
+    out: Path
+    items: tuple[DemoItem, ...]
+    kinds: tuple[str, ...] = DEFAULT_OUTPUTS
+    probs_topk: int | None = None
+
+    @classmethod
+    def prepare(
+        cls,
+        inputs: Iterable[str | os.PathLike],
+        out_dir: str | os.PathLike,
+        outputs: str | Sequence[str] = DEFAULT_OUTPUTS,
+        probs_topk: int | None = None,
+        inputs_from: Iterable[str | os.PathLike] = (),
+    ) -> DemoJob:
+        out = Path(out_dir)
+        kinds = check_outputs(outputs, probs_topk)
+        items = collect_inputs(inputs, out, inputs_from)
+        prepare_output_dir(out)
+        return cls(out, tuple(items), kinds, probs_topk)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """How a job is run; only ``overwrite``, ``save_frames`` and ``max_frames`` change what is written."""
+
+    overwrite: bool = False
+    save_frames: bool = False
+    max_frames: int | None = None
+    progress: bool = True
+    background_io: bool = True
+    io_workers: int = 1
+
+
 def run_demo(
     segmenter: Segmenter,
     inputs: Iterable[str | os.PathLike],
@@ -322,133 +375,182 @@ def run_demo(
     of the inputs left to do, appends its lines to its part of the manifest, and all return the same counts and
     failures. Temporary files left by a killed run are removed first.
     """
-    out = Path(out_dir)
-    kinds = parse_outputs(outputs)
-    if probs_topk is not None and "probs" not in kinds:
-        raise InputError("--probs-topk applies to the probs output: add probs to --outputs")
-    items = collect_inputs(inputs, out, inputs_from)
-    prepare_output_dir(out)
-    report = DemoReport(processes=distributed.world_size())
-    manifest = Manifest(out, part=distributed.rank() if report.processes > 1 else None)
-    records = manifest.read()
-    start = time.perf_counter()
-    settings = {"taxonomy": segmenter.output_taxonomy, **({"probs_topk": probs_topk} if "probs" in kinds else {})}
+    job = DemoJob.prepare(inputs, out_dir, outputs, probs_topk, inputs_from)
+    options = DemoOptions(overwrite, save_frames, max_frames, progress, background_io, io_workers)
+    return run_job(segmenter, job, options, log)
 
-    def trusted(item: DemoItem) -> bool:
-        """Its manifest line says done, with the outputs asked for, which exist, made with the same settings."""
-        record = records.get(manifest.relative(item.out_stem))
-        if item.is_video:
-            return manifest.is_done(record, [video_output(item.out_stem)])
-        expected = output_paths(item.out_stem, kinds)
-        return manifest.is_done(record, expected) and all(record.get(k) == v for k, v in settings.items())
 
-    todo = []
-    for item in items:
-        if not overwrite and trusted(item):
-            report.skipped += 1
-        else:
-            todo.append(item)
-    records.clear()  # 50,000 lines with their histograms: not kept for the whole run
-    if distributed.is_main():
-        removed = remove_leftovers(out)
-        if removed:
-            log(f"removed {removed} temporary file(s) an interrupted run left in {out}")
-    # Every process has decided what is left, and the leftovers are gone, before any of them writes.
-    distributed.barrier()
+def run_job(
+    segmenter: Segmenter, job: DemoJob, options: DemoOptions = DemoOptions(), log: Callable[[str], None] = print
+) -> DemoReport:
+    """:func:`run_demo` for a job already checked: what is left to do, then this process's share of the images
+    and of the videos, then the report of all processes."""
+    run = _DemoRun(segmenter, job, options, log)
+    todo = run.left_to_do()
+    run.remove_leftovers()
     mine = todo[distributed.rank() :: distributed.world_size()]
-    images = [i for i in mine if not i.is_video]
-    videos = [i for i in mine if i.is_video]
-    names = segmenter.class_names
-    keys = histogram_keys(names)
-    rank = distributed.rank()
-    prefix = f"[rank {rank}] " if report.processes > 1 else ""
-    bar = tqdm(total=len(images), desc="images", unit="img", disable=not progress or not images or rank != 0)
-    say = bar.write if not bar.disable else log
+    run.segment_images([i for i in mine if not i.is_video])
+    run.segment_videos([i for i in mine if i.is_video])
+    run.report.seconds = time.perf_counter() - run.start
+    return _gather(run.report, run.manifest)
 
-    def record(item: DemoItem, **fields: Any) -> None:
-        manifest.append({"name": manifest.relative(item.out_stem), "input": str(item.path), **fields, "rank": rank})
 
-    def failed(item: DemoItem, error: Exception) -> None:
+class _DemoRun:
+    """One run of a job in one process: its manifest lines, its report, its messages (through the progress bar
+    while there is one)."""
+
+    def __init__(self, segmenter: Segmenter, job: DemoJob, options: DemoOptions, log: Callable[[str], None]) -> None:
+        self.segmenter, self.job, self.options, self.log = segmenter, job, options, log
+        self.report = DemoReport(processes=distributed.world_size())
+        self.rank = distributed.rank()
+        self.manifest = Manifest(job.out, part=self.rank if self.report.processes > 1 else None)
+        self.records = self.manifest.read()
+        self.start = time.perf_counter()
+        probs = "probs" in job.kinds
+        self.settings = {"taxonomy": segmenter.output_taxonomy, **({"probs_topk": job.probs_topk} if probs else {})}
+        self.wants = {"confidence": "confidence" in job.kinds, "probs": probs, "topk": job.probs_topk}
+        self.names = segmenter.class_names
+        self.keys = histogram_keys(self.names)
+        self.prefix = f"[rank {self.rank}] " if self.report.processes > 1 else ""
+        self.say = log
+        self.bar: tqdm | None = None
+
+    # ------------------------------------------------------------------ what is left to do
+    def _trusted(self, item: DemoItem) -> bool:
+        """Its manifest line says done, with the outputs asked for, which exist, made with the same settings."""
+        record = self.records.get(self.manifest.relative(item.out_stem))
+        if item.is_video:
+            return self.manifest.is_done(record, [video_output(item.out_stem)])
+        expected = output_paths(item.out_stem, self.job.kinds)
+        return self.manifest.is_done(record, expected) and all(record.get(k) == v for k, v in self.settings.items())
+
+    def left_to_do(self) -> list[DemoItem]:
+        todo = []
+        for item in self.job.items:
+            if not self.options.overwrite and self._trusted(item):
+                self.report.skipped += 1
+            else:
+                todo.append(item)
+        self.records.clear()  # 50,000 lines with their histograms: not kept for the whole run
+        return todo
+
+    def remove_leftovers(self) -> None:
+        if distributed.is_main():
+            removed = remove_leftovers(self.job.out)
+            if removed:
+                self.log(f"removed {removed} temporary file(s) an interrupted run left in {self.job.out}")
+        # Every process has decided what is left, and the leftovers are gone, before any of them writes.
+        distributed.barrier()
+
+    # ------------------------------------------------------------------ the manifest
+    def record(self, item: DemoItem, **fields: Any) -> None:
+        self.manifest.append(
+            {"name": self.manifest.relative(item.out_stem), "input": str(item.path), **fields, "rank": self.rank}
+        )
+
+    def failed(self, item: DemoItem, error: Exception) -> None:
         if not isinstance(error, MsegError):
             raise error
         message = _message(item, error)
-        report.failures.append(message)
-        record(item, status="failed", error=message)
-        say(f"{prefix}skipped: {message}")
+        self.report.failures.append(message)
+        self.record(item, status="failed", error=message)
+        self.say(f"{self.prefix}skipped: {message}")
 
-    def write(item: DemoItem, rgb: np.ndarray, result: Prediction) -> tuple[list[Path], np.ndarray, float]:
-        began = time.perf_counter()
-        paths = write_image_outputs(item.out_stem, rgb, result, names, kinds, segmenter.output_taxonomy)
-        return paths, class_histogram(result.labels, names), time.perf_counter() - began
+    # ------------------------------------------------------------------ images
+    def segment_images(self, images: list[DemoItem]) -> None:
+        """Decode ahead, segment ``batch_windows`` images at a time, write their outputs behind."""
+        threaded = self.options.background_io
+        disable = not self.options.progress or not images or self.rank != 0
+        self.bar = bar = tqdm(total=len(images), desc="images", unit="img", disable=disable)
+        self.say = bar.write if not bar.disable else self.log
+        # batch_windows > 1 (--batch-windows N, for GPUs): N images at a time, their windows batched together.
+        per_batch = max(1, self.segmenter.config.batch_windows)
+        with WriteBehind(depth=2 * per_batch, threaded=threaded, workers=self.options.io_workers) as writer:
+            batch: list[tuple[DemoItem, np.ndarray]] = []
+            for item, rgb, error in read_ahead(_read_item, images, depth=2 * per_batch, threaded=threaded):
+                if error is not None:
+                    self.failed(item, error)
+                    bar.update(1)
+                    continue
+                assert rgb is not None
+                batch.append((item, rgb))
+                if len(batch) == per_batch:
+                    self._predict(batch, writer)
+                    batch = []
+            if batch:
+                self._predict(batch, writer)
+        bar.close()
 
-    def written(item: DemoItem, size: tuple[int, int], seconds: float, done: Any, error: Exception | None) -> None:
-        if error is not None:
-            failed(item, error)
-        else:
-            paths, counts, write_seconds = done
-            report.images += 1
-            record(item, status="done", outputs=[manifest.relative(p) for p in paths], height=size[0],
-                   width=size[1], seconds=round(seconds + write_seconds, 4), **settings,
-                   histogram=_histogram_dict(counts, keys))  # fmt: skip
-        bar.update(1)
-
-    wants = {"confidence": "confidence" in kinds, "probs": "probs" in kinds, "topk": probs_topk}
-
-    def run(batch: list[tuple[DemoItem, np.ndarray]]) -> None:
+    def _predict(self, batch: list[tuple[DemoItem, np.ndarray]], writer: WriteBehind) -> None:
         """Segment images together (their windows share forward passes) and queue their outputs."""
+        assert self.bar is not None
         began = time.perf_counter()
         try:
-            results = segmenter.predict_outputs([rgb for _, rgb in batch], **wants)
+            results = self.segmenter.predict_outputs([rgb for _, rgb in batch], **self.wants)
         except MsegError as exc:
             if len(batch) > 1:  # one image the settings cannot take (too elongated): the others one by one
                 for entry in batch:
-                    run([entry])
+                    self._predict([entry], writer)
                 return
-            failed(batch[0][0], exc)
-            bar.update(1)
+            self.failed(batch[0][0], exc)
+            self.bar.update(1)
             return
         seconds = (time.perf_counter() - began) / len(batch)
         for (item, rgb), result in zip(batch, results, strict=True):
-            on_done = functools.partial(written, item, rgb.shape[:2], seconds)
-            writer.submit(functools.partial(write, item, rgb, result), on_done)
+            on_done = functools.partial(self._written, item, rgb.shape[:2], seconds)
+            writer.submit(functools.partial(self._write, item, rgb, result), on_done)
 
-    # batch_windows > 1 (--batch-windows N, for GPUs): N images at a time, their windows batched together.
-    per_batch = max(1, segmenter.config.batch_windows)
-    with WriteBehind(depth=2 * per_batch, threaded=background_io, workers=io_workers) as writer:
-        batch: list[tuple[DemoItem, np.ndarray]] = []
-        for item, rgb, error in read_ahead(lambda i: read_image(i.path), images, depth=2 * per_batch,
-                                           threaded=background_io):  # fmt: skip
-            if error is not None:
-                failed(item, error)
-                bar.update(1)
-                continue
-            assert rgb is not None
-            batch.append((item, rgb))
-            if len(batch) == per_batch:
-                run(batch)
-                batch = []
-        if batch:
-            run(batch)
-    bar.close()
-    for item in videos:
+    def _write(self, item: DemoItem, rgb: np.ndarray, result: Prediction) -> tuple[list[Path], np.ndarray, float]:
+        """An image's outputs (on a write-behind thread)."""
         began = time.perf_counter()
-        try:
-            failures = len(report.failures)
-            sink = _run_video(segmenter, item, video_output(item.out_stem), save_frames, max_frames,
-                              progress and rank == 0, report, background_io, "confidence" in kinds)  # fmt: skip
-            report.frames += sink.frames
-            for failure in report.failures[failures:]:
-                log(f"{prefix}warning: {failure}")
-            saved = [video_output(item.out_stem)] + ([sink.frames_dir] if save_frames else [])
-            record(item, status="done" if len(report.failures) == failures else "partial",
-                   outputs=[manifest.relative(p) for p in saved], height=sink.size[0], width=sink.size[1],
-                   frames=sink.frames, seconds=round(time.perf_counter() - began, 4),
-                   taxonomy=segmenter.output_taxonomy, histogram=_histogram_dict(sink.histogram, keys),
-                   **({"error": report.failures[-1]} if len(report.failures) > failures else {}))  # fmt: skip
-        except MsegError as exc:
-            failed(item, exc)
-    report.seconds = time.perf_counter() - start
-    return _gather(report, manifest)
+        paths = write_image_outputs(item.out_stem, rgb, result, self.names, self.job.kinds,
+                                    self.segmenter.output_taxonomy)  # fmt: skip
+        return paths, class_histogram(result.labels, self.names), time.perf_counter() - began
+
+    def _written(
+        self, item: DemoItem, size: tuple[int, int], seconds: float, done: Any, error: Exception | None
+    ) -> None:
+        """An image's manifest line, once its outputs are written (on this thread)."""
+        assert self.bar is not None
+        if error is not None:
+            self.failed(item, error)
+        else:
+            paths, counts, write_seconds = done
+            self.report.images += 1
+            self.record(item, status="done", outputs=[self.manifest.relative(p) for p in paths], height=size[0],
+                        width=size[1], seconds=round(seconds + write_seconds, 4), **self.settings,
+                        histogram=_histogram_dict(counts, self.keys))  # fmt: skip
+        self.bar.update(1)
+
+    # ------------------------------------------------------------------ videos
+    def segment_videos(self, videos: list[DemoItem]) -> None:
+        for item in videos:
+            began = time.perf_counter()
+            try:
+                self._segment_video(item, began)
+            except MsegError as exc:
+                self.failed(item, exc)
+
+    def _segment_video(self, item: DemoItem, began: float) -> None:
+        """One video's overlay (and frames), and its manifest line: partial, with the error, when it was cut short."""
+        options = self.options
+        sink = _run_video(self.segmenter, item, options, options.progress and self.rank == 0,
+                          "confidence" in self.job.kinds)  # fmt: skip
+        self.report.frames += sink.frames
+        warning = sink.warning
+        if warning is not None:
+            self.report.failures.append(warning)
+            self.log(f"{self.prefix}warning: {warning}")
+        saved = [video_output(item.out_stem)] + ([sink.frames_dir] if options.save_frames else [])
+        self.record(item, status="done" if warning is None else "partial",
+                    outputs=[self.manifest.relative(p) for p in saved], height=sink.size[0], width=sink.size[1],
+                    frames=sink.frames, seconds=round(time.perf_counter() - began, 4),
+                    taxonomy=self.segmenter.output_taxonomy, histogram=_histogram_dict(sink.histogram, self.keys),
+                    **({"error": warning} if warning is not None else {}))  # fmt: skip
+
+
+def _read_item(item: DemoItem) -> np.ndarray:
+    return read_image(item.path)
 
 
 def _gather(report: DemoReport, manifest: Manifest) -> DemoReport:
@@ -466,6 +568,7 @@ def _gather(report: DemoReport, manifest: Manifest) -> DemoReport:
     return report
 
 
+# ---------------------------------------------------------------------------- one video
 def _frames(capture: cv2.VideoCapture, max_frames: int | None) -> Iterator[np.ndarray]:
     """Decoded RGB frames (read in the read-ahead thread when background I/O is on)."""
     count = 0
@@ -489,6 +592,7 @@ class _VideoSink:
         self.histogram = np.zeros(len(class_names), dtype=np.int64)
         self.size = (0, 0)
         self.frames = 0
+        self.warning: str | None = None  # set when fewer frames decoded than the container announces
 
     def write(self, index: int, rgb: np.ndarray, result: Prediction) -> None:
         labels = result.labels
@@ -511,64 +615,80 @@ class _VideoSink:
             self.writer.release()
 
 
-def _run_video(
-    segmenter: Segmenter,
-    item: DemoItem,
-    target: Path,
-    save_frames: bool,
-    max_frames: int | None,
-    progress: bool,
-    report: DemoReport,
-    background_io: bool = True,
-    confidence: bool = False,
-) -> _VideoSink:
-    capture = cv2.VideoCapture(str(item.path))
+class _FrameLoop:
+    """Feeds a video's frames to the segmenter ``batch_windows`` at a time and their outputs to the sink, written
+    behind; stops at the first frame after a write failed."""
+
+    def __init__(self, segmenter: Segmenter, sink: _VideoSink, bar: tqdm, confidence: bool) -> None:
+        self.segmenter, self.sink, self.bar, self.confidence = segmenter, sink, bar, confidence
+        self.errors: list[Exception] = []
+        self.frames = 0
+
+    def run(self, frames: Iterator[np.ndarray], threaded: bool) -> int:
+        """Segment ``frames``; returns how many, or raises the first write error."""
+        batch = self.segmenter.config.batch_windows  # frames per predict_outputs call
+        with WriteBehind(threaded=threaded) as writer:
+            chunk: list[np.ndarray] = []
+            for _, rgb, _ in read_ahead(_same, frames, depth=2 * batch, threaded=threaded):
+                if self.errors:
+                    break
+                chunk.append(rgb)
+                if len(chunk) == batch:
+                    self._predict(chunk, writer)
+                    chunk = []
+            if chunk and not self.errors:
+                self._predict(chunk, writer)
+        if self.errors:
+            raise self.errors[0]
+        return self.frames
+
+    def _predict(self, chunk: list[np.ndarray], writer: WriteBehind) -> None:
+        results = self.segmenter.predict_outputs(chunk, confidence=self.confidence)
+        for rgb, result in zip(chunk, results, strict=True):
+            writer.submit(functools.partial(self.sink.write, self.frames, rgb, result), self._written)
+            self.frames += 1
+
+    def _written(self, result: None, error: Exception | None) -> None:
+        if error is not None:
+            self.errors.append(error)
+        else:
+            self.bar.update(1)
+
+
+def _same(frame: np.ndarray) -> np.ndarray:
+    return frame
+
+
+def _open_video(path: Path, max_frames: int | None) -> tuple[cv2.VideoCapture, float, int]:
+    """The capture, its frame rate (25 when it announces none that makes sense) and the frames it announces (at
+    most ``max_frames``; 0: unknown)."""
+    capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise InputError(f"{item.path}: cannot open the video (corrupt file or unsupported codec)")
+        raise InputError(f"{path}: cannot open the video (corrupt file or unsupported codec)")
     fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
     if not 0 < fps < 1000:
         fps = 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     if max_frames is not None:
         total = min(total, max_frames) if total > 0 else max_frames
+    return capture, fps, total
+
+
+def _run_video(
+    segmenter: Segmenter, item: DemoItem, options: DemoOptions, progress: bool, confidence: bool
+) -> _VideoSink:
+    """Segment one video into ``NAME_overlay.mp4`` (written as a partial file, renamed when complete; removed when
+    no frame was segmented); the sink says how many frames, their size and histogram, and a truncated file."""
+    capture, fps, total = _open_video(item.path, options.max_frames)
+    target = video_output(item.out_stem)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = _partial_video(target)
-    sink = _VideoSink(item, partial, target, fps, save_frames, segmenter.class_names)
+    sink = _VideoSink(item, partial, target, fps, options.save_frames, segmenter.class_names)
     bar = tqdm(total=total or None, desc=item.path.name, unit="frame", disable=not progress)
-    errors: list[Exception] = []
-    frames = 0
-    batch = segmenter.config.batch_windows  # frames per predict_batch call
-    per_frame_confidence = confidence and save_frames
-
-    def written(result: None, error: Exception | None) -> None:
-        if error is not None:
-            errors.append(error)
-        else:
-            bar.update(1)
-
-    def run(chunk: list[np.ndarray]) -> None:
-        nonlocal frames
-        results = segmenter.predict_outputs(chunk, confidence=per_frame_confidence)
-        for rgb, result in zip(chunk, results, strict=True):
-            writer.submit(functools.partial(sink.write, frames, rgb, result), written)
-            frames += 1
-
+    loop = _FrameLoop(segmenter, sink, bar, confidence and options.save_frames)
     finished = False
     try:
-        with WriteBehind(threaded=background_io) as writer:
-            chunk: list[np.ndarray] = []
-            for _, rgb, _ in read_ahead(lambda f: f, _frames(capture, max_frames), depth=2 * batch,
-                                        threaded=background_io):  # fmt: skip
-                if errors:
-                    break
-                chunk.append(rgb)
-                if len(chunk) == batch:
-                    run(chunk)
-                    chunk = []
-            if chunk and not errors:
-                run(chunk)
-        if errors:
-            raise errors[0]
+        frames = loop.run(_frames(capture, options.max_frames), options.background_io)
         finished = frames > 0
     finally:
         bar.close()
@@ -583,7 +703,7 @@ def _run_video(
     sink.frames = frames
     if 0 < frames < total:
         # A truncated or damaged file: keep what decoded, but do not let the run pass for complete.
-        report.failures.append(
+        sink.warning = (
             f"{item.path}: only {frames} of the {total} frames the container announces could be decoded "
             f"(truncated or damaged video); {target.name} holds those {frames}"
         )
