@@ -123,7 +123,9 @@ def test_blocks_are_marked_well():
 
 
 @pytest.mark.parametrize("block", list(params()))
-def test_doc_block(block: Block, pages: dict[Path, PageState]):
+def test_doc_block(block: Block, pages: dict[Path, PageState], request):
+    if block.marker == "slow" and "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip(f"{block.id}: slow; run with pytest -m slow")
     state = pages[block.page]
     if block.language == "python":
         # Blocks of a page build on each other: run the earlier ones this process has not run (when selected alone).
