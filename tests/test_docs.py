@@ -6,9 +6,10 @@ How a page marks a block that cannot run offline in a few seconds, on the line r
     <!-- slow -->                      run only with ``pytest -m slow`` (longer than a few seconds)
 
 Blocks of one page run in order in one temporary folder and build on each other: the python blocks share one
-namespace (a block that is selected alone first runs the page's earlier python blocks), and a file a bash block
-writes is there for the next block. Bash blocks run under ``bash -euo pipefail`` with ``mseg`` standing for
-``python -m mseg_semantic`` of this checkout. Blocks in other languages (```text, ```yaml, ```json) are not run.
+namespace, and a file a bash block writes is there for the next block (a block selected alone, or with
+``-m slow``, first runs the page's earlier unmarked blocks). Bash blocks run under ``bash -euo pipefail`` with
+``mseg`` standing for ``python -m mseg_semantic`` of this checkout. Blocks in other languages (```text, ```yaml,
+```json) are not run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import mseg_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,10 +96,9 @@ def run_python(block: Block, state: PageState) -> None:
     previous = os.getcwd()
     os.chdir(state.folder)
     try:
-        exec(compile(block.code, block.id, "exec"), state.namespace)  # noqa: S102
+        exec(compile(block.code, block.id, "exec"), state.namespace)
     finally:
         os.chdir(previous)
-    state.done.add(block.line)
 
 
 def run_bash(block: Block, state: PageState) -> subprocess.CompletedProcess:
@@ -122,18 +121,24 @@ def test_blocks_are_marked_well():
     assert any(b.language == "python" for b in BLOCKS) and any(b.language == "bash" for b in BLOCKS)
 
 
+def run_block(block: Block, state: PageState) -> None:
+    if block.language == "python":
+        run_python(block, state)
+    else:
+        done = run_bash(block, state)
+        assert done.returncode == 0, f"{block.id}: exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    state.done.add(block.line)
+
+
 @pytest.mark.parametrize("block", list(params()))
 def test_doc_block(block: Block, pages: dict[Path, PageState], request):
     if block.marker == "slow" and "slow" not in (request.config.getoption("markexpr") or ""):
         pytest.skip(f"{block.id}: slow; run with pytest -m slow")
     state = pages[block.page]
-    if block.language == "python":
-        # Blocks of a page build on each other: run the earlier ones this process has not run (when selected alone).
-        for earlier in BLOCKS:
-            if earlier.page == block.page and earlier.line < block.line and earlier.language == "python":
-                if earlier.marker is None and earlier.line not in state.done:
-                    run_python(earlier, state)
-        run_python(block, state)
-    else:
-        done = run_bash(block, state)
-        assert done.returncode == 0, f"{block.id}: exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    # A page's blocks build on each other: first run its earlier unmarked blocks that have not run in this session
+    # (when this block is selected alone, or with -m slow).
+    for earlier in BLOCKS:
+        earlier_here = earlier.page == block.page and earlier.line < block.line
+        if earlier_here and earlier.marker is None and earlier.line not in state.done:
+            run_block(earlier, state)
+    run_block(block, state)
