@@ -1,8 +1,8 @@
 """torch.hub entry points for the released MSeg models.
 
-    model = torch.hub.load("<owner>/mseg-semantic", "mseg_3m")            # downloads once, then cached
-    model = torch.hub.load("<owner>/mseg-semantic", "camvid_11_1m", device="cuda")
-    model = torch.hub.load("<owner>/mseg-semantic", "mseg_3m", pretrained=False)   # architecture only
+    model = torch.hub.load(".", "mseg_3m", source="local")          # from a clone's root; weights downloaded once
+    model = torch.hub.load(".", "camvid_11_1m", source="local", device="cuda")
+    model = torch.hub.load(".", "mseg_3m", source="local", pretrained=False)   # architecture only
 
 Every model name of ``mseg zoo list`` is an entry point, with '-' written as '_'. The models are in eval mode
 and take normalised RGB (see mseg_semantic.normalization); ``mseg_semantic.Segmenter(model, ...)`` runs the

@@ -97,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  mseg demo --example freeway --fast     # the bundled dashcam clip\n"
         "  mseg demo street.jpg --model mseg-3m   # the MSeg universal model (downloaded once)\n"
         "  mseg demo street.jpg --model mseg-3m.pth --arch hrnet_w48\n"
-        "  mseg demo photos/ clip.mp4 --model mseg-3m.safetensors --preset 360_ss --output-taxonomy cityscapes-19 "
+        "  mseg demo photos/ clip.mp4 --model mseg-3m.safetensors --preset 360_ss --output-taxonomy wilddash-19 "
         "--out results/\n"
         "  mseg demo --inputs-from files.txt --outputs gray,confidence --out results/\n"
         "  torchrun --nproc-per-node 4 -m mseg_semantic demo photos/ --model mseg-3m --device cuda --out results/\n\n"
