@@ -133,6 +133,14 @@ class Progress:
             f"eta {format_duration(eta)}{extra}"
         )
 
+    def show_row(self, iteration: int, row: dict[str, Any], lr: float) -> None:
+        """A row of the log: with its loss, as :meth:`report`; with validation columns only, as a line."""
+        if "loss" in row:
+            val_text = "".join(f"  {k} {v:.4f}" for k, v in row.items() if k.startswith("val_miou"))
+            self.report(iteration, row["loss"], lr, row["images_per_s"], val_text)
+        elif any(k.startswith("val_miou") for k in row):
+            self.write(f"iter {iteration}: " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
+
     def write(self, message: str) -> None:
         if self._bar is not None:
             self._bar.write(message)

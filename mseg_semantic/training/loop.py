@@ -32,9 +32,9 @@ from mseg_semantic.data import BalancedBatchSampler
 from mseg_semantic.distributed import ProcessContext, barrier, close_process, init_process
 from mseg_semantic.errors import InputError
 from mseg_semantic.fileio import atomic_path
-from mseg_semantic.models import load_model, save_checkpoint
 from mseg_semantic.precision import autocast
-from mseg_semantic.training.checkpoints import CHECKPOINT_FOLDER, save_training_checkpoint
+from mseg_semantic.training import startup
+from mseg_semantic.training.checkpoints import CHECKPOINT_FOLDER, FINAL_MODEL, save_training_checkpoint
 from mseg_semantic.training.config import TrainConfig, config_to_dict
 from mseg_semantic.training.data import PreparedDataset, build_train_loader, prepare_datasets, worker_error_message
 from mseg_semantic.training.logs import (
@@ -48,16 +48,7 @@ from mseg_semantic.training.logs import (
 )
 from mseg_semantic.training.objectives import Objective, build_objective, objective_columns, step_seed
 from mseg_semantic.training.optim import poly_lr, set_lr
-from mseg_semantic.training.startup import (
-    check_batch_size,
-    check_same_start,
-    model_and_optimizer,
-    precision_warning,
-    resume_point,
-)
 from mseg_semantic.training.validation import validate
-
-FINAL_MODEL = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -105,38 +96,21 @@ def _silent(message: str) -> None:
 def _train(
     config: TrainConfig, out_dir: Path, ctx: ProcessContext, resume: bool, progress: bool, log: Callable[[str], None]
 ) -> TrainResult:
-    check_batch_size(config, ctx)
+    startup.check_batch_size(config, ctx)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not config.deterministic
     datasets = prepare_datasets(config)
     max_iters = config.total_iters()
-    previous, state = resume_point(out_dir, resume, max_iters, log)
+    previous, state = startup.resume_point(out_dir, resume, max_iters, log)
     start_iter = int(state["current_iter"]) if state else 0
-    check_same_start(start_iter, ctx)
-    if start_iter >= max_iters:
-        return _already_finished(config, out_dir, ctx, previous, start_iter, max_iters, log)
+    startup.check_same_start(start_iter, ctx)
+    if start_iter >= max_iters:  # the newest checkpoint is the run's last
+        final = startup.finished_run_model(config, out_dir, ctx, previous, start_iter, max_iters, log)
+        return TrainResult(out_dir, start_iter, max_iters, None, previous, final)
     trainer = Trainer.start(config, out_dir, ctx, datasets, previous, state, progress=progress, log=log)
     del state  # copied into the model and optimizer; not kept for the whole run
     return trainer.run()
-
-
-def _already_finished(
-    config: TrainConfig,
-    out_dir: Path,
-    ctx: ProcessContext,
-    previous: Path | None,
-    start_iter: int,
-    max_iters: int,
-    log: Callable[[str], None],
-) -> TrainResult:
-    """The result of a run whose newest checkpoint is its last; exports ``model.safetensors`` if it is missing."""
-    log(f"training already finished: {previous} is at iteration {start_iter} of {max_iters}")
-    final = out_dir / FINAL_MODEL
-    if ctx.is_main and not final.is_file():  # killed between the last checkpoint and the export
-        save_checkpoint(load_model(previous), final, taxonomy=config.model_taxonomy, current_iter=start_iter)
-    barrier()
-    return TrainResult(out_dir, start_iter, max_iters, None, previous, final)
 
 
 @dataclass(eq=False)
@@ -185,7 +159,7 @@ class Trainer:
     ) -> Trainer:
         """Model and optimizer (resumed from ``state``, the contents of ``previous``), data, logs, objective."""
         start_iter, max_iters = int(state["current_iter"]) if state else 0, config.total_iters()
-        model, network, optimizer, scaler = model_and_optimizer(config, ctx, state)
+        model, network, optimizer, scaler = startup.model_and_optimizer(config, ctx, state)
         if state:
             log(f"resumed from {previous} at iteration {start_iter} of {max_iters}")
         loader, sampler = build_train_loader(
@@ -196,7 +170,7 @@ class Trainer:
         run_log = open_run_log(config, out_dir, names, start_iter, log) if ctx.is_main else None
         if start_iter == 0:
             log(plan_summary(config, datasets, model, ctx, max_iters, out_dir))
-        if warning := precision_warning(config, ctx):
+        if warning := startup.precision_warning(config, ctx):
             log(warning)
         if run_log is not None:
             log(log_location(run_log, out_dir))
@@ -282,11 +256,7 @@ class Trainer:
         """Write the row to the run log (rank 0) and show it on the progress bar or as a line."""
         if row and self.run_log is not None:
             self.run_log.write({"iter": self.iteration, **row})
-        if "loss" in row:
-            val_text = "".join(f"  {k} {v:.4f}" for k, v in row.items() if k.startswith("val_miou"))
-            self.bar.report(self.iteration, row["loss"], self.lr, row["images_per_s"], val_text)
-        elif any(k.startswith("val_miou") for k in row):
-            self.bar.write(f"iter {self.iteration}: " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
+        self.bar.show_row(self.iteration, row, self.lr)
 
     def save_checkpoint(self) -> None:
         """Rank 0: ``iter_N.pth`` and ``.safetensors`` of the model, optimizer and scaler; old ones pruned."""

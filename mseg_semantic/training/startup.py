@@ -1,4 +1,5 @@
-"""Before the first step: the checks that need the processes, the resume point, the model and its optimizer.
+"""Before the first step: the checks that need the processes, the resume point, the model and its optimizer
+(or, for a run already complete, its exported model).
 
 Kept apart from :mod:`~mseg_semantic.training.loop` so the loop reads as the loop; everything here runs once per
 session, and everything that can refuse a run does so before a file is written.
@@ -14,12 +15,17 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mseg_semantic.distributed import ProcessContext, all_gather_objects
+from mseg_semantic.distributed import ProcessContext, all_gather_objects, barrier
 from mseg_semantic.errors import CheckpointError, InputError
-from mseg_semantic.models import build_model, load_checkpoint
+from mseg_semantic.models import build_model, load_checkpoint, load_model, save_checkpoint
 from mseg_semantic.models.weights import load_state_dict_strictly
 from mseg_semantic.precision import cpu_has_native_bf16
-from mseg_semantic.training.checkpoints import CHECKPOINT_FOLDER, find_last_checkpoint, load_training_checkpoint
+from mseg_semantic.training.checkpoints import (
+    CHECKPOINT_FOLDER,
+    FINAL_MODEL,
+    find_last_checkpoint,
+    load_training_checkpoint,
+)
 from mseg_semantic.training.config import TrainConfig
 from mseg_semantic.training.objectives import check_process_batch
 from mseg_semantic.training.optim import build_optimizer
@@ -70,6 +76,24 @@ def check_same_start(start_iter: int, ctx: ProcessContext) -> None:
             f"the processes found different checkpoints (iterations {min(starts)} to {max(starts)}): "
             "--out must be a folder that every machine of the run sees"
         )
+
+
+def finished_run_model(
+    config: TrainConfig,
+    out_dir: Path,
+    ctx: ProcessContext,
+    previous: Path | None,
+    start_iter: int,
+    max_iters: int,
+    log: Callable[[str], None],
+) -> Path:
+    """``model.safetensors`` of a run whose newest checkpoint ``previous`` is its last, exported if it is missing."""
+    log(f"training already finished: {previous} is at iteration {start_iter} of {max_iters}")
+    final = out_dir / FINAL_MODEL
+    if ctx.is_main and not final.is_file():  # killed between the last checkpoint and the export
+        save_checkpoint(load_model(previous), final, taxonomy=config.model_taxonomy, current_iter=start_iter)
+    barrier()
+    return final
 
 
 def model_and_optimizer(
@@ -129,6 +153,7 @@ def precision_warning(config: TrainConfig, ctx: ProcessContext) -> str | None:
 __all__ = [
     "check_batch_size",
     "check_same_start",
+    "finished_run_model",
     "model_and_optimizer",
     "precision_warning",
     "resume_point",
