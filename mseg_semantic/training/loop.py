@@ -214,11 +214,11 @@ class Trainer:
             with autocast(self.ctx.device, self.config.precision):
                 output = self.network(images)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.objective.backward(output, labels, dataset_ids, self.iteration, self.scaler)
+            step_loss = self.objective.backward(output, labels, dataset_ids, self.iteration, self.scaler)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        ce = loss.ce
-        self.stats.add(ce.loss.detach(), ce.pixel.detach(), ce.counted, dataset_ids, images.shape[0], loss.extras)
+        ce = step_loss.ce
+        self.stats.add(ce.loss.detach(), ce.pixel.detach(), ce.counted, dataset_ids, images.shape[0], step_loss.extras)
         self.iteration += 1
         self.bar.step()
 
