@@ -16,7 +16,7 @@ from mseg_semantic.fileio import read_label
 from mseg_semantic.training import config_from_dict, load_train_config
 from mseg_semantic.training.class_weights import ENET_C, enet_weights, label_counts
 from mseg_semantic.training.data import prepare_datasets
-from mseg_semantic.training.loop import _losses
+from mseg_semantic.training.objectives import CrossEntropy
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +61,16 @@ def test_weighted_loss_scales_each_pixel_by_its_class_weight():
     labels = torch.randint(0, 4, (2, 5, 6))
     labels[0, 0] = 255
     weights = torch.tensor([0.5, 1.0, 2.0, 4.0])
-    loss, total, pixel, valid = _losses((logits, aux), labels, 0.4, weights)
-    plain_loss, plain_total, plain_pixel, _ = _losses((logits, aux), labels, 0.4)
+    weighted = CrossEntropy(aux_weight=0.4, class_weights=weights)((logits, aux), labels)
+    plain = CrossEntropy(aux_weight=0.4)((logits, aux), labels)
+    valid = weighted.counted
     scale = torch.where(valid, weights[labels.clamp(max=3)], torch.zeros(()))
-    assert torch.allclose(pixel, plain_pixel * scale)
-    assert loss == pytest.approx(float((plain_pixel * scale).sum() / valid.sum()), rel=1e-6)
+    assert torch.allclose(weighted.pixel, plain.pixel * scale)
+    assert weighted.loss == pytest.approx(float((plain.pixel * scale).sum() / valid.sum()), rel=1e-6)
     aux_pixel = F.cross_entropy(aux, labels, ignore_index=255, reduction="none") * scale
-    assert total == pytest.approx(float(loss + 0.4 * aux_pixel.sum() / valid.sum()), rel=1e-6)
+    assert weighted.total == pytest.approx(float(weighted.loss + 0.4 * aux_pixel.sum() / valid.sum()), rel=1e-6)
     # Unweighted: the original's losses (aux as a plain mean), untouched by the option.
-    assert plain_total == pytest.approx(float(plain_loss + 0.4 * F.cross_entropy(aux, labels, ignore_index=255)))
+    assert plain.total == pytest.approx(float(plain.loss + 0.4 * F.cross_entropy(aux, labels, ignore_index=255)))
 
 
 def test_the_option_is_off_by_default_and_checked():

@@ -12,8 +12,8 @@ from test_train_run import read_log, tiny_config, write_config, write_list
 from mseg_semantic.cli import main
 from mseg_semantic.configs import ConfigError
 from mseg_semantic.training import OHEMConfig, load_train_config
-from mseg_semantic.training.loop import _losses
-from mseg_semantic.training.ohem import hard_pixels
+from mseg_semantic.training.objectives import CrossEntropy, pixel_sampler
+from mseg_semantic.training.ohem import HardPixelSampler, hard_pixels
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +52,21 @@ def test_the_loss_is_the_mean_over_the_kept_pixels_and_off_changes_nothing():
     labels = torch.randint(0, 4, (2, 6, 7))
     labels[1, :2] = 255
     ohem = OHEMConfig(thresh=0.3, min_kept=0.2)
-    loss, total, pixel, kept = _losses((logits, aux), labels, 0.4, None, ohem)
+    assert pixel_sampler(ohem) == HardPixelSampler(0.3, 0.2)
+    ce = CrossEntropy(aux_weight=0.4, sampler=pixel_sampler(ohem))((logits, aux), labels)
     expected = hard_pixels(logits, labels, labels != 255, 0.3, 0.2)
-    assert kept.equal(expected) and 0 < kept.sum() < (labels != 255).sum()
+    assert ce.counted.equal(expected) and 0 < ce.counted.sum() < (labels != 255).sum()
     plain = F.cross_entropy(logits, labels, ignore_index=255, reduction="none")
-    assert pixel.equal(plain * kept)
-    assert loss == pytest.approx(float(plain[kept].mean()), rel=1e-6)
+    assert ce.pixel.equal(plain * ce.counted)
+    assert ce.loss == pytest.approx(float(plain[ce.counted].mean()), rel=1e-6)
     aux_plain = F.cross_entropy(aux, labels, ignore_index=255, reduction="none")
-    assert total == pytest.approx(float(loss + 0.4 * aux_plain[kept].mean()), rel=1e-6)
-    # Off (thresh null, the default): the original's loss, bit for bit.
-    off = _losses((logits, aux), labels, 0.4, None, OHEMConfig())
-    original = _losses((logits, aux), labels, 0.4)
-    assert all(a.equal(b) for a, b in zip(off, original, strict=True))
+    assert ce.total == pytest.approx(float(ce.loss + 0.4 * aux_plain[ce.counted].mean()), rel=1e-6)
+    # Off (thresh null, the default): no sampler, the original's loss.
+    assert pixel_sampler(OHEMConfig()) is None
+    original = CrossEntropy(aux_weight=0.4)((logits, aux), labels)
+    assert original.counted.equal(labels != 255) and original.pixel.equal(plain)
     labelled = (labels != 255).sum()
-    assert original[1] == pytest.approx(float((plain.sum() + 0.4 * aux_plain.sum()) / labelled), rel=1e-6)
+    assert original.total == pytest.approx(float((plain.sum() + 0.4 * aux_plain.sum()) / labelled), rel=1e-6)
 
 
 def test_the_option_is_off_by_default_and_checked():

@@ -20,9 +20,9 @@ from mseg_semantic.errors import InputError
 from mseg_semantic.training import list_train_configs, load_train_config
 from mseg_semantic.training.ccsa import EmbeddingTap, ccsa_loss, contrastive_alignment_loss, sample_pairs
 from mseg_semantic.training.checkpoints import LAST_POINTER
-from mseg_semantic.training.loop import _dataset_losses
 from mseg_semantic.training.mgda import _local_gradients, mgda_gradients
 from mseg_semantic.training.min_norm import min_norm_2, min_norm_weights, normalized_gram, project_to_simplex
+from mseg_semantic.training.objectives import CrossEntropy
 
 
 # ---------------------------------------------------------------------------------------------- min-norm solver
@@ -150,8 +150,8 @@ def three_conflicting_datasets() -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 def dataset_losses(model, images, labels, ids) -> dict[int, torch.Tensor]:
     logits = model(images)
-    pixel = F.cross_entropy(logits, labels, ignore_index=255, reduction="none")
-    return _dataset_losses(logits, pixel, labels != 255, labels, ids, 0.4)
+    loss = CrossEntropy(aux_weight=0.4)
+    return loss.per_dataset(logits, labels, ids, loss(logits, labels))
 
 
 def test_mgda_step_does_not_increase_any_dataset_loss():

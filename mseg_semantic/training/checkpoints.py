@@ -30,6 +30,7 @@ from mseg_semantic.models import save_checkpoint
 from mseg_semantic.models.weights import read_torch_file
 
 CHECKPOINT_FOLDER = "checkpoints"
+FINAL_MODEL = "model.safetensors"  # in the run's folder: the last checkpoint's weights, once the run is complete
 LAST_POINTER = "last"
 _NAME = re.compile(r"^iter_(\d+)\.pth$")
 

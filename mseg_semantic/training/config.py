@@ -276,9 +276,24 @@ def apply_overrides(raw: Any, overrides: Sequence[str], source: str = "config") 
 def check_config(config: TrainConfig) -> None:
     """Check the values that types cannot: names that must exist, ranges, and how keys fit together.
 
-    Raises :class:`ConfigError` naming the dotted key.
+    Raises :class:`ConfigError` naming the dotted key (the first problem found, in the order of the sections).
     """
-    from mseg_semantic.models import list_models, load_hrnet_config
+    _check_datasets(config)
+    _check_numbers(config)
+    _check_model(config)
+    _check_transform(config)
+    check(config.optim.base_lr > 0, "optim.base_lr", f"must be positive, got {config.optim.base_lr}")
+    _check_baselines(config)
+    _check_loss(config)
+    check(
+        config.val.every == 0 or any(d.val_list for d in config.datasets),
+        "val.every",
+        "validation is on but no dataset has a val_list",
+    )
+
+
+def _check_datasets(config: TrainConfig) -> None:
+    """The modes, and datasets that exist, once each, and map to the taxonomy trained."""
     from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy
 
     check(
@@ -308,16 +323,26 @@ def check_config(config: TrainConfig) -> None:
         f"'own' trains one dataset in its own classes, but {len(names)} datasets are listed; "
         "use 'universal' to train them together",
     )
+
+
+def _check_numbers(config: TrainConfig) -> None:
+    """Lower bounds, and a batch that splits evenly over the datasets into at least one iteration."""
+    count = len(config.datasets)
     for key, lowest in _MINIMUM.items():
         value = _get(config, key)
         check(value is None or value >= lowest, key, f"must be at least {lowest}, got {value}")
     check(
-        config.batch_size % len(names) == 0,
+        config.batch_size % count == 0,
         "batch_size",
-        f"{config.batch_size} is not a multiple of the {len(names)} datasets (every step takes the same number of "
-        f"crops from each); use {max(len(names), config.batch_size // len(names) * len(names))}",
+        f"{config.batch_size} is not a multiple of the {count} datasets (every step takes the same number of "
+        f"crops from each); use {max(count, config.batch_size // count * count)}",
     )
     check(config.total_iters() >= 1, "num_examples", "gives less than one iteration for this batch_size")
+
+
+def _check_model(config: TrainConfig) -> None:
+    """A known architecture, HRNet's stage config where (and only where) it is needed, PSPNet's crop sizes."""
+    from mseg_semantic.models import list_models, load_hrnet_config
 
     model, t = config.model, config.transform
     check_choice(model.arch, list_models(), "model.arch")
@@ -335,6 +360,11 @@ def check_config(config: TrainConfig) -> None:
             "transform.crop",
             f"PSPNet needs crop sizes of the form 8k+1 (473, 593, 713), got {list(t.crop)}",
         )
+
+
+def _check_transform(config: TrainConfig) -> None:
+    """The augmentation's ranges and probabilities."""
+    t = config.transform
     scale, rotate = list(t.scale), list(t.rotate)
     check(0 < scale[0] <= scale[1], "transform.scale", f"must be [min, max] with 0 < min <= max, got {scale}")
     check(rotate[0] <= rotate[1], "transform.rotate", f"must be [min, max] degrees, got {rotate}")
@@ -347,8 +377,10 @@ def check_config(config: TrainConfig) -> None:
         "transform.blur_kernel",
         f"must be [min, max] odd kernel sizes with 3 <= min <= max, got {kernel}",
     )
-    check(config.optim.base_lr > 0, "optim.base_lr", f"must be positive, got {config.optim.base_lr}")
-    _check_baselines(config)
+
+
+def _check_loss(config: TrainConfig) -> None:
+    """The pixel loss's options: class weighting and OHEM (``loss.ccsa`` is a baseline: :func:`_check_baselines`)."""
     check_choice(config.loss.class_weighting, CLASS_WEIGHTINGS, "loss.class_weighting")
     ohem = config.loss.ohem
     check(
@@ -357,11 +389,6 @@ def check_config(config: TrainConfig) -> None:
         f"must be a probability in [0, 1] (or null: off), got {ohem.thresh}",
     )
     check(0.0 < ohem.min_kept <= 1.0, "loss.ohem.min_kept", f"must be a share in (0, 1], got {ohem.min_kept}")
-    check(
-        config.val.every == 0 or any(d.val_list for d in config.datasets),
-        "val.every",
-        "validation is on but no dataset has a val_list",
-    )
 
 
 def _check_baselines(config: TrainConfig) -> None:

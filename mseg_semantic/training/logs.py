@@ -6,7 +6,8 @@ when several datasets train together, and the validation mIoU (``val_miou``, or 
 rows where validation ran. A resumed run first drops the rows after its checkpoint, so the file reads as one run.
 
 TensorBoard event files go to ``<out>/tensorboard`` when ``torch.utils.tensorboard`` can be imported (it needs
-the ``tensorboard`` package); the same scalars, with ``purge_step`` on resume.
+the ``tensorboard`` package); the same scalars, with ``purge_step`` on resume. ``<out>/config.yaml`` is the
+resolved config of the newest session. :class:`WindowStats` sums the logged values over the steps of a row.
 """
 
 from __future__ import annotations
@@ -20,9 +21,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+from torch import nn
+
+from mseg_semantic.distributed import ProcessContext, all_reduce_sum
 from mseg_semantic.fileio import write_bytes_atomic
+from mseg_semantic.training.config import TrainConfig, config_to_dict
+from mseg_semantic.training.data import PreparedDataset
+from mseg_semantic.training.objectives import objective_columns, objective_summary
 
 LOG_FILE = "log.csv"
+CONFIG_FILE = "config.yaml"
 
 
 class RunLog:
@@ -123,6 +133,14 @@ class Progress:
             f"eta {format_duration(eta)}{extra}"
         )
 
+    def show_row(self, iteration: int, row: dict[str, Any], lr: float) -> None:
+        """A row of the log: with its loss, as :meth:`report`; with validation columns only, as a line."""
+        if "loss" in row:
+            val_text = "".join(f"  {k} {v:.4f}" for k, v in row.items() if k.startswith("val_miou"))
+            self.report(iteration, row["loss"], lr, row["images_per_s"], val_text)
+        elif any(k.startswith("val_miou") for k in row):
+            self.write(f"iter {iteration}: " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
+
     def write(self, message: str) -> None:
         if self._bar is not None:
             self._bar.write(message)
@@ -132,3 +150,135 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class WindowStats:
+    """Loss sums since the last logged row, kept on the device (no sync per step), summed over processes.
+
+    ``extras``: values of each step averaged like the loss (MGDA's weights, the CCSA loss), returned under the
+    row's ``extras`` key in the order of :func:`~mseg_semantic.training.objectives.objective_columns`.
+    """
+
+    def __init__(self, num_datasets: int, ctx: ProcessContext, extras: int = 0) -> None:
+        self.ctx, self.num_datasets, self.extras = ctx, num_datasets, extras
+        self._reset()
+
+    def _reset(self) -> None:
+        d = self.num_datasets
+        # [sum of step losses, steps, crops, per-dataset CE sums (d), per-dataset labelled pixels (d), extras]
+        self.sums = torch.zeros(3 + 2 * d + self.extras, dtype=torch.float64, device=self.ctx.device)
+        self.data_wait = 0.0
+        self.clock = time.perf_counter()
+
+    def add(
+        self,
+        loss: torch.Tensor,
+        pixel_loss: torch.Tensor,
+        valid: torch.Tensor,
+        dataset_ids: torch.Tensor,
+        crops: int,
+        extras: torch.Tensor | None = None,
+    ) -> None:
+        """One step: its loss, per-pixel loss and counted pixels (N, H, W), each crop's dataset, its extras."""
+        d = self.num_datasets
+        self.sums[0] += loss.double()
+        self.sums[1] += 1
+        self.sums[2] += crops
+        per_image_loss = pixel_loss.sum(dim=(1, 2)).double()
+        per_image_pixels = valid.sum(dim=(1, 2)).double()
+        self.sums[3 : 3 + d].index_add_(0, dataset_ids, per_image_loss)
+        self.sums[3 + d : 3 + 2 * d].index_add_(0, dataset_ids, per_image_pixels)
+        if extras is not None:
+            self.sums[3 + 2 * d :] += extras
+
+    def flush(self, iteration: int, lr: float, per_dataset: int, first_size: int, names: list[str]) -> dict[str, Any]:
+        """The row of the steps since the last one (every process takes part); starts a new window."""
+        d = self.num_datasets
+        sums = all_reduce_sum(self.sums.clone()).cpu().numpy()
+        seconds = time.perf_counter() - self.clock
+        steps = sums[1] / self.ctx.world_size
+        row: dict[str, Any] = {
+            "epoch": iteration * per_dataset / first_size,
+            "loss": float(sums[0] / max(sums[1], 1)),
+            "lr": lr,
+            "images_per_s": float(sums[2] / seconds) if seconds > 0 else 0.0,
+            "data_wait_s": self.data_wait / max(steps, 1),
+        }
+        if d > 1:
+            for i, name in enumerate(names):
+                pixels = sums[3 + d + i]
+                row[f"loss/{name}"] = float(sums[3 + i] / pixels) if pixels else float("nan")
+        row["extras"] = [float(v / max(sums[1], 1)) for v in sums[3 + 2 * d :]]
+        self._reset()
+        return row
+
+
+def validation_columns(results: dict[str, float], names: list[str]) -> dict[str, float]:
+    """The mIoU columns of a validation: ``val_miou`` for one dataset, ``val_miou/<dataset>`` for several."""
+    if len(names) == 1:
+        return {"val_miou": results[names[0]]}
+    return {f"val_miou/{name}": value for name, value in results.items()}
+
+
+def log_columns(config: TrainConfig, names: list[str]) -> list[str]:
+    """The CSV columns of a run of ``config``."""
+    columns = ["iter", "epoch", "loss", "lr", "images_per_s", "data_wait_s"]
+    if len(names) > 1:
+        columns += [f"loss/{n}" for n in names]
+    columns += objective_columns(config, names)
+    if config.val.every:
+        with_val = [d.name for d in config.datasets if d.val_list]
+        columns += ["val_miou"] if len(names) == 1 else [f"val_miou/{n}" for n in with_val]
+    return columns
+
+
+def open_run_log(
+    config: TrainConfig, out_dir: Path, names: list[str], start_iter: int, log: Callable[[str], None]
+) -> RunLog:
+    """Write the resolved ``config.yaml`` (noting settings a resume changed) and open ``log.csv``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = config_to_dict(config)
+    config_path = out_dir / CONFIG_FILE
+    if start_iter > 0 and config_path.is_file():
+        earlier = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        changed = sorted(_changed_keys(earlier, resolved))
+        if changed:
+            log(f"note: resuming with changed settings: {', '.join(changed)}")
+    config_path.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    return RunLog(out_dir, log_columns(config, names), start_iter)
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [c for k in keys for c in _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def log_location(run_log: RunLog, out_dir: Path) -> str:
+    """Where the run's log (and TensorBoard events) go, as a start-up line."""
+    if run_log.tensorboard is not None:
+        return f"log: {run_log.path}, TensorBoard events in {out_dir / 'tensorboard'}"
+    return f"log: {run_log.path} (TensorBoard event files too once the tensorboard package is installed)"
+
+
+def plan_summary(
+    config: TrainConfig,
+    datasets: Sequence[PreparedDataset],
+    model: nn.Module,
+    ctx: ProcessContext,
+    max_iters: int,
+    out_dir: Path,
+) -> str:
+    """The start-up lines of a fresh run: the model, the data, the steps, what they minimise."""
+    sizes = ", ".join(f"{d.config.name} ({len(d.train)} images)" for d in datasets)
+    params = sum(p.numel() for p in model.parameters())
+    per_dataset = config.batch_size // len(datasets)
+    return (
+        f"training {model.arch} ({params / 1e6:.2f}M parameters, {config.num_classes} classes, "
+        f"{config.model_taxonomy} taxonomy) on {sizes}\n"
+        f"{max_iters} iterations of {config.batch_size} crops {config.transform.crop[0]}x{config.transform.crop[1]} "
+        f"({per_dataset} per dataset per step, {config.batch_size // ctx.world_size} per process x "
+        f"{ctx.world_size} process(es) on {ctx.device}, {config.precision}); output in {out_dir}"
+        f"{objective_summary(config, len(datasets))}"
+    )

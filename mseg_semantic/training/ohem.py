@@ -6,11 +6,15 @@ per-pixel form of the HRNet and PSPNet code bases) keeps, in each process's batc
 predicted probability of their own label is at most ``thresh``, and at least the ``min_kept`` share of them with the
 lowest probabilities, so a step the model finds easy still learns from its hardest pixels. The loss is the mean over
 the kept pixels. Off (``thresh: null``) by default: the original trained without it.
+
+As in mmseg, OHEM is a pixel sampler (:class:`HardPixelSampler`): it only chooses which pixels the loss counts, so
+it combines with any pixel loss (:class:`~mseg_semantic.training.objectives.CrossEntropy` takes one).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -33,3 +37,15 @@ def hard_pixels(
         k = min(count, max(1, math.ceil(min_kept * count)))
         cutoff = max(float(torch.kthvalue(prob.flatten(), k).values), thresh)
         return valid & (prob <= cutoff)
+
+
+@dataclass(frozen=True)
+class HardPixelSampler:
+    """``loss.ohem`` as a sampler: called with ``(logits, labels, labelled)``, returns the pixels a loss counts."""
+
+    thresh: float  # keep the pixels whose probability of their label is at most this
+    min_kept: float  # and at least this share of the labelled pixels, the hardest ones
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """:func:`hard_pixels` of the batch: a (N, H, W) bool mask inside ``valid``."""
+        return hard_pixels(logits, labels, valid, self.thresh, self.min_kept)
