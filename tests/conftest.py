@@ -10,7 +10,9 @@ test skips, except under ``CI=true``, where it fails so that nothing silently st
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +109,14 @@ TINY_HRNET = {
     },
 }  # fmt: skip
 
+# A smaller one still (one block per branch, widths 4/8/16/32): checkpoint tests that only move weights around.
+MICRO_HRNET = {
+    "FINAL_CONV_KERNEL": 1,
+    **{f"STAGE{i + 1}": {"NUM_MODULES": 1, "NUM_BRANCHES": i + 1, "BLOCK": "BOTTLENECK" if i == 0 else "BASIC",
+                         "NUM_BLOCKS": [1] * (i + 1), "NUM_CHANNELS": [4 * 2**b for b in range(i + 1)]}
+       for i in range(4)},
+}  # fmt: skip
+
 
 def tiny_hrnet(num_classes: int, seed: int = 0):
     """A randomly initialised tiny HRNet in eval mode (BN statistics made non-trivial by one train pass)."""
@@ -130,3 +140,32 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny194.safetensors"
     save_checkpoint(tiny_hrnet(194), path, taxonomy="universal")
     return path
+
+
+_STARTS_PROCESSES = re.compile(r"\brun_mseg\(|\bmseg_command\(|\bsubprocess\.|\bPopen\(")
+
+
+def _starts_processes(function, helpers: set[str]) -> bool:
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    return bool(_STARTS_PROCESSES.search(source) or any(re.search(rf"\b{name}\(", source) for name in helpers))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark ``processes`` every test that starts other processes (torchrun, the CLI, a script), in its body or
+    through a helper of its module, so that ``-m 'not processes'`` gives a quick in-process run."""
+    helpers: dict[object, set[str]] = {}
+    for item in items:
+        function, module = getattr(item, "function", None), getattr(item, "module", None)
+        if function is None or module is None:
+            continue
+        if module not in helpers:
+            helpers[module] = {
+                name for name, value in vars(module).items()
+                if inspect.isfunction(value) and not name.startswith("test_") and value.__module__ == module.__name__
+                and _starts_processes(value, set())
+            }  # fmt: skip
+        if _starts_processes(function, helpers[module]):
+            item.add_marker(pytest.mark.processes)

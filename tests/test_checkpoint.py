@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MICRO_HRNET
 
 from mseg_semantic.cli import main
 from mseg_semantic.errors import CheckpointError, InputError
@@ -21,26 +22,6 @@ from mseg_semantic.models import (
 )
 from mseg_semantic.zoo import load_model
 
-# A small HRNet (one block per branch, widths 4/8/16/32) so every test here runs in well under a second.
-MICRO_HRNET = {
-    "FINAL_CONV_KERNEL": 1,
-    "STAGE1": {"NUM_MODULES": 1, "NUM_BRANCHES": 1, "BLOCK": "BOTTLENECK", "NUM_BLOCKS": [1], "NUM_CHANNELS": [4]},
-    "STAGE2": {"NUM_MODULES": 1, "NUM_BRANCHES": 2, "BLOCK": "BASIC", "NUM_BLOCKS": [1, 1], "NUM_CHANNELS": [4, 8]},
-    "STAGE3": {
-        "NUM_MODULES": 1,
-        "NUM_BRANCHES": 3,
-        "BLOCK": "BASIC",
-        "NUM_BLOCKS": [1, 1, 1],
-        "NUM_CHANNELS": [4, 8, 16],
-    },
-    "STAGE4": {
-        "NUM_MODULES": 1,
-        "NUM_BRANCHES": 4,
-        "BLOCK": "BASIC",
-        "NUM_BLOCKS": [1, 1, 1, 1],
-        "NUM_CHANNELS": [4, 8, 16, 32],
-    },
-}
 NUM_CLASSES = 11
 
 
@@ -263,7 +244,7 @@ def test_convert_checkpoint_drops_the_optimizer_and_refuses_to_overwrite(tmp_pat
     assert metadata["source"] == "original.pth" and metadata["taxonomy"] == "camvid-11"
     assert_same_tensors(load_model(out).state_dict(), weights)
 
-    with pytest.raises(InputError, match=r"slim\.safetensors already exists; pass --force"):
+    with pytest.raises(InputError, match=r"slim\.safetensors already exists; pass overwrite=True"):
         convert_checkpoint(original_pth, out, "hrnet", config=MICRO_HRNET)
     convert_checkpoint(original_pth, out, "hrnet", config=MICRO_HRNET, overwrite=True)
     assert "taxonomy" not in read_metadata(out)

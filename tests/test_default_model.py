@@ -71,6 +71,7 @@ def test_zoo_lists_the_bundled_model(capsys):
     assert "bundled with the package" in out and "camvid-11" in out
 
 
+@pytest.mark.slow
 def test_eval_default_model_reports_the_recorded_val_miou(shared: Path, tmp_path, capsys):
     """`mseg eval` with no --model scores the bundled model; the result equals the figure it ships with."""
     root = shared / "data" / "camvid11"

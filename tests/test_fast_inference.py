@@ -173,7 +173,7 @@ def test_minimal_padding_keeps_the_stride_32_alignment():
         ({"channels_last": True}, 99.5),
         ({"head": "low_res"}, 95.0),
         ({"batch_windows": 3}, 99.9),
-        ({"fast": True}, 95.0),
+        pytest.param({"fast": True}, 95.0, marks=pytest.mark.slow),  # all of the above at once
     ],
 )
 def test_speed_ups_agree_with_the_faithful_path_on_real_images(probe_model, real_images, settings, threshold):

@@ -9,34 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_HRNET
 
 from mseg_semantic.errors import InputError
 from mseg_semantic.models import HRNET_W48, build_model, list_models, load_checkpoint, load_hrnet_config
 
 DATA = Path(__file__).parent / "data"
 TINY_REF = DATA / "tiny_hrnet"  # config, key list, weights, an input and the original's logits (data/README.md)
-
-# The tiny HRNet of data/tiny_hrnet/tiny_hrnet.yaml, written out so tests that build a small HRNet read no file
-# (and so the YAML reader is checked against it).
-TINY_HRNET = {
-    "FINAL_CONV_KERNEL": 1,
-    "STAGE1": {"NUM_MODULES": 1, "NUM_BRANCHES": 1, "BLOCK": "BOTTLENECK", "NUM_BLOCKS": [2], "NUM_CHANNELS": [8]},
-    "STAGE2": {"NUM_MODULES": 1, "NUM_BRANCHES": 2, "BLOCK": "BASIC", "NUM_BLOCKS": [1, 1], "NUM_CHANNELS": [8, 16]},
-    "STAGE3": {
-        "NUM_MODULES": 2,
-        "NUM_BRANCHES": 3,
-        "BLOCK": "BASIC",
-        "NUM_BLOCKS": [1, 1, 1],
-        "NUM_CHANNELS": [8, 16, 32],
-    },
-    "STAGE4": {
-        "NUM_MODULES": 1,
-        "NUM_BRANCHES": 4,
-        "BLOCK": "BASIC",
-        "NUM_BLOCKS": [2, 2, 2, 2],
-        "NUM_CHANNELS": [8, 16, 32, 64],
-    },
-}
 
 
 def key_table(model: torch.nn.Module) -> list[list]:

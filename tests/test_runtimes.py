@@ -97,6 +97,7 @@ def _agreement(seg: Segmenter, photos, reference) -> list[float]:
     return [float((seg.predict(image) == labels).mean()) for image, labels in zip(photos, reference, strict=True)]
 
 
+@pytest.mark.slow
 def test_bf16_and_int8_agreement_with_the_trained_model(photos, compact_labels):
     # Measured on this machine: OpenVINO bf16 99.6-99.8% per photo; int8 (calibrated on the bundled examples, first
     # and last convolution in float) 95-97.5% on these photos (98.4% mean over them and 8 CamVid val images; neither
@@ -170,6 +171,7 @@ def test_backend_and_precision_choices():
         require("onnxruntime.not_a_module_of_it", "a test")
 
 
+@pytest.mark.slow
 def test_demo_command_line_with_backends(shared, tiny_checkpoint, tmp_path, capsys):
     image = str(shared / "data" / "demo" / "3dogs.jpg")
     small = ["--preset", "360_ss", "--base-size", "64", "--crop-size", "97", "--quiet"]

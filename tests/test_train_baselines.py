@@ -342,6 +342,7 @@ def torchrun_train(config: str, out: Path, overrides: list[str], *, resume: bool
     return done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [MGDA, CCSA])
 def test_baseline_config_trains_on_two_processes_resumes_exactly_and_evaluates(config, camvid, tmp_path):
     datasets = []

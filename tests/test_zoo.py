@@ -161,6 +161,7 @@ def test_torch_hub_entry_points(mirror, w48_checkpoint):
     assert bare.num_classes == 194
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_a_zoo_name(mirror, w48_checkpoint, shared, tmp_path, capsys):
     root, _ = mirror
     (root / f"{NAME}.pth").symlink_to(w48_checkpoint)
@@ -189,6 +190,7 @@ def w48_universal_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_segmenter_from_a_zoo_name(mirror, w48_universal_checkpoint, w48_checkpoint):
     """`Segmenter("mseg-3m")`: downloaded once (here from the local mirror), with the zoo's taxonomy and preset."""
     import numpy as np
