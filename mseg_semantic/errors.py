@@ -41,8 +41,8 @@ class DownloadError(MsegError):
 
 
 _OS_HINTS = {
-    errno.ENOSPC: "the disk is full: free some space and run the command again (finished outputs are kept)",
-    errno.EDQUOT: "the disk quota is used up: free some space and run the command again (finished outputs are kept)",
+    errno.ENOSPC: "the disk is full: free some space and run the command again; finished outputs are kept",
+    errno.EDQUOT: "the disk quota is used up: free some space and run the command again; finished outputs are kept",
     errno.EROFS: "the file system is read-only: choose a folder you can write to",
     errno.EACCES: "permission denied: choose a folder you can write to, or change its permissions",
     errno.EPERM: "operation not permitted: choose a folder you can write to, or change its permissions",

@@ -188,7 +188,8 @@ def _check(args: argparse.Namespace) -> tuple[str, ModelSpec]:
     from mseg_semantic.inference.runtimes import calibration_images
     from mseg_semantic.taxonomy import get_taxonomy
 
-    format, _ = output_files(args.out, args.format, overwrite=args.overwrite)
+    format, files = output_files(args.out, args.format, overwrite=args.overwrite)
+    _check_writable(files[0].parent)
     require_for(format, args.precision)
     if args.calibrate is not None:
         if args.precision != "int8":
@@ -209,6 +210,15 @@ def _check(args: argparse.Namespace) -> tuple[str, ModelSpec]:
         default_model=args.model is None,
     )
     return format, spec
+
+
+def _check_writable(folder: Path) -> None:
+    """Make the output folder and try a file in it, so that an unwritable one is named before the model loads."""
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)  # an OSError here is reported as one line, naming the folder
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def _print_json(files: list[Path], format: str, precision: str, shapes: dict, metadata: dict[str, str]) -> None:

@@ -405,6 +405,8 @@ class _DemoRun:
         self.rank = distributed.rank()
         self.manifest = Manifest(job.out, part=self.rank if self.report.processes > 1 else None)
         self.records = self.manifest.read()
+        for where in self.manifest.torn:  # the next run redoes such an input: say why
+            log(f"note: {where}: an incomplete manifest line (a run was killed or the disk was full); ignored")
         self.start = time.perf_counter()
         probs = "probs" in job.kinds
         self.settings = {"taxonomy": segmenter.output_taxonomy, **({"probs_topk": job.probs_topk} if probs else {})}

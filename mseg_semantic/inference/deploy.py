@@ -12,6 +12,7 @@ precision.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -67,6 +68,8 @@ def export_model(
         raise InputError("calibration images are for precision int8 only")
     if input_size is not None and (len(input_size) != 2 or min(input_size) < 1):
         raise InputError(f"input_size must be (height, width), both positive; got {input_size}")
+    if input_size is not None:
+        _check_memory(model, input_size)
     config = load_config(preset_for(model, preset))
     values = model_metadata(model, low_res=low_res, precision=precision, preset=config, input_size=input_size)
     windows = None
@@ -76,7 +79,8 @@ def export_model(
         values["calibration"] = f"{source}: the windows of preset {config.name}{size}"
     values.update(metadata or {})
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".mseg-export-") as tmp:
+    remove_dead_exports(path.parent)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f"{EXPORT_PREFIX}{os.getpid()}-") as tmp:
         last = path if format == "onnx" and precision == "fp32" else Path(tmp) / "fp32.onnx"
         export_onnx(model, last, input_size=input_size, low_res=low_res, metadata=values)
         if windows is not None:
@@ -85,6 +89,59 @@ def export_model(
         if format == "openvino":
             onnx_to_openvino(last, path)
     return files
+
+
+EXPORT_PREFIX = ".mseg-export-"
+"""The working folder of an export beside its output: ``.mseg-export-<pid>-<random>``."""
+
+BYTES_PER_PIXEL_AND_CLASS = 16
+"""Export memory per input pixel and output class (measured on HRNet: the logits at full size several times over,
+the features at 1/4; a rough upper bound that turns an impossible --input-size into a message, not a crash)."""
+
+
+def remove_dead_exports(folder: Path) -> None:
+    """Delete the working folders that killed exports left in ``folder`` (their process no longer runs)."""
+    for leftover in folder.glob(f"{EXPORT_PREFIX}*"):
+        pid = leftover.name.removeprefix(EXPORT_PREFIX).split("-", 1)[0]
+        if leftover.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _check_memory(model: nn.Module, input_size: tuple[int, int]) -> None:
+    """Refuse an input size whose export cannot fit in this machine's memory (instead of an allocator crash)."""
+    classes = int(getattr(model, "num_classes", 0) or 194)
+    height, width = input_size
+    needed = height * width * (classes + 64) * BYTES_PER_PIXEL_AND_CLASS
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise InputError(
+            f"input size {height}x{width} would need about {needed / 2**30:,.0f} GiB to export ({classes} classes), "
+            f"more than the {available / 2**30:,.1f} GiB available; choose a smaller --input-size or --dynamic"
+        )
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux: MemAvailable), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _calibration(

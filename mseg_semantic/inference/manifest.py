@@ -5,8 +5,9 @@ A one-process run appends to ``manifest.jsonl`` itself. In a run of several proc
 part of its own, ``manifest.rankN.jsonl``, and rank 0 merges the parts into ``manifest.jsonl`` at the end: appends
 of several machines to one file on a network file system (NFS) can overwrite each other, appends to files of one
 writer each cannot. A run that was killed leaves its parts; the next run reads them (so it resumes) and merges
-them. Each line is written with a single ``write`` on a file opened with ``O_APPEND``, so a killed process leaves
-at most a partial last line, which is ignored (as is any line that does not parse).
+them. Each line is written with a single ``write`` on a file opened with ``O_APPEND``, so a killed process (or a
+full disk) leaves at most a partial last line. Such a line is ignored and reported (``Manifest.torn``), as is any
+line that does not parse, and the next line appended starts on a line of its own, so no input's line is lost.
 
 A line says ``"status": "done"`` once all of its input's outputs are written (atomically), or ``"failed"`` with the
 ``error``; ``finished`` is the UTC time it was written. The latest line of an input wins; the merged file has one
@@ -43,6 +44,7 @@ class Manifest:
         self.out = Path(out)
         self.path = self.out / MANIFEST_NAME
         self.writes_to = self.path if part is None else self.out / f"manifest.rank{part}.jsonl"
+        self.torn: list[str] = []  # "file:line" of each line the last read could not parse
 
     def parts(self) -> list[Path]:
         """The part files present (of this run, or left by a killed one), by rank."""
@@ -55,6 +57,7 @@ class Manifest:
     def _records(self, parts: list[Path]) -> tuple[list[dict[str, Any]], int]:
         """Every record of the manifest and its ``parts``, oldest first, and the number of lines read."""
         records, lines = [], 0
+        self.torn = []
         for path in [self.path, *parts]:
             try:
                 text = path.read_text(encoding="utf-8", errors="replace")
@@ -62,11 +65,12 @@ class Manifest:
                 continue
             except OSError as exc:
                 raise InputError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
-            for line in text.splitlines():
+            for number, line in enumerate(text.splitlines(), start=1):
                 lines += 1
                 try:
                     record = json.loads(line)
                 except ValueError:
+                    self.torn.append(f"{path}:{number}")
                     continue
                 if isinstance(record, dict) and isinstance(record.get("name"), str):
                     records.append(record)
@@ -92,8 +96,11 @@ class Manifest:
         """Add one line, stamped ``finished``, with one ``write`` call on an ``O_APPEND`` file."""
         stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         data = (_dump({**record, "finished": stamp}) + "\n").encode("utf-8")
-        fd = os.open(self.writes_to, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = os.open(self.writes_to, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # a torn last line (a killed run, a full disk): this record gets a line of its own
             written = os.write(fd, data)
             while written < len(data):  # only on unusual file systems (a regular local file takes it at once)
                 written += os.write(fd, data[written:])

@@ -66,6 +66,11 @@ class Prediction:
     ids: np.ndarray | None = None  # with top-k: (H, W, k) the classes of those probabilities
 
 
+MAX_ELONGATION = 25
+"""The longest an image's long side may be, in multiples of its short side. A preset scales the short side to its
+base size, so a 20-pixel-wide strip 20,000 pixels long would become 360,000 x 360: refused with its size named."""
+
+
 class Segmenter:
     """Predict semantic label maps (and probabilities) for RGB images with the original MSeg algorithm.
 
@@ -312,6 +317,12 @@ class Segmenter:
         else:
             assert cfg.base_size is not None
             sizes = [scaled_short_side_size(h, w, round(scale * cfg.base_size)) for scale in cfg.scales]
+        for new_h, new_w in sizes:
+            if max(new_h, new_w) > MAX_ELONGATION * min(new_h, new_w):
+                raise InputError(
+                    f"image of size {w}x{h} is more than {MAX_ELONGATION} times longer than it is wide: the preset "
+                    f"would resize it to {new_w}x{new_h} (minutes and gigabytes); crop or split it first"
+                )
         return [
             (size, window_grid(size[0], size[1], cfg.crop_h, cfg.crop_w, cfg.pad, cfg.max_window)) for size in sizes
         ]

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from mseg_semantic.errors import CheckpointError, InputError
+from mseg_semantic.errors import CheckpointError, InputError, TaxonomyError
 from mseg_semantic.models.registry import build_model
 from mseg_semantic.models.weights import (
     guess_arch,
@@ -74,8 +74,22 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **metadata: 
     for key in CARRIED:
         if key not in metadata and getattr(model, key, None) is not None:
             metadata[key] = getattr(model, key)
+    if metadata.get("taxonomy") is not None:
+        _check_taxonomy(str(metadata["taxonomy"]), model.num_classes, path)
     header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     return write_safetensors(model.state_dict(), path, header)
+
+
+def _check_taxonomy(name: str, num_classes: int, path: str | os.PathLike[str]) -> None:
+    """A file may only record the taxonomy its outputs are: one with as many classes (every later command checks)."""
+    from mseg_semantic.taxonomy import get_taxonomy
+
+    taxonomy = get_taxonomy(name)
+    if taxonomy.num_classes != num_classes:
+        raise TaxonomyError(
+            f"{path}: the model has {num_classes} output classes but taxonomy {taxonomy.name!r} has "
+            f"{taxonomy.num_classes}; give the taxonomy of the model's outputs (or none)"
+        )
 
 
 def build_from_checkpoint(

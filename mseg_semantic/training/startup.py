@@ -122,6 +122,7 @@ def _build_model(config: TrainConfig, ctx: ProcessContext, state: dict | None) -
     options = {"config": config.model.hrnet} if config.model.arch == "hrnet" else {}
     backbone = None if state else config.model.backbone_weights
     model = build_model(config.model.arch, config.num_classes, backbone_weights=backbone, **options)
+    model.preset = implied_preset(config.transform.short_size, tuple(config.transform.crop))  # recorded in its files
     if state:
         weights = {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
         load_state_dict_strictly(model, weights, source="the checkpoint")
@@ -159,3 +160,18 @@ __all__ = [
     "precision_warning",
     "resume_point",
 ]
+
+
+def implied_preset(short_size: int, crop: tuple[int, int]) -> str | None:
+    """The inference preset a model trained at ``short_size`` with ``crop`` windows is meant for: the single-scale
+    preset of that short side with windows of the crop's size, else the single-scale one of that short side, else
+    None. Training records it in the model's files, as the released models carry theirs."""
+    from mseg_semantic.inference.config import load_config
+    from mseg_semantic.presets import preset_names
+
+    single = {name: load_config(name) for name in preset_names()}
+    single = {
+        n: c for n, c in single.items() if not c.batched and tuple(c.scales) == (1.0,) and c.base_size == short_size
+    }
+    exact = [n for n, c in single.items() if (c.crop_h, c.crop_w) == tuple(crop)]
+    return (exact or list(single) or [None])[0]
