@@ -119,6 +119,7 @@ def test_bf16_and_int8_agreement_with_the_trained_model(photos, compact_labels):
     assert any(p.name.startswith("int8-360x480-") for p in backend_cache(model).iterdir())
 
 
+@pytest.mark.slow
 def test_fast_picks_the_fastest_installed_backend_that_keeps_99_percent(photos, compact_labels):
     seg = Segmenter(fast=True)
     expected = "openvino" if available("openvino") else "torch" if cpu_has_native_bf16() else "onnxruntime"

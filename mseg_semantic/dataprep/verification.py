@@ -175,40 +175,41 @@ def status(root: str | os.PathLike) -> list[dict]:
     return [_status_of(spec, root) for spec in DATASETS.values()]
 
 
-def _count(paths: list[Path]) -> tuple[int, int]:
-    return sum(1 for p in paths if p.exists()), len(paths)
+def _count(paths: list, present: bool) -> tuple[int, int]:
+    """(files that exist, files listed); nothing is looked up below a dataset folder that is not there."""
+    return (sum(1 for p in paths if os.path.exists(p)) if present else 0), len(paths)
 
 
-def _label_paths(taxonomy: str, root: Path, base: Path) -> list[Path] | None:
+def _label_paths(taxonomy: str, root: Path, base: Path) -> list[str] | None:
+    """The label files the train and val lists of ``taxonomy`` name (as strings: tens of thousands of them)."""
     paths = []
     for split in SPLITS:
         try:
             _, lines = list_lines(taxonomy, split, root)
         except InputError:
             return None
-        paths.extend({base / f[1] for f in lines if len(f) == 2})
+        paths.extend({os.path.join(base, f[1]) for f in lines if len(f) == 2})
     return sorted(paths)
 
 
 def _status_of(spec: DatasetSpec, root: Path) -> dict:
     base = root / spec.list_root
-    row: dict = {"dataset": spec.name, "role": spec.role, "folder": spec.top, "present": (root / spec.top).is_dir()}
+    present = (root / spec.top).is_dir()
+    row: dict = {"dataset": spec.name, "role": spec.role, "folder": spec.top, "present": present}
     if spec.name == "coco-panoptic":
-        raw = [_coco_json(root, s) for s in SPLITS]
-        first = _label_paths(spec.chain[0], root, base)
-        raw += first or []
+        raw = [str(_coco_json(root, s)) for s in SPLITS] + (_label_paths(spec.chain[0], root, base) or [])
     elif spec.stages:
         first = _label_paths(spec.chain[0], root, base) or []
-        raw = [_source_path(spec, base, [str(p.relative_to(base))]) for p in first]
+        raw = [_source_path(spec, base, [os.path.relpath(p, base)]) for p in first] if present else first
     else:
         raw = _label_paths(spec.semseg, root, base) or []
-    row["raw"] = _count(raw)
+    row["raw"] = _count(raw, present)
     prepared = _label_paths(spec.semseg, root, base)
-    row["prepared"] = _count(prepared) if prepared is not None else None
+    row["prepared"] = _count(prepared, present) if prepared is not None else None
     if spec.relabel:
         counts = [_label_paths(relabeled(t), root, base) for t in spec.relabel]
         paths = [p for c in counts if c is not None for p in c]
-        row["relabeled"] = _count(paths) if all(c is not None for c in counts) else None
+        row["relabeled"] = _count(paths, present) if all(c is not None for c in counts) else None
         row["unrelabeled"] = sum(len(v) for v in read_skips(root, spec).values())
     marker = root / spec.top / MARKER
     row["verified"] = None
