@@ -172,3 +172,35 @@ def test_a_trained_model_records_the_preset_its_training_implies(tmp_path, capsy
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert load_model(tmp_path / "run" / "model.safetensors").preset == "compact_360_ss"
+
+
+def test_a_second_demo_on_one_output_folder_is_refused(tmp_path, tiny_checkpoint) -> None:
+    """Two runs on one --out would delete each other's temporary files: the second is refused, naming the first."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    inputs, out = _inputs(tmp_path / "in", 4), tmp_path / "out"
+    command = [sys.executable, "-m", "mseg_semantic", "demo", str(inputs), "--model", str(tiny_checkpoint), "--out",
+               str(out), *SMALL]  # fmt: skip
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock, deadline = out / ".mseg-demo.lock", time.monotonic() + 120
+    while first.poll() is None and time.monotonic() < deadline and f'"pid": {first.pid}' not in _text(lock):
+        time.sleep(0.002)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert f'"pid": {first.pid}' in _text(lock)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 2 and f"another 'mseg demo' (pid {first.pid}" in second.stderr, second.stderr
+    assert first.wait(timeout=300) == 0
+    assert sorted(r["name"] for r in _manifest(out)) == [f"img{i}" for i in range(4)]
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

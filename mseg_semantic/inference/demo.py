@@ -27,6 +27,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from mseg_semantic.fileio import (
 from mseg_semantic.inference.background import WriteBehind, read_ahead
 from mseg_semantic.inference.manifest import Manifest
 from mseg_semantic.inference.segmenter import Prediction, Segmenter
+from mseg_semantic.locks import BusyError, exclusive
 from mseg_semantic.visualize import colorize, overlay
 
 #: What ``outputs`` may name, in the order they are written, and the file name each adds to an image's stem.
@@ -385,14 +387,37 @@ def run_job(
 ) -> DemoReport:
     """:func:`run_demo` for a job already checked: what is left to do, then this process's share of the images
     and of the videos, then the report of all processes."""
-    run = _DemoRun(segmenter, job, options, log)
-    todo = run.left_to_do()
-    run.remove_leftovers()
-    mine = todo[distributed.rank() :: distributed.world_size()]
-    run.segment_images([i for i in mine if not i.is_video])
-    run.segment_videos([i for i in mine if i.is_video])
-    run.report.seconds = time.perf_counter() - run.start
-    return _gather(run.report, run.manifest)
+    with _output_lock(job.out):
+        run = _DemoRun(segmenter, job, options, log)
+        todo = run.left_to_do()
+        run.remove_leftovers()
+        mine = todo[distributed.rank() :: distributed.world_size()]
+        run.segment_images([i for i in mine if not i.is_video])
+        run.segment_videos([i for i in mine if i.is_video])
+        run.report.seconds = time.perf_counter() - run.start
+        return _gather(run.report, run.manifest)
+
+
+DEMO_LOCK = ".mseg-demo.lock"
+"""The output folder's lock, held by rank 0 of the run writing there (:mod:`mseg_semantic.locks`)."""
+
+
+@contextmanager
+def _output_lock(out: Path) -> Iterator[None]:
+    """One run per output folder (a second would remove the first one's temporary files): rank 0 holds the folder's
+    lock, and every process of the run learns whether it got it, so a refused run stops whole."""
+    with ExitStack() as stack:
+        error = None
+        if distributed.rank() == 0:
+            try:
+                stack.enter_context(exclusive(out / DEMO_LOCK, "mseg demo"))
+            except BusyError as exc:
+                error = str(exc)
+        if distributed.world_size() > 1:
+            error = next((e for e in distributed.all_gather_objects(error) if e), None)
+        if error:
+            raise BusyError(error)
+        yield
 
 
 class _DemoRun:
