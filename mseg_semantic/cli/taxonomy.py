@@ -1,13 +1,19 @@
-"""``mseg taxonomy list|show|map``: look at the taxonomies and the maps between them."""
+"""``mseg taxonomy list|show|map|check``: look at the taxonomies and the maps between them, and check a taxonomy file.
+
+``show`` and ``map`` take a taxonomy file wherever they take a name (:mod:`mseg_semantic.taxonomy.files`), so a
+user sees their own taxonomy the way they see a test taxonomy; ``check`` lists every problem of such a file at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mseg_semantic.cli import add_command_parser
 from mseg_semantic.cli.text import format_table, print_json
 from mseg_semantic.taxonomy import get_taxonomy, remap_tables, taxonomy_names
-from mseg_semantic.taxonomy.tables import IGNORE_LABEL, KINDS, NAIVE, UNIVERSAL, UNLABELED
+from mseg_semantic.taxonomy.files import FILE_KIND, check_taxonomy_file, load_taxonomy_file, resolve_taxonomy
+from mseg_semantic.taxonomy.tables import IGNORE_LABEL, KINDS, NAIVE, UNIVERSAL, UNLABELED, Taxonomy
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "classes whose probabilities it collects, for a raw taxonomy the class in each taxonomy a pairwise table "
         "maps it to.",
     )
-    p_show.add_argument("name", metavar="NAME", help="taxonomy name, e.g. camvid-11 (see 'mseg taxonomy list')")
+    p_show.add_argument(
+        "name", metavar="NAME", help="taxonomy name, e.g. camvid-11 (see 'mseg taxonomy list'), or a taxonomy file"
+    )
     p_show.add_argument("--json", action="store_true", help="machine-readable output")
     p_show.set_defaults(func=run_show)
 
@@ -49,9 +57,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p_map.add_argument("--from", dest="source", required=True, metavar="A", help="source taxonomy")
-    p_map.add_argument("--to", dest="target", required=True, metavar="B", help="target taxonomy")
+    p_map.add_argument("--to", dest="target", required=True, metavar="B", help="target taxonomy, or a taxonomy file")
     p_map.add_argument("--json", action="store_true", help="machine-readable output")
     p_map.set_defaults(func=run_map)
+
+    p_check = sub.add_parser(
+        "check",
+        help="check a taxonomy file of your own: every problem, each with its line",
+        description="Check a taxonomy file (header 'id<TAB>name<TAB>SOURCE', one row per class, the SOURCE classes "
+        "summed into it separated by '; '; optional '# name:' and '# palette: R,G,B; ...' lines). Prints every "
+        "problem as FILE:LINE: message (exit status 2), or a summary when there is none. See docs/taxonomies.md.",
+    )
+    p_check.add_argument("file", metavar="FILE", help="the taxonomy file (.tsv)")
+    p_check.set_defaults(func=run_check)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -66,8 +84,47 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _uid_label(names: tuple[str, ...]) -> list[int]:
-    uid = {n: i for i, n in enumerate(get_taxonomy(UNIVERSAL).classes)}
+def run_check(args: argparse.Namespace) -> int:
+    problems = check_taxonomy_file(args.file)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {args.file}", file=sys.stderr)
+        return 2
+    tax = load_taxonomy_file(args.file)
+    used = {name for sources in tax.universal for name in sources}
+    unused = [name for name in get_taxonomy(tax.source).classes if name not in used]
+    print(f"{args.file}: taxonomy {tax.name!r}, {tax.num_classes} classes over {tax.source}; ", end="")
+    print(f"{tax.source} classes in no row (summed into none): {', '.join(unused) if unused else 'none'}")
+    return 0
+
+
+def _show_file(tax: Taxonomy, as_json: bool) -> int:
+    """``mseg taxonomy show FILE``: each class with the source classes summed into it."""
+    classes = []
+    for i, name in enumerate(tax.classes):
+        entry: dict = {"id": i, "name": name, "source": list(tax.universal[i])}
+        entry["source_ids"] = _uid_label(tax.universal[i], tax.source)
+        if tax.colors is not None:
+            entry["color"] = list(tax.colors[i])
+        classes.append(entry)
+    if as_json:
+        summary = {"name": tax.name, "kind": tax.kind, "file": tax.origin, "source": tax.source}
+        print_json(summary | {"num_classes": tax.num_classes, "ignore_label": IGNORE_LABEL, "classes": classes})
+        return 0
+    print(f"{tax.name}: {tax.description} ({tax.num_classes} classes; 255 = unlabeled)")
+    headers = ["id", "name", f"{tax.source} classes summed into it"] + (["color"] if tax.colors else [])
+    rows = []
+    for entry in classes:
+        pairs = zip(entry["source"], entry["source_ids"], strict=True)
+        row = [entry["id"], entry["name"], ", ".join(f"{n} ({u})" for n, u in pairs) or "-"]
+        rows.append(row + ([",".join(str(v) for v in entry["color"])] if tax.colors else []))
+    print(format_table(headers, rows))
+    return 0
+
+
+def _uid_label(names: tuple[str, ...], source: str = UNIVERSAL) -> list[int]:
+    uid = {n: i for i, n in enumerate(get_taxonomy(source).classes)}
     uid[UNLABELED] = IGNORE_LABEL
     return [uid[n] for n in names if n in uid]
 
@@ -75,7 +132,9 @@ def _uid_label(names: tuple[str, ...]) -> list[int]:
 def run_show(args: argparse.Namespace) -> int:
     from mseg_semantic.taxonomy import TaxonomyConverter
 
-    tax = get_taxonomy(args.name)
+    tax = resolve_taxonomy(args.name)
+    if tax.kind == FILE_KIND:
+        return _show_file(tax, args.json)
     converter = TaxonomyConverter()
     outgoing = sorted(target for (source, target) in remap_tables() if source == tax.name)
     classes = []
@@ -136,10 +195,10 @@ def run_show(args: argparse.Namespace) -> int:
 def run_map(args: argparse.Namespace) -> int:
     from mseg_semantic.taxonomy import TaxonomyConverter
 
-    source, target = get_taxonomy(args.source), get_taxonomy(args.target)
+    source, target = get_taxonomy(args.source), resolve_taxonomy(args.target)
     converter = TaxonomyConverter()
-    if source.name in (UNIVERSAL, NAIVE) and target.kind == "test":
-        matrix = converter.universal_to_test_matrix(target.name, source=source.name)
+    if (source.name in (UNIVERSAL, NAIVE) and target.kind == "test") or target.kind == FILE_KIND:
+        matrix = converter.universal_to_test_matrix(target if target.kind == FILE_KIND else target.name, source.name)
         rows = []
         for u, uname in enumerate(source.classes):
             hits = matrix[:, u].nonzero()[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from mseg_semantic.taxonomy.files import check_taxonomy_file, load_taxonomy_file, resolve_taxonomy
 from mseg_semantic.taxonomy.tables import (
     DEFAULT_TRAIN_DATASETS,
     IGNORE_LABEL,
@@ -52,11 +53,14 @@ __all__ = [
     "RemapTable",
     "Taxonomy",
     "TaxonomyConverter",
+    "check_taxonomy_file",
     "class_names",
     "get_taxonomy",
+    "load_taxonomy_file",
     "producible_classes",
     "remap_label_folder",
     "remap_tables",
+    "resolve_taxonomy",
     "taxonomy_names",
     "unproducible_classes",
 ]

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mseg_semantic.errors import TaxonomyError
+from mseg_semantic.taxonomy.files import FILE_KIND, source_mismatch
 from mseg_semantic.taxonomy.tables import (
     IGNORE_LABEL,
     NAIVE,
     UNIVERSAL,
     UNLABELED,
     UNRELABELED_TRAIN_DATASETS,
+    Taxonomy,
     get_taxonomy,
     remap_tables,
 )
@@ -74,30 +76,42 @@ class TaxonomyConverter:
         return self.convert_labels(label, taxonomy, NAIVE, strict=strict)
 
     # ------------------------------------------------------------------ probability maps
-    def universal_to_test_matrix(self, taxonomy: str, source: str = UNIVERSAL) -> np.ndarray:
+    def universal_to_test_matrix(self, taxonomy: str | Taxonomy, source: str | None = None) -> np.ndarray:
         """0/1 float32 matrix of shape (classes of ``taxonomy``, classes of ``source``).
 
-        ``source`` is ``"universal"`` (194 columns) or ``"naive"`` (316 columns). Entry [t, u] is 1 when
-        source class ``u`` feeds test class ``t``; each column has at most one 1.
+        ``source`` is ``"universal"`` (194 columns, the default) or ``"naive"`` (316 columns). Entry [t, u] is 1
+        when source class ``u`` feeds test class ``t``; each column has at most one 1. ``taxonomy`` may also be a
+        taxonomy read from a file (:func:`~mseg_semantic.taxonomy.files.load_taxonomy_file`): its source is the one
+        the file names (``universal``, ``camvid-11``, ...).
         """
-        return _test_matrix(taxonomy, source).copy()
+        if isinstance(taxonomy, Taxonomy) and taxonomy.kind != FILE_KIND:
+            taxonomy = taxonomy.name
+        default = taxonomy.source if isinstance(taxonomy, Taxonomy) else UNIVERSAL
+        return _test_matrix(taxonomy, source or default).copy()
 
-    def universal_probs_to(self, taxonomy: str, probs: torch.Tensor) -> torch.Tensor:
+    def universal_probs_to(self, taxonomy: str | Taxonomy, probs: torch.Tensor) -> torch.Tensor:
         """Probabilities over universal (194) or naive (316) classes -> probabilities over ``taxonomy``.
 
         ``probs`` is a torch tensor (N, C, H, W) or (C, H, W); the source taxonomy follows from C. Each output
         channel is the sum of the source channels mapped to it (no renormalisation: for camvid-11 and the
         like most universal mass is dropped, so only the argmax is meaningful). Same dtype and device as
-        the input. Mapping to the source taxonomy itself returns ``probs`` unchanged.
+        the input. Mapping to the source taxonomy itself returns ``probs`` unchanged. A taxonomy read from a file
+        takes the probabilities of the taxonomy it names as its source (C = that taxonomy's class count).
         """
         import torch
 
         channels = probs.shape[-3] if probs.dim() >= 3 else -1
         sources = {get_taxonomy(UNIVERSAL).num_classes: UNIVERSAL, get_taxonomy(NAIVE).num_classes: NAIVE}
+        expected = "194 (universal) or 316 (naive)"
+        if isinstance(taxonomy, Taxonomy) and taxonomy.kind == FILE_KIND:
+            sources = {get_taxonomy(taxonomy.source).num_classes: taxonomy.source}
+            expected = f"{next(iter(sources))} ({taxonomy.source}, the source of {taxonomy.origin})"
+        elif isinstance(taxonomy, Taxonomy):
+            taxonomy = taxonomy.name
         if probs.dim() not in (3, 4) or channels not in sources:
             raise TaxonomyError(
-                f"expected probabilities of shape (N, C, H, W) or (C, H, W) with C = 194 (universal) or "
-                f"316 (naive), got shape {tuple(probs.shape)}"
+                f"expected probabilities of shape (N, C, H, W) or (C, H, W) with C = {expected}, "
+                f"got shape {tuple(probs.shape)}"
             )
         source = sources[channels]
         if taxonomy == source:
@@ -105,7 +119,7 @@ class TaxonomyConverter:
         matrix = torch.from_numpy(_test_matrix(taxonomy, source)).to(device=probs.device, dtype=probs.dtype)
         return torch.einsum("tc,...chw->...thw", matrix, probs)
 
-    def universal_logits_to(self, taxonomy: str, logits: torch.Tensor) -> torch.Tensor:
+    def universal_logits_to(self, taxonomy: str | Taxonomy, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over the class axis, then :meth:`universal_probs_to` (the original test-time transform)."""
         return self.universal_probs_to(taxonomy, logits.softmax(dim=-3))
 
@@ -210,7 +224,9 @@ def _direct_table(source: str, target: str) -> np.ndarray | None:
 
 
 @functools.cache
-def _test_matrix(taxonomy: str, source: str) -> np.ndarray:
+def _test_matrix(taxonomy: str | Taxonomy, source: str) -> np.ndarray:
+    if isinstance(taxonomy, Taxonomy):
+        return _file_matrix(taxonomy, source)
     test = get_taxonomy(taxonomy)
     if source not in (UNIVERSAL, NAIVE):
         raise TaxonomyError(f"probabilities can only be mapped from 'universal' or 'naive', not {source!r}")
@@ -232,6 +248,19 @@ def _test_matrix(taxonomy: str, source: str) -> np.ndarray:
         for t, name in enumerate(test.classes):
             if name.lower() in nid:
                 matrix[t, nid[name.lower()]] = 1.0
+    return matrix
+
+
+def _file_matrix(taxonomy: Taxonomy, source: str) -> np.ndarray:
+    """The matrix of a taxonomy read from a file: row t sums the classes of its source listed on row t."""
+    if source != taxonomy.source:
+        raise source_mismatch(taxonomy, source)
+    src = get_taxonomy(source)
+    index = {name: i for i, name in enumerate(src.classes)}
+    matrix = np.zeros((taxonomy.num_classes, src.num_classes), dtype=np.float32)
+    for t, sources in enumerate(taxonomy.universal):
+        for name in sources:
+            matrix[t, index[name]] = 1.0
     return matrix
 
 

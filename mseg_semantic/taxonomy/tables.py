@@ -64,7 +64,10 @@ class Taxonomy:
     - ``kind == "train"``: one universal class name, or ``"unlabeled"`` (the class is ignored in training);
     - ``kind == "test"``: the universal classes whose probabilities class ``i`` collects (may be empty);
     - ``kind == "universal"``: the class itself; ``kind == "naive"``: the training classes merged into it;
-    - ``kind == "raw"``: empty (raw labels reach other taxonomies through pairwise remap tables).
+    - ``kind == "raw"``: empty (raw labels reach other taxonomies through pairwise remap tables);
+    - ``kind == "file"``: a taxonomy read from a user's file (:mod:`.files`): the classes of ``source`` (any
+      taxonomy a model predicts) whose probabilities class ``i`` collects, as for a test taxonomy; ``origin`` is
+      the file, ``origin_line`` the line of its header (which names ``source``).
     """
 
     name: str
@@ -76,6 +79,9 @@ class Taxonomy:
     relabeled_from: str | None = None
     default_training: bool = False
     details: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+    source: str = UNIVERSAL
+    origin: str | None = None
+    origin_line: int = 0  # the line of a taxonomy file that names ``source`` (its header)
 
     @property
     def num_classes(self) -> int:
@@ -100,6 +106,11 @@ def _read_tsv(*parts: str) -> list[dict[str, str]]:
     lines = [line for line in _read_text(*parts).splitlines() if line and not line.startswith("#")]
     header = lines[0].split("\t")
     return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+def split_sources(cell: str) -> tuple[str, ...]:
+    """The source classes listed in one cell of a test-taxonomy table (``a; b; c``; empty: none)."""
+    return tuple(u.strip() for u in cell.split(";") if u.strip())
 
 
 @functools.cache
@@ -140,7 +151,7 @@ def get_taxonomy(name: str) -> Taxonomy:
     if kind == "train":
         universal = tuple((row["universal"],) for row in rows)
     elif kind == "test":
-        universal = tuple(tuple(u.strip() for u in row["universal"].split(";") if u.strip()) for row in rows)
+        universal = tuple(split_sources(row["universal"]) for row in rows)
     elif kind == "universal":
         universal = tuple((row["name"],) for row in rows)
     else:

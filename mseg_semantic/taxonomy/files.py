@@ -1,0 +1,263 @@
+"""A taxonomy of the user's own, read from a file in the format of the package's test-taxonomy tables.
+
+MSeg reaches its zero-shot test taxonomies with a fixed linear map: each test class sums the probabilities of some
+universal classes. Nothing in that needs retraining, so a user can define an output taxonomy the same way, over the
+classes of any taxonomy a model predicts (``universal``, or ``camvid-11`` for the bundled model)::
+
+    # name: drive
+    # palette: 128,64,128; 220,20,60; 70,130,180; 90,90,90
+    id	name	camvid-11
+    0	drivable	Road
+    1	obstacle	Car; Pedestrian; Bicyclist; Fence; SignSymbol; Column_Pole
+    2	sky	Sky
+    3	other	Building; Tree; Sidewalk
+
+A source class in no row contributes to none. Reading gives a :class:`~.tables.Taxonomy` of kind ``"file"``; the
+matrix comes from :class:`~.converter.TaxonomyConverter`, the single owner of linear maps. Every problem is reported
+as ``FILE:LINE: message`` (:func:`check_taxonomy_file` lists them all, :func:`load_taxonomy_file` raises the first),
+because a user edits the file by line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mseg_semantic.errors import InputError, TaxonomyError
+from mseg_semantic.taxonomy.tables import IGNORE_LABEL, Taxonomy, get_taxonomy, split_sources, taxonomy_names
+
+FILE_KIND = "file"
+MAX_CLASSES = IGNORE_LABEL - 1
+"""At most 254 classes: ids 0..253 fit a uint8 label map with 255 (unlabeled) to spare."""
+
+_META = re.compile(r"^#\s*(name|palette)\s*:\s*(.*?)\s*$")
+
+
+@dataclass
+class _Row:
+    line: int
+    id: int | None
+    name: str
+    sources: tuple[str, ...]
+
+
+@dataclass
+class _Parser:
+    """One pass over a taxonomy file, collecting every problem with its line."""
+
+    path: str
+    problems: list[str] = field(default_factory=list)
+    meta: dict[str, tuple[int, str]] = field(default_factory=dict)
+    header_line: int = 0
+    source: Taxonomy | None = None
+    rows: list[_Row] = field(default_factory=list)
+    row_lines: int = 0  # lines below the header, well-formed or not
+
+    def problem(self, line: int, message: str) -> None:
+        self.problems.append(f"{self.path}:{line}: {message}")
+
+    def parse(self, text: str) -> Taxonomy | None:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            if line.startswith("#"):
+                match = _META.match(line)
+                if match:
+                    self.meta[match[1]] = (number, match[2])
+            elif not self.header_line:
+                self.header_line = number
+                self._header(number, line)
+                if self.source is None:
+                    return None
+            else:
+                self._row(number, line)
+        if not self.header_line:
+            self.problem(
+                1, "no header line 'id<TAB>name<TAB>SOURCE' (SOURCE: universal or a taxonomy a model predicts)"
+            )
+            return None
+        return self._taxonomy()
+
+    def _header(self, number: int, line: str) -> None:
+        fields = line.split("\t")
+        if len(fields) != 3 or fields[:2] != ["id", "name"]:
+            self.problem(
+                number,
+                f"expected the header 'id<TAB>name<TAB>SOURCE' (SOURCE: universal or a taxonomy a model "
+                f"predicts), found {line!r}",
+            )
+            return
+        known = taxonomy_names()
+        if fields[2] not in known:
+            self.problem(number, f"unknown SOURCE taxonomy {fields[2]!r}{_closest(fields[2], known)}")
+            return
+        self.source = get_taxonomy(fields[2])
+
+    def _row(self, number: int, line: str) -> None:
+        self.row_lines += 1
+        fields = line.split("\t")
+        if len(fields) != 3:
+            self.problem(
+                number, f"expected 3 tab-separated columns (id, name, {self._source_name} classes), found {len(fields)}"
+            )
+            return
+        text_id, name, cell = (f.strip() for f in fields)
+        class_id = int(text_id) if re.fullmatch(r"-?\d+", text_id) else None
+        if class_id is None:
+            self.problem(number, f"id {text_id!r} is not an integer")
+        for other in self.rows:
+            if class_id is not None and other.id == class_id:
+                self.problem(number, f"duplicate id {class_id} (also on line {other.line})")
+            if other.name == name:
+                self.problem(number, f"duplicate name {name!r} (also on line {other.line})")
+        if not name:
+            self.problem(number, "empty class name")
+        self._sources(number, name, split_sources(cell))
+        self.rows.append(_Row(number, class_id, name, split_sources(cell)))
+
+    def _sources(self, number: int, name: str, sources: tuple[str, ...]) -> None:
+        assert self.source is not None
+        classes = self.source.classes
+        for i, cls in enumerate(sources):
+            if cls not in classes:
+                self.problem(number, f"unknown {self._source_name} class {cls!r}{_closest(cls, classes)}")
+            elif cls in sources[:i]:
+                self.problem(number, f"{self._source_name} class {cls!r} is listed twice in {name!r}")
+            else:
+                owner = next((row for row in self.rows if cls in row.sources), None)
+                if owner is not None:
+                    self.problem(
+                        number,
+                        f"{self._source_name} class {cls!r} is in two rows: {name!r} and "
+                        f"{owner.name!r} (line {owner.line}); a class can be summed into one row only",
+                    )
+
+    @property
+    def _source_name(self) -> str:
+        return self.source.name if self.source is not None else "SOURCE"
+
+    def _taxonomy(self) -> Taxonomy | None:
+        n = len(self.rows)
+        if self.row_lines == 0:
+            self.problem(self.header_line, "no classes below the header")
+        if n > MAX_CLASSES:
+            self.problem(
+                self.rows[MAX_CLASSES].line,
+                f"{n} classes; a taxonomy file has at most {MAX_CLASSES} (label {IGNORE_LABEL} means unlabeled)",
+            )
+        for row in self.rows:
+            if row.id is not None and not 0 <= row.id < n:
+                self.problem(row.line, f"id {row.id} is not in 0..{n - 1} (ids are 0..N-1 for the N = {n} rows)")
+        name = self._name()
+        colors = self._palette(n)
+        if self.problems or self.source is None:
+            return None
+        rows = sorted(self.rows, key=lambda row: row.id or 0)
+        return Taxonomy(
+            name=name,
+            kind=FILE_KIND,
+            description=f"{n} classes over {self.source.name}, from {self.path}",
+            classes=tuple(row.name for row in rows),
+            universal=tuple(row.sources for row in rows),
+            colors=colors,
+            source=self.source.name,
+            origin=self.path,
+            origin_line=self.header_line,
+        )
+
+    def _name(self) -> str:
+        line, name = self.meta.get("name", (1, Path(self.path).stem))
+        if not name:
+            self.problem(line, "empty '# name:'")
+        elif name in taxonomy_names():
+            self.problem(line, f"name {name!r} is a built-in taxonomy's; give the file another ('# name: ...')")
+        return name
+
+    def _palette(self, n: int) -> tuple[tuple[int, int, int], ...] | None:
+        if "palette" not in self.meta:
+            return None
+        line, text = self.meta["palette"]
+        colors = []
+        for item in text.split(";"):
+            values = item.strip().split(",")
+            if len(values) != 3 or not all(re.fullmatch(r"\d{1,3}", v.strip()) and int(v) <= 255 for v in values):
+                self.problem(line, f"palette colour {item.strip()!r} is not R,G,B with values 0..255")
+                return None
+            colors.append((int(values[0]), int(values[1]), int(values[2])))
+        if len(colors) != n:
+            self.problem(line, f"the palette has {len(colors)} colours for {n} classes ('R,G,B; R,G,B; ...' by id)")
+            return None
+        return tuple(colors)
+
+
+def _closest(name: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    close += [c for c in choices if c.lower() == name.lower() and c not in close]
+    return f" (closest: {', '.join(repr(c) for c in close)})" if close else ""
+
+
+def _read(path: str | os.PathLike) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such taxonomy file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a taxonomy file") from None
+    except UnicodeDecodeError as exc:
+        raise TaxonomyError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+
+
+def check_taxonomy_file(path: str | os.PathLike) -> list[str]:
+    """Every problem of a taxonomy file, each ``FILE:LINE: message``; empty when the file is good."""
+    parser = _Parser(str(path))
+    parser.parse(_read(path))
+    return parser.problems
+
+
+def load_taxonomy_file(path: str | os.PathLike) -> Taxonomy:
+    """The :class:`Taxonomy` (kind ``"file"``) a taxonomy file defines; :class:`TaxonomyError` naming the file and
+    line of its first problem (and how many more there are)."""
+    parser = _Parser(str(path))
+    taxonomy = parser.parse(_read(path))
+    if taxonomy is None:
+        more = len(parser.problems) - 1
+        rest = f" (and {more} more: mseg taxonomy check {path})" if more else ""
+        raise TaxonomyError(parser.problems[0] + rest)
+    return taxonomy
+
+
+def is_taxonomy_file(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` names a file rather than a built-in taxonomy: a path, or a name ending in ``.tsv``."""
+    text = os.fspath(spec)
+    return isinstance(spec, os.PathLike) or text.endswith(".tsv") or os.sep in text or os.path.isfile(text)
+
+
+def resolve_taxonomy(spec: str | os.PathLike | Taxonomy) -> Taxonomy:
+    """A :class:`Taxonomy` from a built-in name (``camvid-11``), a taxonomy file's path, or a Taxonomy itself."""
+    if isinstance(spec, Taxonomy):
+        return spec
+    if isinstance(spec, str) and spec in taxonomy_names():
+        return get_taxonomy(spec)
+    if is_taxonomy_file(spec):
+        return load_taxonomy_file(spec)
+    return get_taxonomy(os.fspath(spec))  # an unknown name: the error lists the known ones
+
+
+def source_mismatch(taxonomy: Taxonomy, predicted: str) -> TaxonomyError:
+    """The error for a taxonomy file whose SOURCE is not the taxonomy that is predicted (``predicted``)."""
+    return TaxonomyError(
+        f"{taxonomy.origin}:{taxonomy.origin_line}: SOURCE {taxonomy.source!r}, but the probabilities come from "
+        f"{predicted!r}: write the file over {predicted} classes (header 'id<TAB>name<TAB>{predicted}')"
+    )
+
+
+def file_digest(taxonomy: Taxonomy) -> str | None:
+    """SHA-256 of a file taxonomy's classes and sources (what a manifest records to tell two versions apart)."""
+    if taxonomy.kind != FILE_KIND:
+        return None
+    text = "\n".join(f"{name}\t{'; '.join(s)}" for name, s in zip(taxonomy.classes, taxonomy.universal, strict=True))
+    return hashlib.sha256(f"{taxonomy.source}\n{text}".encode()).hexdigest()
