@@ -26,7 +26,7 @@ from mseg_semantic.inference.demo import (
     run_job,
 )
 from mseg_semantic.presets import DEFAULT_PRESET
-from mseg_semantic.taxonomy import get_taxonomy
+from mseg_semantic.taxonomy import resolve_taxonomy
 
 #: How long the processes of a torchrun run wait for each other at the end.
 PROCESS_GROUP_TIMEOUT = timedelta(days=7)
@@ -60,7 +60,7 @@ class DemoSpec:
         if args.probs_topk is not None and args.probs_topk < 1:
             raise InputError(f"--probs-topk must be at least 1, got {args.probs_topk}")
         if args.output_taxonomy:
-            get_taxonomy(args.output_taxonomy)
+            resolve_taxonomy(args.output_taxonomy)  # a bad name or file is reported before the model loads
         if args.io_workers is not None and args.io_workers < 1:
             raise InputError(f"--io-workers must be at least 1, got {args.io_workers}")
         return cls(
@@ -140,7 +140,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--taxonomy",
         dest="output_taxonomy",
         metavar="T",
-        help="taxonomy of the label maps (default: the model's); --taxonomy is an alias",
+        help="taxonomy of the label maps (default: the model's), or a taxonomy file of your own whose rows sum the "
+        "model's classes (see 'mseg taxonomy check'); --taxonomy is an alias",
     )
     parser.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
     parser.add_argument("--save-frames", action="store_true", help="videos: also write each frame's label map")

@@ -51,6 +51,7 @@ from mseg_semantic.inference.background import WriteBehind, read_ahead
 from mseg_semantic.inference.manifest import Manifest
 from mseg_semantic.inference.segmenter import Prediction, Segmenter
 from mseg_semantic.locks import BusyError, exclusive
+from mseg_semantic.taxonomy.files import taxonomy_record
 from mseg_semantic.visualize import colorize, overlay
 
 #: What ``outputs`` may name, in the order they are written, and the file name each adds to an image's stem.
@@ -269,8 +270,10 @@ def write_image_outputs(
     class_names: list[str],
     outputs: Sequence[str] = DEFAULT_OUTPUTS,
     taxonomy: str = "",
+    colors: Sequence[Sequence[int]] | None = None,
 ) -> list[Path]:
-    """Write ``outputs`` of one image (``result``: a :class:`Prediction`, or a label map for gray/color/overlay)."""
+    """Write ``outputs`` of one image (``result``: a :class:`Prediction`, or a label map for gray/color/overlay);
+    ``colors``: the taxonomy's own colours (a taxonomy file's palette), else the fixed palette."""
     result = result if isinstance(result, Prediction) else Prediction(result)
     labels = result.labels
     paths = output_paths(stem, outputs)
@@ -278,9 +281,9 @@ def write_image_outputs(
         if kind == "gray":
             write_label(path, labels)
         elif kind == "color":
-            write_bytes_atomic(path, _encode(".png", colorize(labels, len(class_names))))
+            write_bytes_atomic(path, _encode(".png", colorize(labels, len(class_names), colors)))
         elif kind == "overlay":
-            data = _encode(".jpg", overlay(rgb, labels, class_names), [cv2.IMWRITE_JPEG_QUALITY, 92])
+            data = _encode(".jpg", overlay(rgb, labels, class_names, colors=colors), [cv2.IMWRITE_JPEG_QUALITY, 92])
             write_bytes_atomic(path, data)
         elif kind == "confidence":
             assert result.confidence is not None
@@ -434,7 +437,8 @@ class _DemoRun:
             log(f"note: {where}: an incomplete manifest line (a run was killed or the disk was full); ignored")
         self.start = time.perf_counter()
         probs = "probs" in job.kinds
-        self.settings = {"taxonomy": segmenter.output_taxonomy, **({"probs_topk": job.probs_topk} if probs else {})}
+        self.settings = {"taxonomy": segmenter.output_taxonomy, **taxonomy_record(segmenter.taxonomy),
+                         **({"probs_topk": job.probs_topk} if probs else {})}  # fmt: skip
         self.wants = {"confidence": "confidence" in job.kinds, "probs": probs, "topk": job.probs_topk}
         self.names = segmenter.class_names
         self.keys = histogram_keys(self.names)
@@ -531,7 +535,7 @@ class _DemoRun:
         """An image's outputs (on a write-behind thread)."""
         began = time.perf_counter()
         paths = write_image_outputs(item.out_stem, rgb, result, self.names, self.job.kinds,
-                                    self.segmenter.output_taxonomy)  # fmt: skip
+                                    self.segmenter.output_taxonomy, self.segmenter.colors)  # fmt: skip
         return paths, class_histogram(result.labels, self.names), time.perf_counter() - began
 
     def _written(
@@ -611,9 +615,9 @@ class _VideoSink:
     """Writes overlay frames (and label and confidence maps) of one video; used from the write-behind thread only."""
 
     def __init__(self, item: DemoItem, partial: Path, target: Path, fps: float, save_frames: bool,
-                 class_names: list[str]) -> None:  # fmt: skip
+                 class_names: list[str], colors: Sequence[Sequence[int]] | None = None) -> None:  # fmt: skip
         self.item, self.partial, self.target, self.fps = item, partial, target, fps
-        self.save_frames, self.class_names = save_frames, class_names
+        self.save_frames, self.class_names, self.colors = save_frames, class_names, colors
         self.writer: cv2.VideoWriter | None = None
         self.frames_dir = item.out_stem.with_name(item.out_stem.name + "_frames")
         self.histogram = np.zeros(len(class_names), dtype=np.int64)
@@ -629,7 +633,7 @@ class _VideoSink:
             self.writer = cv2.VideoWriter(str(self.partial), fourcc, self.fps, (rgb.shape[1], rgb.shape[0]))
             if not self.writer.isOpened():
                 raise InputError(f"{self.target}: cannot write the video")
-        self.writer.write(np.ascontiguousarray(overlay(rgb, labels, self.class_names)[:, :, ::-1]))
+        self.writer.write(np.ascontiguousarray(overlay(rgb, labels, self.class_names, colors=self.colors)[:, :, ::-1]))
         self.histogram += class_histogram(labels, self.class_names)
         if self.save_frames:
             write_label(self.frames_dir / f"{index:06d}_gray.png", labels)
@@ -710,7 +714,7 @@ def _run_video(
     target = video_output(item.out_stem)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = _partial_video(target)
-    sink = _VideoSink(item, partial, target, fps, options.save_frames, segmenter.class_names)
+    sink = _VideoSink(item, partial, target, fps, options.save_frames, segmenter.class_names, segmenter.colors)
     bar = tqdm(total=total or None, desc=item.path.name, unit="frame", disable=not progress)
     loop = _FrameLoop(segmenter, sink, bar, confidence and options.save_frames)
     finished = False

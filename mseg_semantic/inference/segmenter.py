@@ -37,7 +37,8 @@ from mseg_semantic.inference.windows import ScaleMap, WindowGrid, WindowOutput, 
 from mseg_semantic.normalization import normalize
 from mseg_semantic.presets import preset_for
 from mseg_semantic.resizing import scaled_short_side_size, truncated_short_side_size
-from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy
+from mseg_semantic.taxonomy import Taxonomy, TaxonomyConverter, get_taxonomy, resolve_taxonomy
+from mseg_semantic.taxonomy.files import FILE_KIND, source_mismatch
 from mseg_semantic.taxonomy.tables import NAIVE, UNIVERSAL
 
 _BAND_BYTES = 64 * 2**20  # size of one band of output rows while combining scales
@@ -90,7 +91,10 @@ class Segmenter:
         model_taxonomy: the taxonomy of the model's K outputs: ``universal`` (194), ``naive`` (316) or a dataset
             taxonomy (oracle models); default: the one the model carries (``model.taxonomy``), else ``universal``.
         output_taxonomy: the taxonomy of the results; default: the model's. A universal or naive model can
-            output any test taxonomy (probabilities are summed onto it before averaging).
+            output any test taxonomy (probabilities are summed onto it before averaging). Also a taxonomy file of
+            your own, or the :class:`~mseg_semantic.taxonomy.Taxonomy` read from one
+            (:func:`~mseg_semantic.taxonomy.load_taxonomy_file`), whose SOURCE is the model's taxonomy: its rows
+            sum the model's probabilities the same way (docs/taxonomies.md).
         device: where the model runs (``"cpu"``, ``"cuda"``, ...).
         fast: turn on every speed-up of :data:`mseg_semantic.inference.config.FAST` (label maps agree with the
             faithful ones on >= 99% of pixels, not exactly); explicit keywords below still win.
@@ -106,7 +110,7 @@ class Segmenter:
         model_or_name: nn.Module | str | os.PathLike | None = None,
         config: str | os.PathLike | InferenceConfig | None = None,
         model_taxonomy: str | None = None,
-        output_taxonomy: str | None = None,
+        output_taxonomy: str | os.PathLike | Taxonomy | None = None,
         device: str | torch.device = "cpu",
         fast: bool = False,
         log: Callable[[str], None] | None = None,
@@ -132,12 +136,18 @@ class Segmenter:
         # model it loaded itself (or that the caller drops) is freed.
         self.network: Network | RuntimeNetwork = self._network(model, log)
 
-    def _set_taxonomies(self, model: nn.Module, model_taxonomy: str | None, output_taxonomy: str | None) -> None:
+    def _set_taxonomies(
+        self, model: nn.Module, model_taxonomy: str | None, output_taxonomy: str | os.PathLike | Taxonomy | None
+    ) -> None:
         """The taxonomies of the model's outputs and of the results, checked against the model's class count, and
         the projection from the one onto the other when they differ."""
         carried = getattr(model, "taxonomy", None)
         self.model_taxonomy = get_taxonomy(model_taxonomy or carried or UNIVERSAL).name
-        self.output_taxonomy = get_taxonomy(output_taxonomy or self.model_taxonomy).name
+        #: The taxonomy of the results (a built-in one, or one read from a taxonomy file).
+        self.taxonomy: Taxonomy = resolve_taxonomy(output_taxonomy or self.model_taxonomy)
+        self.output_taxonomy = self.taxonomy.name
+        #: The colours of a taxonomy file's ``# palette:`` (None: the fixed palette).
+        self.colors = self.taxonomy.colors if self.taxonomy.kind == FILE_KIND else None
         self.num_model_classes = get_taxonomy(self.model_taxonomy).num_classes
         declared = getattr(model, "num_classes", None)
         if isinstance(declared, int) and declared != self.num_model_classes:
@@ -148,7 +158,12 @@ class Segmenter:
                 "load_model(..., taxonomy=T) (the command line: --model-taxonomy)"
             )
         self._projection: torch.Tensor | None = None
-        if self.output_taxonomy != self.model_taxonomy:
+        if self.taxonomy.kind == FILE_KIND:
+            if self.taxonomy.source != self.model_taxonomy:
+                raise source_mismatch(self.taxonomy, self.model_taxonomy, "the model predicts")
+            self._projection = torch.from_numpy(TaxonomyConverter().universal_to_test_matrix(self.taxonomy))
+            self._projection = self._projection.to(self.device)
+        elif self.output_taxonomy != self.model_taxonomy:
             if self.model_taxonomy not in (UNIVERSAL, NAIVE):
                 raise TaxonomyError(
                     f"a {self.model_taxonomy!r} model can only output its own taxonomy; universal and naive models "
@@ -156,7 +171,7 @@ class Segmenter:
                 )
             matrix = TaxonomyConverter().universal_to_test_matrix(self.output_taxonomy, source=self.model_taxonomy)
             self._projection = torch.from_numpy(matrix).to(self.device)
-        self.class_names: list[str] = list(get_taxonomy(self.output_taxonomy).classes)
+        self.class_names: list[str] = list(self.taxonomy.classes)
 
     def _network(self, model: nn.Module, log: Callable[[str], None] | None) -> Network | RuntimeNetwork:
         """What runs ``model``'s forward pass: PyTorch, or a runtime on the model's exported (cached) file."""

@@ -247,17 +247,20 @@ def resolve_taxonomy(spec: str | os.PathLike | Taxonomy) -> Taxonomy:
     return get_taxonomy(os.fspath(spec))  # an unknown name: the error lists the known ones
 
 
-def source_mismatch(taxonomy: Taxonomy, predicted: str) -> TaxonomyError:
+def source_mismatch(taxonomy: Taxonomy, predicted: str, by: str = "the probabilities come from") -> TaxonomyError:
     """The error for a taxonomy file whose SOURCE is not the taxonomy that is predicted (``predicted``)."""
     return TaxonomyError(
-        f"{taxonomy.origin}:{taxonomy.origin_line}: SOURCE {taxonomy.source!r}, but the probabilities come from "
-        f"{predicted!r}: write the file over {predicted} classes (header 'id<TAB>name<TAB>{predicted}')"
+        f"{taxonomy.origin}:{taxonomy.origin_line}: SOURCE {taxonomy.source!r}, but {by} {predicted!r}: write the "
+        f"file over {predicted} classes (header 'id<TAB>name<TAB>{predicted}')"
     )
 
 
-def file_digest(taxonomy: Taxonomy) -> str | None:
-    """SHA-256 of a file taxonomy's classes and sources (what a manifest records to tell two versions apart)."""
+def taxonomy_record(taxonomy: Taxonomy) -> dict[str, str]:
+    """What a manifest records of a taxonomy file besides its name: the file and a SHA-256 of its classes, sources
+    and colours (a changed file makes a resumed run redo its inputs); nothing for a built-in taxonomy."""
     if taxonomy.kind != FILE_KIND:
-        return None
-    text = "\n".join(f"{name}\t{'; '.join(s)}" for name, s in zip(taxonomy.classes, taxonomy.universal, strict=True))
-    return hashlib.sha256(f"{taxonomy.source}\n{text}".encode()).hexdigest()
+        return {}
+    rows = zip(taxonomy.classes, taxonomy.universal, taxonomy.colors or [()] * taxonomy.num_classes, strict=True)
+    text = "\n".join(f"{name}\t{'; '.join(sources)}\t{color}" for name, sources, color in rows)
+    digest = hashlib.sha256(f"{taxonomy.source}\n{text}".encode()).hexdigest()
+    return {"taxonomy_file": str(Path(taxonomy.origin or "").resolve()), "taxonomy_sha256": digest}

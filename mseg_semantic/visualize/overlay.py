@@ -17,9 +17,10 @@ import numpy as np
 from mseg_semantic.visualize.palette import palette
 
 
-def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W) label ids -> (H, W, 3) RGB uint8 with the fixed palette of a ``num_classes`` taxonomy."""
-    colors = palette(num_classes)
+def colorize(labels: np.ndarray, num_classes: int, colors: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """(H, W) label ids -> (H, W, 3) RGB uint8 with the fixed palette of a ``num_classes`` taxonomy (or the
+    taxonomy's own ``colors``, one per class)."""
+    colors = palette(num_classes, colors)
     if labels.size and int(labels.max()) >= len(colors):
         raise ValueError(f"label value {int(labels.max())} exceeds the palette of {num_classes} classes")
     return colors[labels]
@@ -64,14 +65,16 @@ def overlay(
     min_area_fraction: float = 0.002,
     max_names: int = 60,
     draw_names: bool = True,
+    colors: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
     """Blend the colour map into an RGB image and write each sizeable region's class name on it.
 
-    ``image`` (H, W, 3) RGB uint8 and ``labels`` (H, W) must have the same size. Returns RGB uint8.
+    ``image`` (H, W, 3) RGB uint8 and ``labels`` (H, W) must have the same size; ``colors``: the taxonomy's own
+    colours, one per class (default: the fixed palette). Returns RGB uint8.
     """
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and label map {labels.shape} differ in size")
-    color = colorize(labels, len(class_names))
+    color = colorize(labels, len(class_names), colors)
     out = cv2.addWeighted(image, 1.0 - alpha, color, alpha, 0.0)
     if not draw_names:
         return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import colorsys
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,6 +30,12 @@ def _palette(size: int) -> np.ndarray:
     return colors
 
 
-def palette(num_classes: int) -> np.ndarray:
-    """(max(num_classes, 256), 3) uint8 RGB colours; row k is the colour of class k, row 255 black."""
-    return _palette(num_classes)
+def palette(num_classes: int, colors: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """(max(num_classes, 256), 3) uint8 RGB colours; row k is the colour of class k, row 255 black.
+
+    ``colors``: a taxonomy's own colours (a taxonomy file's ``# palette:``), one per class, used instead."""
+    if colors is None:
+        return _palette(num_classes)
+    table = _palette(num_classes).copy()
+    table[: len(colors)] = np.asarray(colors, dtype=np.uint8)
+    return table
