@@ -130,11 +130,13 @@ def _uid_label(names: tuple[str, ...], source: str = UNIVERSAL) -> list[int]:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    tax = resolve_taxonomy(args.name)
+    return _show_file(tax, args.json) if tax.kind == FILE_KIND else _show_builtin(tax, args.json)
+
+
+def _show_builtin(tax: Taxonomy, as_json: bool) -> int:
     from mseg_semantic.taxonomy import TaxonomyConverter
 
-    tax = resolve_taxonomy(args.name)
-    if tax.kind == FILE_KIND:
-        return _show_file(tax, args.json)
     converter = TaxonomyConverter()
     outgoing = sorted(target for (source, target) in remap_tables() if source == tax.name)
     classes = []
@@ -153,7 +155,7 @@ def run_show(args: argparse.Namespace) -> int:
             tid = int(converter.lookup_table(tax.name, target)[i])
             entry.setdefault("remap", {})[target] = get_taxonomy(target).classes[tid] if tid != IGNORE_LABEL else None
         classes.append(entry)
-    if args.json:
+    if as_json:
         print_json(
             {
                 "name": tax.name,
