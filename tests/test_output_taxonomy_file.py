@@ -100,3 +100,50 @@ def test_demo_reports_a_bad_file_before_loading_the_model(tmp_path, capsys):
     assert main(["demo", "--example", "--output-taxonomy", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err == f"mseg demo: error: {path}:2: unknown camvid-11 class 'Roda' (closest: 'Road')\n"
+
+
+@pytest.fixture(scope="module")
+def drive_dataset(drive_file, image, tmp_path_factory) -> Path:
+    """A one-image dataset whose ground truth is in the drive taxonomy (the bundled model's own labels)."""
+    root = tmp_path_factory.mktemp("drive-data")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    cv2.imwrite(str(root / "images" / "a.png"), image[:, :, ::-1])
+    labels = Segmenter(output_taxonomy=str(drive_file)).predict(image)
+    cv2.imwrite(str(root / "labels" / "a.png"), labels)
+    (root / "val.txt").write_text("images/a.png labels/a.png\n")
+    return root
+
+
+def test_eval_with_ground_truth_in_a_taxonomy_file(drive_file, drive_dataset, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["eval", "--dataset-taxonomy", str(drive_file), "--data-root", str(drive_dataset)]
+    argv += ["--list", str(drive_dataset / "val.txt"), "--out", str(out), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "drive" and metrics["taxonomy"] == "drive" and metrics["regime"] == "own-taxonomy"
+    assert metrics["class_names"] == list(DRIVE_ROWS) and metrics["taxonomy_file"] == str(drive_file.resolve())
+    assert metrics["mIoU"] == pytest.approx(100.0) and metrics["pixel_accuracy"] == pytest.approx(100.0)
+
+
+def test_eval_refuses_what_a_taxonomy_file_cannot_score(drive_file, drive_dataset, tmp_path, capsys):
+    base = ["eval", "--dataset-taxonomy", str(drive_file), "--data-root", str(drive_dataset), "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err == (
+        "mseg eval: error: --dataset-taxonomy needs --list: the 'image label' lines of ground truth in your classes\n"
+    )
+    bad = drive_dataset / "bad"
+    bad.mkdir()
+    cv2.imwrite(str(bad / "a.png"), np.full((437, 582), 7, np.uint8))
+    (bad / "val.txt").write_text("../images/a.png a.png\n")
+    assert main([*base, "--data-root", str(bad), "--list", str(bad / "val.txt"), "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "label values [7] are not classes of 'drive' (valid: 0..3 and 255 = unlabeled)" in err
+    street = tmp_path / "street.tsv"
+    street.write_text("id\tname\tuniversal\n0\tground\troad\n1\tsky\tsky\n", encoding="utf-8")
+    argv = ["eval", "--dataset-taxonomy", str(street), "--data-root", str(drive_dataset), "--quiet"]
+    assert main([*argv, "--list", str(drive_dataset / "val.txt"), "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err == (
+        f"mseg eval: error: {street}:1: SOURCE 'universal', but the model predicts 'camvid-11': write the file over "
+        "camvid-11 classes (header 'id<TAB>name<TAB>camvid-11')\n"
+    )

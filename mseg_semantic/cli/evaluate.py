@@ -14,17 +14,19 @@ from mseg_semantic.cli.modelargs import ModelSpec, add_config_arguments, add_mod
 from mseg_semantic.cli.text import notice
 from mseg_semantic.data import read_list
 from mseg_semantic.errors import InputError
-from mseg_semantic.evaluation import evaluate, plan_evaluation
+from mseg_semantic.evaluation import evaluate, plan_evaluation, plan_file_evaluation
 from mseg_semantic.inference import Segmenter
 from mseg_semantic.presets import EVAL_PRESET
-from mseg_semantic.taxonomy import get_taxonomy
+from mseg_semantic.taxonomy import get_taxonomy, load_taxonomy_file
+from mseg_semantic.taxonomy.files import taxonomy_record
 
 
 @dataclass(frozen=True)
 class EvalSpec:
     """What one ``mseg eval`` run does, read from its arguments once."""
 
-    dataset: str
+    dataset: str  # the name of the ground truth's taxonomy (a taxonomy file's own name with --dataset-taxonomy)
+    taxonomy_file: str | None  # --dataset-taxonomy
     data_root: str
     list: str | None  # None: the original list of the split
     split: str
@@ -38,15 +40,16 @@ class EvalSpec:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EvalSpec:
-        get_taxonomy(args.dataset)
+        dataset = _dataset_taxonomy(args)
         model = model_spec(args, default_preset=EVAL_PRESET)
         name = args.name or Path(model.model).stem
         return cls(
-            dataset=args.dataset,
+            dataset=dataset,
+            taxonomy_file=args.dataset_taxonomy,
             data_root=args.data_root,
             list=args.list,
             split=args.split,
-            out=Path(args.out) if args.out else Path("mseg_eval") / name / args.dataset / model.config.name,
+            out=Path(args.out) if args.out else Path("mseg_eval") / name / dataset / model.config.name,
             name=name,
             resume=args.resume,
             relabeled=args.relabeled,
@@ -54,6 +57,18 @@ class EvalSpec:
             progress=not args.quiet,
             model=model,
         )
+
+
+def _dataset_taxonomy(args: argparse.Namespace) -> str:
+    """The name of the ground truth's taxonomy: ``--dataset``, or the taxonomy file's (checked here, before the model
+    loads)."""
+    if args.dataset_taxonomy is None:
+        return get_taxonomy(args.dataset).name
+    if not args.list:
+        raise InputError("--dataset-taxonomy needs --list: the 'image label' lines of ground truth in your classes")
+    if args.relabeled:
+        raise InputError("--relabeled scores MSeg's training datasets; it does not apply to --dataset-taxonomy")
+    return load_taxonomy_file(args.dataset_taxonomy).name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,13 +85,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  mseg eval --dataset camvid-11 --data-root camvid/ --list camvid/val.txt   # the bundled CamVid-11 model\n"
         "  mseg eval --model mseg-3m.safetensors --dataset camvid-11 --data-root /data/mseg_dataset\n"
         "  mseg eval --model camvid.safetensors --dataset camvid-11 --data-root camvid/ --list camvid/val.txt\n"
+        "  mseg eval --dataset-taxonomy drive.tsv --data-root mine/ --list mine/val.txt   # your own classes\n"
         "  torchrun --nproc-per-node 4 -m mseg_semantic eval --model m.safetensors --dataset ade20k-150 "
         "--data-root /data/mseg_dataset --device cuda\n\n"
         "--data-root is the MSeg data root (holding Camvid/, ADE20K/, ...) or the dataset's own folder. Without "
         "--list the original split list of the dataset is used (shipped with the package).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dataset", required=True, metavar="NAME", help="taxonomy of the ground-truth labels")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--dataset", metavar="NAME", help="taxonomy of the ground-truth labels")
+    which.add_argument(
+        "--dataset-taxonomy",
+        metavar="FILE",
+        help="ground truth in the classes of a taxonomy file of your own (needs --list); the model must predict the "
+        "file's SOURCE, whose probabilities the file sums (see 'mseg taxonomy check')",
+    )
     parser.add_argument("--data-root", required=True, metavar="DIR", help="folder the list's paths are relative to")
     parser.add_argument("--list", metavar="FILE", help="a list of 'image label' lines (default: the original list)")
     parser.add_argument("--split", default="val", help="split of the original lists (default: val)")
@@ -116,13 +139,17 @@ def _run(spec: EvalSpec, ctx: distributed.ProcessContext) -> int:
     entries = read_list(spec.list, spec.data_root, dataset=spec.dataset, split=spec.split)
     config = spec.model.config
     model, model_taxonomy = spec.model.load()
-    plan = plan_evaluation(spec.dataset, model_taxonomy, relabeled=spec.relabeled)
+    if spec.taxonomy_file:
+        plan = plan_file_evaluation(load_taxonomy_file(spec.taxonomy_file), model_taxonomy)
+    else:
+        plan = plan_evaluation(spec.dataset, model_taxonomy, relabeled=spec.relabeled)
     relabeled_entries = None
     if plan.relabeled is not None:
         if spec.list and not spec.relabeled_list:
             raise InputError("--relabeled with --list needs --relabeled-list (the relabeled labels of those images)")
         relabeled_entries = read_list(spec.relabeled_list, spec.data_root, dataset=plan.relabeled, split=spec.split)
-    segmenter = Segmenter(model, config=config, model_taxonomy=model_taxonomy, output_taxonomy=plan.eval_taxonomy,
+    output = plan.file_taxonomy or plan.eval_taxonomy
+    segmenter = Segmenter(model, config=config, model_taxonomy=model_taxonomy, output_taxonomy=output,
                           device=ctx.device, log=notice if ctx.is_main else None)  # fmt: skip
     del model  # with a low-precision copy the fp32 weights are no longer needed
     if ctx.is_main:
@@ -141,6 +168,7 @@ def _run(spec: EvalSpec, ctx: distributed.ProcessContext) -> int:
         "list": spec.list or f"{spec.dataset}/{spec.split}",
         "device": str(ctx.device),
         "mseg_semantic_version": __version__,
+        **(taxonomy_record(plan.file_taxonomy) if plan.file_taxonomy else {}),
     }
     result = evaluate(segmenter.predict, entries, plan, spec.out, resume=spec.resume,
                       progress=ctx.is_main and spec.progress, info=info,

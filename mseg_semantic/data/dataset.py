@@ -17,10 +17,10 @@ from torch.utils.data import Dataset
 from mseg_semantic.data.lists import ListEntry
 from mseg_semantic.errors import InputError, TaxonomyError
 from mseg_semantic.fileio import read_image, read_label
-from mseg_semantic.taxonomy import TaxonomyConverter
+from mseg_semantic.taxonomy import Taxonomy, TaxonomyConverter
 
 
-def read_sample(entry: ListEntry, taxonomy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_sample(entry: ListEntry, taxonomy: str | Taxonomy | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read and check one list entry: (RGB uint8 image, int64 label map)."""
     try:
         image = read_image(entry.image)
@@ -29,7 +29,7 @@ def read_sample(entry: ListEntry, taxonomy: str | None = None) -> tuple[np.ndarr
     return image, read_entry_label(entry, image.shape[:2], taxonomy)
 
 
-def read_entry_label(entry: ListEntry, shape: tuple[int, ...], taxonomy: str | None = None) -> np.ndarray:
+def read_entry_label(entry: ListEntry, shape: tuple[int, ...], taxonomy: str | Taxonomy | None = None) -> np.ndarray:
     """The label map of an entry as int64, checked to be single-channel, of ``shape`` (H, W), and in ``taxonomy``."""
     if entry.label is None:
         raise InputError(f"{entry.source}: the list gives no label for {entry.image}")

@@ -7,6 +7,10 @@
 | the dataset's  | that dataset       | its own taxonomy     | as is                   | nothing (oracle)             |
 | naive          | test dataset       | the test taxonomy    | as is                   | nothing (naive merge)        |
 | naive          | unrelabeled train  | naive                | mapped to naive ids     | naive classes it lacks       |
+| its SOURCE     | a taxonomy file    | the file's taxonomy  | as is                   | nothing (own taxonomy)       |
+
+The last row is a taxonomy of the user's own (:mod:`mseg_semantic.taxonomy.files`): ground truth drawn in its
+classes, predictions summed onto it from the model's probabilities like a test taxonomy's.
 
 Relabeled evaluation (optional, universal models on an unrelabeled training dataset): the original compares
 models trained on MSeg's relabeled data with baselines on the *unrelabeled* ground truth, using the relabeled
@@ -23,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mseg_semantic.errors import TaxonomyError
-from mseg_semantic.taxonomy import get_taxonomy, taxonomy_names, unproducible_classes
+from mseg_semantic.taxonomy import Taxonomy, get_taxonomy, taxonomy_names, unproducible_classes
+from mseg_semantic.taxonomy.files import source_mismatch
 from mseg_semantic.taxonomy.tables import IGNORE_LABEL, NAIVE, UNIVERSAL
 
 
@@ -35,6 +40,17 @@ class EvaluationPlan:
     regime: str  # zero-shot | oracle | naive | universal-on-training
     excluded: tuple[int, ...]  # class ids of eval_taxonomy left out of the means
     relabeled: str | None = None  # relabeled taxonomy whose ground truth decides relabeled pixels
+    file_taxonomy: Taxonomy | None = None  # the taxonomy file's, when dataset and eval_taxonomy are its name
+
+    @property
+    def eval_classes(self) -> tuple[str, ...]:
+        """The class names of the evaluation taxonomy, in label order."""
+        return self.file_taxonomy.classes if self.file_taxonomy else get_taxonomy(self.eval_taxonomy).classes
+
+    @property
+    def label_taxonomy(self) -> str | Taxonomy:
+        """The taxonomy the ground-truth label values are checked against."""
+        return self.file_taxonomy or self.dataset
 
     @property
     def maps_labels(self) -> bool:
@@ -69,6 +85,14 @@ def plan_evaluation(dataset: str, model_taxonomy: str, relabeled: bool = False) 
         f"cannot score a {model.name!r} model on {data.name!r} labels: a universal or naive model is scored on test "
         f"datasets (zero-shot) or on training datasets (in its own taxonomy); an oracle model only on its own dataset"
     )
+
+
+def plan_file_evaluation(taxonomy: Taxonomy, model_taxonomy: str) -> EvaluationPlan:
+    """The plan for ground truth in the classes of a taxonomy file, scored in them; the model must predict the
+    file's SOURCE (whose probabilities the file sums)."""
+    if taxonomy.source != model_taxonomy:
+        raise source_mismatch(taxonomy, model_taxonomy, "the model predicts")
+    return EvaluationPlan(taxonomy.name, model_taxonomy, taxonomy.name, "own-taxonomy", (), file_taxonomy=taxonomy)
 
 
 def apply_relabeled_rules(pred: np.ndarray, gt: np.ndarray, gt_relabeled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,7 +36,7 @@ from mseg_semantic.evaluation.metrics import ConfusionMatrix
 from mseg_semantic.evaluation.plan import EvaluationPlan, apply_relabeled_rules
 from mseg_semantic.evaluation.plots import confusion_matrix_image, per_class_iou_chart
 from mseg_semantic.fileio import read_label, write_bytes_atomic, write_label
-from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy
+from mseg_semantic.taxonomy import TaxonomyConverter
 
 
 @dataclass
@@ -139,14 +139,14 @@ class _Scorer:
         relabeled_entries: Sequence[ListEntry] | None,
     ) -> None:
         self.predict, self.plan, self.resume, self.relabeled_entries = predict, plan, resume, relabeled_entries
-        self.num_classes = get_taxonomy(plan.eval_taxonomy).num_classes
+        self.num_classes = len(plan.eval_classes)
         self.converter = TaxonomyConverter()
         self.cm = ConfusionMatrix(self.num_classes)
         self.result = EvaluationResult(metrics=None)
 
     def score(self, index: int, entry: ListEntry, pred_path: Path) -> None:
         plan = self.plan
-        image, label = read_sample(entry, plan.dataset)
+        image, label = read_sample(entry, plan.label_taxonomy)
         pred = self._prediction(image, label.shape, pred_path)
         if plan.maps_labels:
             label = self.converter.convert_labels(label, plan.dataset, plan.eval_taxonomy)
@@ -201,7 +201,7 @@ def _reuse(path: Path, shape: tuple[int, ...], num_classes: int) -> np.ndarray |
 
 
 def metrics_dict(cm: ConfusionMatrix, plan: EvaluationPlan, num_images: int, info: dict[str, Any]) -> dict[str, Any]:
-    names = get_taxonomy(plan.eval_taxonomy).classes
+    names = plan.eval_classes
     m = cm.metrics(plan.excluded)
     matrix = cm.matrix
     union = matrix.sum(axis=0) + matrix.sum(axis=1) - np.diag(matrix)
@@ -236,7 +236,7 @@ def write_reports(out: Path, metrics: dict[str, Any], cm: ConfusionMatrix, plan:
     """metrics.json, results.txt (the original's format), report.md and the two plots."""
     write_bytes_atomic(out / "metrics.json", (json.dumps(metrics, indent=2, ensure_ascii=False) + "\n").encode())
     m = cm.metrics(plan.excluded)
-    names = get_taxonomy(plan.eval_taxonomy).classes
+    names = plan.eval_classes
     lines = [f"Eval result: mIoU/mAcc/allAcc {m.mean_iou:.4f}/{m.mean_accuracy:.4f}/{m.pixel_accuracy:.4f}."]
     lines += [
         f"Class_{i:02d} result: iou/accuracy {m.iou[i]:.4f}/{m.accuracy[i]:.4f}, name: {names[i]}."

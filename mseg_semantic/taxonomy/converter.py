@@ -53,13 +53,13 @@ class TaxonomyConverter:
         """
         return _lookup_table(source, target).copy()
 
-    def convert_labels(self, label: Any, source: str, target: str, *, strict: bool = True) -> Any:
+    def convert_labels(self, label: Any, source: str | Taxonomy, target: str | Taxonomy, *, strict: bool = True) -> Any:
         """Map a label map of taxonomy ``source`` to taxonomy ``target``.
 
         ``label`` is a numpy array or torch tensor of any integer dtype and shape; the result has the same
         shape, type and device, and the same dtype when it can hold the target values (else int64).
         Values that are not labels of ``source`` raise :class:`TaxonomyError` naming them; with
-        ``strict=False`` they become 255 instead.
+        ``strict=False`` they become 255 instead. A taxonomy read from a file converts only to itself (a check).
         """
         return _apply_table(label, _lookup_table(source, target), source, strict)
 
@@ -145,11 +145,17 @@ def unproducible_classes(dataset: str, taxonomy: str) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------- cached tables
+def _taxonomy(spec: str | Taxonomy) -> Taxonomy:
+    """A built-in taxonomy by name, or a taxonomy read from a file as it is (it has no name to look up)."""
+    return spec if isinstance(spec, Taxonomy) else get_taxonomy(spec)
+
+
 @functools.cache
-def _lookup_table(source: str, target: str) -> np.ndarray:
+def _lookup_table(source: str | Taxonomy, target: str | Taxonomy) -> np.ndarray:
     table = _find_table(source, target)
     if table is None:
-        src, dst = get_taxonomy(source), get_taxonomy(target)
+        src, dst = _taxonomy(source), _taxonomy(target)
+        source, target = src.name, dst.name
         reachable = ", ".join(_targets_of(source)) or "none"
         hint = ""
         if "test" in (src.kind, dst.kind):
@@ -165,16 +171,21 @@ def _lookup_table(source: str, target: str) -> np.ndarray:
 
 
 @functools.cache
-def _find_table(source: str, target: str) -> np.ndarray | None:
-    """The lookup table from ``source`` to ``target`` (identity, direct, or one pairwise hop), or None."""
-    src = get_taxonomy(source)
-    get_taxonomy(target)  # unknown names raise here
+def _find_table(source: str | Taxonomy, target: str | Taxonomy) -> np.ndarray | None:
+    """The lookup table from ``source`` to ``target`` (identity, direct, or one pairwise hop), or None.
+
+    A taxonomy read from a file has the identity only (its labels are checked with it): it is reached from its
+    source by probabilities, not labels."""
+    src = _taxonomy(source)
+    dst = _taxonomy(target)  # unknown names raise here
     if source == target:
         table = np.full(max(IGNORE_LABEL + 1, src.num_classes), _INVALID, dtype=np.int64)
         table[: src.num_classes] = np.arange(src.num_classes)
         if src.num_classes <= IGNORE_LABEL:
             table[IGNORE_LABEL] = IGNORE_LABEL
         return table
+    if FILE_KIND in (src.kind, dst.kind):
+        return None
     direct = _direct_table(source, target)
     if direct is not None:
         return direct
@@ -340,11 +351,12 @@ def _fits_torch(dtype: torch.dtype, table: np.ndarray) -> bool:
     return torch.iinfo(dtype).max >= _max_target(table)
 
 
-def _bad_values(values: list[int], source: str) -> TaxonomyError:
-    n = get_taxonomy(source).num_classes
+def _bad_values(values: list[int], source: str | Taxonomy) -> TaxonomyError:
+    taxonomy = _taxonomy(source)
+    n = taxonomy.num_classes
     shown = ", ".join(str(v) for v in values[:20]) + (", ..." if len(values) > 20 else "")
     return TaxonomyError(
-        f"label values [{shown}] are not classes of {source!r} (valid: 0..{n - 1} and 255 = unlabeled); "
+        f"label values [{shown}] are not classes of {taxonomy.name!r} (valid: 0..{n - 1} and 255 = unlabeled); "
         f"pass strict=False to map them to 255",
         keywords={"strict": "strict=False"},
     )
