@@ -5,7 +5,9 @@ taxonomy tables, so that both its users sit above it without a cycle: the ``onnx
 backends (:mod:`mseg_semantic.inference.runtimes`, which cache the files they make) and ``mseg export``
 (:func:`mseg_semantic.inference.deploy.export_model`, which chooses the preset and cuts the int8 calibration
 windows with a :class:`~mseg_semantic.Segmenter`). What is exported is the network's forward pass only; resizing,
-sliding windows, flips and the taxonomy projection stay in :class:`~mseg_semantic.Segmenter`.
+sliding windows, flips and the taxonomy projection stay in :class:`~mseg_semantic.Segmenter`, unless an output taxonomy
+is baked in (``output_taxonomy``: a taxonomy file's, or a test taxonomy for a universal model): the file then ends
+with the softmax and the fixed linear map, and outputs probabilities over that taxonomy's classes (``probs``).
 
 - :func:`export_onnx` traces the model with ``torch.onnx.export`` (the dynamo exporter: the older TorchScript exporter
   gives wrong HRNet logits), with a dynamic batch and image size unless ``input_size`` fixes them, and records
@@ -47,7 +49,7 @@ from mseg_semantic.models.registry import takes_resize
 from mseg_semantic.normalization import MEAN_RGB, STD_RGB
 from mseg_semantic.optional import require
 from mseg_semantic.precision import FILE_PRECISIONS
-from mseg_semantic.taxonomy import get_taxonomy
+from mseg_semantic.taxonomy import Taxonomy, get_taxonomy
 
 #: The ONNX opset the files use (ONNX Runtime >= 1.16 and OpenVINO >= 2023.1 read it).
 OPSET = 18
@@ -72,18 +74,42 @@ class PresetSettings(Protocol):
     batched: bool
 
 
+#: The output's name when an output taxonomy is baked in (probabilities, not logits).
+PROBS_NAME = "probs"
+
+
 class _Forward(nn.Module):
     """The model's forward pass as exported: full-resolution logits, or with ``low_res`` the logits before the
-    final resize (our models' ``resize=False``)."""
+    final resize (our models' ``resize=False``); with a ``projection`` (T, K) the softmax over the K classes summed
+    onto the T classes of an output taxonomy, as :class:`~mseg_semantic.Segmenter` does per window."""
 
-    def __init__(self, model: nn.Module, low_res: bool) -> None:
+    def __init__(self, model: nn.Module, low_res: bool, projection: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.low_res = low_res
+        self.projection = projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x, resize=False) if self.low_res else self.model(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if self.projection is None:
+            return out
+        return torch.einsum("tc,nchw->nthw", self.projection.to(out.dtype), out.softmax(dim=1))
+
+
+def projection_for(model: nn.Module, output_taxonomy: str | Taxonomy) -> tuple[Taxonomy, torch.Tensor]:
+    """The output taxonomy to bake into ``model``'s file and its (T, K) matrix over the model's K classes; raises
+    :class:`~mseg_semantic.errors.TaxonomyError` when the model does not predict what the taxonomy sums."""
+    from mseg_semantic.taxonomy import TaxonomyConverter, resolve_taxonomy
+    from mseg_semantic.taxonomy.files import FILE_KIND, source_mismatch
+
+    taxonomy = resolve_taxonomy(output_taxonomy)
+    predicted = getattr(model, "taxonomy", None) or "universal"
+    if taxonomy.kind == FILE_KIND and taxonomy.source != predicted:
+        raise source_mismatch(taxonomy, predicted, "the model predicts")
+    matrix = TaxonomyConverter().universal_to_test_matrix(taxonomy if taxonomy.kind == FILE_KIND else taxonomy.name,
+                                                          source=predicted)  # fmt: skip
+    return taxonomy, torch.from_numpy(matrix)
 
 
 def model_metadata(
@@ -93,13 +119,14 @@ def model_metadata(
     precision: str = "fp32",
     preset: PresetSettings | None = None,
     input_size: tuple[int, int] | None = None,
+    output_taxonomy: Taxonomy | None = None,
 ) -> dict[str, str]:
     """What a user of the file needs to feed it and read its output, as string values (keys without the prefix).
 
     ``preset``: the inference settings to run the file with, recorded with their name, so that a user without this
     package can reproduce the algorithm around the network (short side, windows, flips); None records none
     (:func:`~mseg_semantic.inference.deploy.export_model` passes the model's own). ``input_size``: the fixed
-    (H, W) of a static file; None: dynamic.
+    (H, W) of a static file; None: dynamic. ``output_taxonomy``: the taxonomy baked in (:func:`projection_for`).
     """
     from mseg_semantic import __version__
 
@@ -120,6 +147,14 @@ def model_metadata(
         if low_res
         else "float32 (N, K, H, W), logits at the input size; the label map is their argmax over K"
     )
+    baked: dict[str, Any] = {}
+    if output_taxonomy is not None:
+        from mseg_semantic.taxonomy.files import taxonomy_record
+
+        baked = {"model_taxonomy": taxonomy, **taxonomy_record(output_taxonomy)}
+        taxonomy, names, num_classes = output_taxonomy.name, list(output_taxonomy.classes), output_taxonomy.num_classes
+        output = output.replace("logits", f"the softmax over the model's {baked['model_taxonomy']} classes summed "
+                                f"onto the classes of {taxonomy} (probabilities)")  # fmt: skip
     values: dict[str, Any] = {
         "producer": f"mseg-semantic {__version__}",
         "arch": getattr(model, "arch", type(model).__name__),
@@ -133,8 +168,9 @@ def model_metadata(
         "input_size": "dynamic" if input_size is None else f"{input_size[0]}x{input_size[1]}",
         "mean": [round(v, 6) for v in MEAN_RGB],
         "std": [round(v, 6) for v in STD_RGB],
-        "output": f"{OUTPUT_NAME}: {output}",
+        "output": f"{OUTPUT_NAME if output_taxonomy is None else PROBS_NAME}: {output}",
         "output_stride": 4 if low_res else 1,
+        **baked,
     }
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items() if v is not None}
 
@@ -175,13 +211,14 @@ def export_onnx(
     input_size: tuple[int, int] | None = None,
     low_res: bool = False,
     metadata: Mapping[str, str] | None = None,
+    output_taxonomy: str | Taxonomy | None = None,
 ) -> Path:
     """Write the eval-mode ``model``'s forward pass to ``path`` (``.onnx``, one file, fp32), atomically.
 
     ``input_size`` (H, W) fixes the image size (some runtimes are faster with it); without it batch, height and
     width are dynamic. ``low_res``: output the logits before the final resize (see :func:`model_metadata`); only
     for models whose forward takes ``resize`` (ours). ``metadata`` defaults to :func:`model_metadata` (without a
-    preset).
+    preset). ``output_taxonomy``: bake its linear map in (:func:`projection_for`); the output is then ``probs``.
     """
     require("onnx", "ONNX export")
     require("onnxscript", "ONNX export")
@@ -196,16 +233,19 @@ def export_onnx(
     if input_size is None:
         any_size = torch.export.Dim.DYNAMIC
         dynamic = ({0: any_size, 2: any_size, 3: any_size},)
-    values = dict(model_metadata(model, low_res=low_res, input_size=input_size) if metadata is None else metadata)
+    taxonomy, projection = projection_for(model, output_taxonomy) if output_taxonomy is not None else (None, None)
+    if metadata is None:
+        metadata = model_metadata(model, low_res=low_res, input_size=input_size, output_taxonomy=taxonomy)
+    values = dict(metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".mseg-export-") as tmp:
         staged = Path(tmp) / "model.onnx"
         with torch.inference_mode(False), torch.no_grad(), _quiet():
             program = torch.onnx.export(
-                _Forward(model, low_res).eval(),
+                _Forward(model, low_res, None if projection is None else projection.to(device)).eval(),
                 (sample,),
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=[OUTPUT_NAME if projection is None else PROBS_NAME],
                 dynamic_shapes=dynamic,
                 opset_version=OPSET,
                 dynamo=True,
@@ -289,7 +329,7 @@ def quantize_onnx(
 
     ``windows``: calibration inputs, float32 (1, 3, h, w) normalised images as the network sees them (the
     activation ranges are their min/max). ``keep_float``: names of nodes left in float; default the first and the
-    last convolution.
+    last convolution, and a baked output taxonomy's softmax.
     """
     onnx = require("onnx", "int8 quantization")
     quantization = require("onnxruntime.quantization", "int8 quantization")
@@ -304,6 +344,8 @@ def quantize_onnx(
         if keep_float is None:
             convs = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Conv"]
             keep_float = [convs[0], convs[-1]] if convs else []
+            nodes = onnx.load(str(prepared)).graph.node
+            keep_float += [node.name for node in nodes if node.op_type in ("Softmax", "Einsum")]
         staged = Path(tmp) / "int8.onnx"
         quantization.quantize_static(
             str(prepared),

@@ -283,6 +283,7 @@ def test_an_existing_file_is_not_overwritten_unasked(tmp_path, capsys):
         (["--out", "m.onnx", "--model-taxonomy", "nope"], "nope"),
         (["missing.safetensors", "--out", "m.onnx"], "missing.safetensors"),
         (["no-such-model", "--out", "m.onnx"], "unknown model 'no-such-model'"),
+        (["--out", "m.onnx", "--output-taxonomy", "drive.tsv"], "drive.tsv: no such taxonomy file"),
     ],
 )
 def test_mistakes_are_one_line_and_write_nothing(argv, message, tmp_path, monkeypatch, capsys):
@@ -323,3 +324,26 @@ def test_help_shows_how_to_run_the_file(capsys):
     assert 'session = ort.InferenceSession("camvid11.onnx")' in text
     assert 'logits = session.run(None, {"image": x})[0]' in text
     assert '"CPU", {"INFERENCE_PRECISION_HINT": "f32"})' in text
+
+
+@runtimes
+def test_an_output_taxonomy_baked_in_gives_its_summed_probabilities(model, batches, folder):
+    drive = folder / "drive.tsv"
+    rows = {"drivable": ["Road"], "obstacle": ["Car", "Pedestrian", "Bicyclist", "Fence", "SignSymbol", "Column_Pole"],
+            "sky": ["Sky"], "other": ["Building", "Tree", "Sidewalk"]}  # fmt: skip
+    drive.write_text("id\tname\tcamvid-11\n" + "".join(f"{i}\t{n}\t{'; '.join(c)}\n" for i, (n, c) in
+                                                        enumerate(rows.items())))  # fmt: skip
+    path = folder / "drive.onnx"
+    summary = export("--out", path, "--output-taxonomy", drive, "--input-size", "97x130")
+    assert "output probs   float32 [1, 4, 97, 130]" in summary and "probabilities of drive" in summary
+    x = batches[0][:1]
+    camvid = class_names("camvid-11")
+    probs = torch.softmax(torch.from_numpy(ours(model, x)), dim=1)[0].numpy()
+    expected = np.stack([probs[[camvid.index(c) for c in cs]].sum(0) for cs in rows.values()])
+    got = onnxruntime_logits(path, x)[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert (got.argmax(0) == expected.argmax(0)).mean() > 0.999
+    meta = read_metadata(path)
+    assert json.loads(meta["class_names"]) == list(rows) and meta["taxonomy"] == "drive"
+    assert meta["model_taxonomy"] == "camvid-11" and meta["taxonomy_file"] == str(drive.resolve())
+    assert meta["output"].startswith("probs: float32 (N, K, H, W), the softmax over the model's camvid-11 classes")

@@ -67,7 +67,8 @@ def _epilog() -> str:
         "  mseg export --out camvid11.onnx                       # the bundled CamVid-11 model, dynamic size\n"
         "  mseg export mseg-3m --out mseg-3m.xml                 # OpenVINO IR: mseg-3m.xml + mseg-3m.bin\n"
         "  mseg export mseg-3m --out m.onnx --precision int8 --calibrate street-photos/\n"
-        "  mseg export model.safetensors --out m.onnx --input-size 713x713 --low-res\n\n"
+        "  mseg export model.safetensors --out m.onnx --input-size 713x713 --low-res\n"
+        "  mseg export --out drive.onnx --output-taxonomy drive.tsv    # your own classes, probabilities out\n\n"
         "run the file (x: float32 (N, 3, H, W), RGB 0..255 as (x - mean) / std, mean/std in the metadata):\n"
         + "".join(f"  {line}\n" for line in _snippet("onnx", "camvid11.onnx").splitlines())
         + "\n"
@@ -138,6 +139,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --precision int8: a folder of images and videos (or one such file) to calibrate on (default: "
         "the examples that ship with the package); use pictures like those the model will see",
     )
+    parser.add_argument(
+        "--output-taxonomy",
+        metavar="T|FILE",
+        help="bake an output taxonomy into the file: a taxonomy file of your own over the model's classes (see "
+        "'mseg taxonomy check'), or a test taxonomy for a universal model. The file then ends with the softmax and "
+        "the fixed linear map, and its output 'probs' holds the summed probabilities of that taxonomy's classes",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace FILE (and NAME.bin) if it exists")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_checkpoint_arguments(parser.add_argument_group("model"))
@@ -166,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         calibration=args.calibrate,
         overwrite=args.overwrite,
         metadata={"model": Path(spec.model).name},
+        output_taxonomy=args.output_taxonomy,
     )
     metadata = read_metadata(files[0])
     shapes = tensor_shapes(files[0])
@@ -186,7 +195,7 @@ def _check(args: argparse.Namespace) -> tuple[str, ModelSpec]:
     from mseg_semantic.export import output_files, require_for
     from mseg_semantic.inference.config import load_config
     from mseg_semantic.inference.runtimes import calibration_images
-    from mseg_semantic.taxonomy import get_taxonomy
+    from mseg_semantic.taxonomy import get_taxonomy, resolve_taxonomy
 
     format, files = output_files(args.out, args.format, overwrite=args.overwrite)
     _check_writable(files[0].parent)
@@ -197,6 +206,8 @@ def _check(args: argparse.Namespace) -> tuple[str, ModelSpec]:
         calibration_images(args.calibrate)  # the folder exists and holds images
     if args.model_taxonomy:
         get_taxonomy(args.model_taxonomy)
+    if args.output_taxonomy:
+        resolve_taxonomy(args.output_taxonomy)  # a bad name or file is reported before the model loads
     name = args.model or zoo.DEFAULT_MODEL
     # The spec's preset checks --preset now; export_model applies it, or the model's own (a checkpoint records it).
     spec = ModelSpec(
@@ -228,29 +239,36 @@ def _print_json(files: list[Path], format: str, precision: str, shapes: dict, me
             "format": format,
             "precision": precision,
             "input": {"name": "image", "shape": shapes["image"]},
-            "output": {"name": "logits", "shape": shapes["logits"]},
+            "output": {"name": _output_name(shapes), "shape": shapes[_output_name(shapes)]},
             "metadata": metadata,
         }
     )
+
+
+def _output_name(shapes: dict) -> str:
+    """``probs`` for a file with an output taxonomy baked in, else ``logits``."""
+    return "probs" if "probs" in shapes else "logits"
 
 
 def _print_summary(files: list[Path], format: str, shapes: dict, metadata: dict[str, str]) -> None:
     def dims(shape: list) -> str:
         return "[" + ", ".join(map(str, shape)) + "]"
 
+    output = _output_name(shapes)
     written = " and ".join(f"{f} ({f.stat().st_size / 1e6:.1f} MB)" for f in files)
     names = json.loads(metadata.get("class_names", "[]"))
     low_res = metadata.get("output_stride") == "4"
     print(f"wrote {written}")
     print(
         f"  {FORMAT_NAMES[format]}, {metadata['precision']}, input size {metadata['input_size']}, "
-        f"{'logits at 1/4 resolution (--low-res)' if low_res else 'logits at the input size'}"
+        f"{'logits' if output == 'logits' else 'probabilities of ' + metadata['taxonomy']} "
+        f"{'at 1/4 resolution (--low-res)' if low_res else 'at the input size'}"
     )
     print(
         f"  input  image   float32 {dims(shapes['image'])}: RGB 0..255 as (x - mean) / std, mean {metadata['mean']}, "
         f"std {metadata['std']}"
     )
-    print(f"  output logits  float32 {dims(shapes['logits'])}: argmax over axis 1 is the label map")
+    print(f"  output {output:7} float32 {dims(shapes[output])}: argmax over axis 1 is the label map")
     preset = json.loads(metadata["preset_settings"])
     short = "fit to the window" if preset["batched"] else f"short side {preset['base_size']}"
     flip = " and their flips" if preset["flip"] else ""

@@ -27,6 +27,7 @@ from mseg_semantic.export import (
     model_metadata,
     onnx_to_openvino,
     output_files,
+    projection_for,
     quantize_onnx,
     require_for,
 )
@@ -34,6 +35,7 @@ from mseg_semantic.inference.config import InferenceConfig, load_config
 from mseg_semantic.inference.runtimes import calibration_images
 from mseg_semantic.inference.segmenter import Segmenter
 from mseg_semantic.presets import preset_for
+from mseg_semantic.taxonomy import Taxonomy, resolve_taxonomy
 
 
 def export_model(
@@ -48,6 +50,7 @@ def export_model(
     calibration: str | os.PathLike | None = None,
     overwrite: bool = False,
     metadata: Mapping[str, str] | None = None,
+    output_taxonomy: str | os.PathLike | Taxonomy | None = None,
 ) -> list[Path]:
     """Write the model as a file for ONNX Runtime (``.onnx``) or OpenVINO (``.xml`` + ``.bin``); returns the files.
 
@@ -58,7 +61,9 @@ def export_model(
     on windows of its own size. ``input_size`` (H, W): a static file (batch 1); None: batch and size dynamic.
     ``low_res``: the logits before the final resize (1/4 of the input size). ``preset``: the preset recorded as
     the one to run the file with (default the model's own, see :func:`~mseg_semantic.presets.preset_for`).
-    ``metadata``: extra string entries, added to :func:`~mseg_semantic.export.model_metadata`'s. The output
+    ``metadata``: extra string entries, added to :func:`~mseg_semantic.export.model_metadata`'s.
+    ``output_taxonomy``: a taxonomy file (or a test taxonomy for a universal model) whose linear map is baked in:
+    the file outputs ``probs`` over its classes (:func:`~mseg_semantic.export.projection_for`). The output
     appears whole or not at all (written in a temporary folder beside it).
     """
     format, files = output_files(path, format, overwrite=overwrite)
@@ -70,8 +75,10 @@ def export_model(
         raise InputError(f"input_size must be (height, width), both positive; got {input_size}")
     if input_size is not None:
         _check_memory(model, input_size)
+    taxonomy = None if output_taxonomy is None else projection_for(model, resolve_taxonomy(output_taxonomy))[0]
     config = load_config(preset_for(model, preset))
-    values = model_metadata(model, low_res=low_res, precision=precision, preset=config, input_size=input_size)
+    values = model_metadata(model, low_res=low_res, precision=precision, preset=config, input_size=input_size,
+                            output_taxonomy=taxonomy)  # fmt: skip
     windows = None
     if precision == "int8":
         windows, source = _calibration(model, config, calibration, input_size)
@@ -82,7 +89,7 @@ def export_model(
     remove_dead_exports(path.parent)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f"{EXPORT_PREFIX}{os.getpid()}-") as tmp:
         last = path if format == "onnx" and precision == "fp32" else Path(tmp) / "fp32.onnx"
-        export_onnx(model, last, input_size=input_size, low_res=low_res, metadata=values)
+        export_onnx(model, last, input_size=input_size, low_res=low_res, metadata=values, output_taxonomy=taxonomy)
         if windows is not None:
             int8 = path if format == "onnx" else Path(tmp) / "int8.onnx"
             last = quantize_onnx(last, int8, windows)
