@@ -123,6 +123,10 @@ BAD = [
         ["{f}:256: 255 classes; a taxonomy file has at most 254 (label 255 means unlabeled)"],
     ),
     (
+        "# name: my drive\n" + HEADER + "0\tsky\tSky\n",
+        ["{f}:1: name 'my drive' may hold only letters, digits and . _ + - (it names output folders)"],
+    ),
+    (
         HEADER + "0\tsky\tSky; Sky\n",
         ["{f}:2: camvid-11 class 'Sky' is listed twice in 'sky'"],
     ),
@@ -158,10 +162,17 @@ def test_every_problem_at_once_and_the_first_raised(tmp_path):
     )
 
 
+def test_a_spreadsheet_export_with_a_byte_order_mark_and_crlf(tmp_path):
+    path = tmp_path / "excel.tsv"
+    path.write_bytes("\ufeffid\tname\tcamvid-11\r\n0\tsky\tSky\r\n1\tground\tRoad; Sidewalk \r\n".encode())
+    tax = load_taxonomy_file(path)
+    assert tax.classes == ("sky", "ground") and tax.universal[1] == ("Road", "Sidewalk")
+
+
 def test_missing_file_and_unknown_name(tmp_path):
     with pytest.raises(InputError, match=r"nope\.tsv: no such taxonomy file$"):
         resolve_taxonomy(str(tmp_path / "nope.tsv"))
-    with pytest.raises(TaxonomyError, match="unknown taxonomy 'camvid-12'"):
+    with pytest.raises(TaxonomyError, match=r"unknown taxonomy 'camvid-12'.* \(or give a taxonomy file: a path ending"):
         resolve_taxonomy("camvid-12")
 
 

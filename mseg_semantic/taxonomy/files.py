@@ -83,7 +83,7 @@ class _Parser:
         return self._taxonomy()
 
     def _header(self, number: int, line: str) -> None:
-        fields = line.split("\t")
+        fields = [field.strip() for field in line.split("\t")]
         if len(fields) != 3 or fields[:2] != ["id", "name"]:
             self.problem(
                 number,
@@ -175,6 +175,8 @@ class _Parser:
             self.problem(line, "empty '# name:'")
         elif name in taxonomy_names():
             self.problem(line, f"name {name!r} is a built-in taxonomy's; give the file another ('# name: ...')")
+        elif not re.fullmatch(r"[\w.+-]+", name):
+            self.problem(line, f"name {name!r} may hold only letters, digits and . _ + - (it names output folders)")
         return name
 
     def _palette(self, n: int) -> tuple[tuple[int, int, int], ...] | None:
@@ -202,7 +204,7 @@ def _closest(name: str, choices: tuple[str, ...] | list[str]) -> str:
 
 def _read(path: str | os.PathLike) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheet exports) is dropped
     except FileNotFoundError:
         raise InputError(f"{path}: no such taxonomy file") from None
     except IsADirectoryError:
@@ -244,7 +246,10 @@ def resolve_taxonomy(spec: str | os.PathLike | Taxonomy) -> Taxonomy:
         return get_taxonomy(spec)
     if is_taxonomy_file(spec):
         return load_taxonomy_file(spec)
-    return get_taxonomy(os.fspath(spec))  # an unknown name: the error lists the known ones
+    try:
+        return get_taxonomy(os.fspath(spec))
+    except TaxonomyError as exc:  # an unknown name: the error lists the known ones
+        raise TaxonomyError(f"{exc} (or give a taxonomy file: a path ending in .tsv)") from None
 
 
 def source_mismatch(taxonomy: Taxonomy, predicted: str, by: str = "the probabilities come from") -> TaxonomyError:
