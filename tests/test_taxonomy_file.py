@@ -102,7 +102,7 @@ BAD = [
         "id,name,universal\n0,sky,sky\n",
         [
             "{f}:1: expected the header 'id<TAB>name<TAB>SOURCE' (SOURCE: universal or a taxonomy a model predicts), "
-            "found 'id,name,universal'"
+            "found 'id,name,universal'; the columns must be separated by tabs"
         ],
     ),
     (HEADER, ["{f}:1: no classes below the header"]),

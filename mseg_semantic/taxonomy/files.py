@@ -56,6 +56,9 @@ class _Parser:
     source: Taxonomy | None = None
     rows: list[_Row] = field(default_factory=list)
     row_lines: int = 0  # lines below the header, well-formed or not
+    ids: dict[int, int] = field(default_factory=dict)  # id -> its first line
+    names: dict[str, int] = field(default_factory=dict)  # name -> its first line
+    owners: dict[str, _Row] = field(default_factory=dict)  # source class -> the row that sums it
 
     def problem(self, line: int, message: str) -> None:
         self.problems.append(f"{self.path}:{line}: {message}")
@@ -85,10 +88,11 @@ class _Parser:
     def _header(self, number: int, line: str) -> None:
         fields = [field.strip() for field in line.split("\t")]
         if len(fields) != 3 or fields[:2] != ["id", "name"]:
+            tabs = "" if "\t" in line else "; the columns must be separated by tabs"
             self.problem(
                 number,
                 f"expected the header 'id<TAB>name<TAB>SOURCE' (SOURCE: universal or a taxonomy a model "
-                f"predicts), found {line!r}",
+                f"predicts), found {line!r}{tabs}",
             )
             return
         known = taxonomy_names()
@@ -109,32 +113,36 @@ class _Parser:
         class_id = int(text_id) if re.fullmatch(r"-?\d+", text_id) else None
         if class_id is None:
             self.problem(number, f"id {text_id!r} is not an integer")
-        for other in self.rows:
-            if class_id is not None and other.id == class_id:
-                self.problem(number, f"duplicate id {class_id} (also on line {other.line})")
-            if other.name == name:
-                self.problem(number, f"duplicate name {name!r} (also on line {other.line})")
+        if class_id is not None and class_id in self.ids:
+            self.problem(number, f"duplicate id {class_id} (also on line {self.ids[class_id]})")
+        if name in self.names:
+            self.problem(number, f"duplicate name {name!r} (also on line {self.names[name]})")
         if not name:
             self.problem(number, "empty class name")
-        self._sources(number, name, split_sources(cell))
-        self.rows.append(_Row(number, class_id, name, split_sources(cell)))
+        row = _Row(number, class_id, name, split_sources(cell))
+        self._sources(row)
+        self.rows.append(row)
+        if class_id is not None:
+            self.ids.setdefault(class_id, number)
+        self.names.setdefault(name, number)
 
-    def _sources(self, number: int, name: str, sources: tuple[str, ...]) -> None:
+    def _sources(self, row: _Row) -> None:
         assert self.source is not None
-        classes = self.source.classes
-        for i, cls in enumerate(sources):
+        classes, source = set(self.source.classes), self._source_name
+        for i, cls in enumerate(row.sources):
             if cls not in classes:
-                self.problem(number, f"unknown {self._source_name} class {cls!r}{_closest(cls, classes)}")
-            elif cls in sources[:i]:
-                self.problem(number, f"{self._source_name} class {cls!r} is listed twice in {name!r}")
+                self.problem(row.line, f"unknown {source} class {cls!r}{_closest(cls, self.source.classes)}")
+            elif cls in row.sources[:i]:
+                self.problem(row.line, f"{source} class {cls!r} is listed twice in {row.name!r}")
+            elif cls in self.owners:
+                owner = self.owners[cls]
+                self.problem(
+                    row.line,
+                    f"{source} class {cls!r} is in two rows: {row.name!r} and {owner.name!r} (line {owner.line}); "
+                    "a class can be summed into one row only",
+                )
             else:
-                owner = next((row for row in self.rows if cls in row.sources), None)
-                if owner is not None:
-                    self.problem(
-                        number,
-                        f"{self._source_name} class {cls!r} is in two rows: {name!r} and "
-                        f"{owner.name!r} (line {owner.line}); a class can be summed into one row only",
-                    )
+                self.owners[cls] = row
 
     @property
     def _source_name(self) -> str:
