@@ -1,4 +1,5 @@
-"""The MSeg taxonomies: the 194-class universal one, every dataset's own, and the maps between them.
+"""The MSeg taxonomies: the 194-class universal one, every dataset's own, and the maps between them; and a
+taxonomy of the user's own, read from a file that sums a model's classes (:mod:`.files`).
 
 >>> from mseg_semantic.taxonomy import class_names, TaxonomyConverter
 >>> class_names("camvid-11")[:3]
