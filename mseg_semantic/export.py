@@ -112,6 +112,20 @@ def projection_for(model: nn.Module, output_taxonomy: str | Taxonomy) -> tuple[T
     return taxonomy, torch.from_numpy(matrix)
 
 
+def _output_text(low_res: bool, model_taxonomy: str | None, output_taxonomy: Taxonomy | None) -> str:
+    """What the file's output is, for its metadata."""
+    output = (
+        "float32 (N, K, ceil(H/4), ceil(W/4)), the logits before the model's final resize: resize them to (H, W) "
+        "bilinearly with align_corners=True; the label map is their argmax over K"
+        if low_res
+        else "float32 (N, K, H, W), logits at the input size; the label map is their argmax over K"
+    )
+    if output_taxonomy is None:
+        return output
+    return output.replace("logits", f"the softmax over the model's {model_taxonomy} classes summed onto the classes "
+                          f"of {output_taxonomy.name} (probabilities)")  # fmt: skip
+
+
 def model_metadata(
     model: nn.Module,
     *,
@@ -141,20 +155,13 @@ def model_metadata(
     if taxonomy is not None:
         names = list(get_taxonomy(taxonomy).classes)
         num_classes = len(names)
-    output = (
-        "float32 (N, K, ceil(H/4), ceil(W/4)), the logits before the model's final resize: resize them to (H, W) "
-        "bilinearly with align_corners=True; the label map is their argmax over K"
-        if low_res
-        else "float32 (N, K, H, W), logits at the input size; the label map is their argmax over K"
-    )
+    output = _output_text(low_res, taxonomy, output_taxonomy)
     baked: dict[str, Any] = {}
     if output_taxonomy is not None:
         from mseg_semantic.taxonomy.files import taxonomy_record
 
         baked = {"model_taxonomy": taxonomy, **taxonomy_record(output_taxonomy)}
         taxonomy, names, num_classes = output_taxonomy.name, list(output_taxonomy.classes), output_taxonomy.num_classes
-        output = output.replace("logits", f"the softmax over the model's {baked['model_taxonomy']} classes summed "
-                                f"onto the classes of {taxonomy} (probabilities)")  # fmt: skip
     values: dict[str, Any] = {
         "producer": f"mseg-semantic {__version__}",
         "arch": getattr(model, "arch", type(model).__name__),
