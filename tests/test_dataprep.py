@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import skip_without_shared
+from conftest import shared_folder
 
 from mseg_semantic.cli import main
 from mseg_semantic.dataprep import convert, records
@@ -31,11 +31,8 @@ FIXTURE_DATASETS = ("ade20k", "coco-panoptic", "sunrgbd")
 
 
 @pytest.fixture(scope="session")
-def dataprep(shared: Path) -> Path:
-    path = shared / "data" / "dataprep"
-    if not path.is_dir():
-        skip_without_shared("../shared/data/dataprep is not available")
-    return path
+def dataprep(dataprep_data: Path) -> Path:
+    return dataprep_data
 
 
 @pytest.fixture
@@ -377,10 +374,8 @@ def test_a_tampered_record_fails_the_check_and_the_relabel(root: Path, dataprep:
     assert not (root / "SUNRGBD" / "semseg-relabeled37").exists()
 
 
-def test_shipped_manifest_matches_the_spec(shared: Path) -> None:
-    spec = shared / "docs" / "SPEC-dataprep.md"
-    if not spec.is_file():
-        skip_without_shared("../shared/docs/SPEC-dataprep.md is not available")
+def test_shipped_manifest_matches_the_spec() -> None:
+    spec = shared_folder("docs", "SPEC-dataprep.md") / "SPEC-dataprep.md"
     sys.path.insert(0, str(REPO / "tools"))
     try:
         import build_records_manifest

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import skip_without_shared, tiny_hrnet
+from conftest import tiny_hrnet
 from test_inference import PixelModel, random_image
 from torch import nn
 
 from mseg_semantic import InputError
 from mseg_semantic.cli import main
+from mseg_semantic.examples import example_path
 from mseg_semantic.fileio import read_image, read_label
 from mseg_semantic.inference import Segmenter, load_config, run_demo
 from mseg_semantic.inference import segmenter as segmenter_module
@@ -47,11 +48,8 @@ SMALL = {"config": "360_ss", "base_size": 96, "crop_size": 161}
 
 # ---------------------------------------------------------------------------- a tiny HRNet that predicts something
 @pytest.fixture(scope="module")
-def camvid(shared: Path) -> Path:
-    path = shared / "data" / "camvid11"
-    if not (path / "train.txt").exists():
-        skip_without_shared("../shared/data/camvid11 is not available")
-    return path
+def camvid(camvid11: Path) -> Path:
+    return camvid11
 
 
 def _normalised(image: np.ndarray) -> torch.Tensor:
@@ -109,8 +107,9 @@ def probe_model(camvid: Path) -> HRNet:
 
 
 @pytest.fixture(scope="module")
-def real_images(shared: Path, camvid: Path) -> list[np.ndarray]:
-    return [read_image(shared / "data" / "demo" / "3dogs.jpg"), read_image(camvid / "images" / "0016E5_07959.png")]
+def real_images(example_photos: Path, camvid: Path) -> list[np.ndarray]:
+    """A 640x480 street photo (the bundled dashcam one, resized) and a 480x360 CamVid val frame."""
+    return [read_image(example_photos / "street.jpg"), read_image(camvid / "images" / "0016E5_07959.png")]
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -203,11 +202,11 @@ def direct_window_proba(model, image: np.ndarray, short: int, canvas: tuple[int,
     return np.stack([cv2.resize(c, image.shape[1::-1], interpolation=cv2.INTER_LINEAR) for c in probs])
 
 
-def test_geometric_speed_ups_equal_a_direct_computation(real_images):
+def test_geometric_speed_ups_equal_a_direct_computation():
     # Minimal padding and whole-image windows change what the network sees, so their agreement is a property of the
     # network (measured in the benchmark); here the bookkeeping is checked exactly on one window of each kind.
     model = tiny_hrnet(194)
-    image = real_images[1]  # 480x360 CamVid frame
+    image = cv2.resize(read_image(example_path("dashcam")), (480, 360), interpolation=cv2.INTER_AREA)  # CamVid's size
     # 96 x 128 in a 161 crop: the original pads 32 rows above and 16 columns left; minimal keeps 32 % 32 = 0 rows
     # and 16 columns, in a 97 x 161 window (sizes equal to the crop's modulo 32).
     seg = Segmenter(model, **SMALL, pad="minimal")
@@ -433,14 +432,13 @@ def write_all(threaded: bool, workers: int = 1) -> list:
     return done
 
 
-def test_background_io_writes_the_same_files(shared, tiny_checkpoint, tmp_path):
-    demo = shared / "data" / "demo"
+def test_background_io_writes_the_same_files(example_photos, tiny_checkpoint, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
-    for name in ("3dogs.jpg", "mmseg_demo_street.png"):
-        (src / name).write_bytes((demo / name).read_bytes())
+    for name in ("street.jpg", "street_wide.png"):
+        (src / name).write_bytes((example_photos / name).read_bytes())
     (src / "broken.jpg").write_bytes(b"\xff\xd8 not really")
-    (src / "clip.mp4").write_bytes((demo / "car-detection.mp4").read_bytes())
+    (src / "clip.mp4").write_bytes(example_path("freeway").read_bytes())
     seg = Segmenter(tiny_checkpoint, config="360_ss", base_size=64, crop_size=97, batch_windows=2)
     reports = {}
     for mode, workers in ((False, 1), (True, 1), (True, 3)):
@@ -468,22 +466,22 @@ def test_background_io_writes_the_same_files(shared, tiny_checkpoint, tmp_path):
             assert a.read_bytes() == b.read_bytes() == c.read_bytes(), name
 
 
-def test_demo_fast_flags(shared, tiny_checkpoint, tmp_path, capsys):
-    image = str(shared / "data" / "demo" / "3dogs.jpg")
+def test_demo_fast_flags(example_photos, tiny_checkpoint, tmp_path, capsys):
+    image = str(example_photos / "street.jpg")
     small = ["--config", "360_ss", "--base-size", "64", "--crop-size", "97", "--quiet", "--out", str(tmp_path)]
     code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--fast", "--precision", "fp32"])
     out, err = capsys.readouterr()
     assert code == 0, err
     backend = "openvino" if available("openvino") else "torch" if cpu_has_native_bf16() else "onnxruntime"
     assert f"settings: 360_ss+fast, {backend} fp32" in err and "1 image(s)" in out
-    assert read_label(tmp_path / "3dogs_gray.png").shape == (427, 640)
+    assert read_label(tmp_path / "street_gray.png").shape == (480, 640)
     code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--max-window", "500"])
     err = capsys.readouterr().err
     assert code == 2 and "key 'max_window': needs pad='minimal'" in err and "Traceback" not in err
 
 
-def test_demo_threads_option(shared, tiny_checkpoint, tmp_path, capsys):
-    image = str(shared / "data" / "demo" / "3dogs.jpg")
+def test_demo_threads_option(example_photos, tiny_checkpoint, tmp_path, capsys):
+    image = str(example_photos / "street.jpg")
     small = ["--config", "360_ss", "--base-size", "64", "--crop-size", "97", "--quiet", "--out", str(tmp_path)]
     before = torch.get_num_threads()
     try:
@@ -498,10 +496,10 @@ def test_demo_threads_option(shared, tiny_checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compiled_network_gives_the_eager_labels(shared):
+def test_compiled_network_gives_the_eager_labels(example_photos):
     """compile=True runs the same network through torch.compile: the same labels (one window shape, compiled once;
     about a minute of inductor compilation on 2 cores the first time, cached by PyTorch afterwards)."""
-    image = read_image(shared / "data" / "demo" / "3dogs.jpg")[::4, ::4].copy()
+    image = read_image(example_photos / "street.jpg")[::4, ::4].copy()
     model = tiny_hrnet(11)
     eager = Segmenter(model, model_taxonomy="camvid-11", config="360_ss", base_size=64, crop_size=97, flip=False)
     compiled = Segmenter(model, model_taxonomy="camvid-11", config="360_ss", base_size=64, crop_size=97, flip=False,
