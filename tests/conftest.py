@@ -5,9 +5,9 @@ tables) are in ``tests/data/`` (see its README), so a clean clone checks them. R
 package's bundled examples (:func:`example_photos`: the dashcam photo, its crops and resizes, a frame of the clip).
 Data that may not be redistributed (CamVid, the data-preparation fixtures) is looked for in the folder the
 environment variable ``MSEG_SHARED`` names (default: ``shared/`` next to the checkout); docs/development.md, section
-"Test data", says how to build it from public sources. A test that needs it asks for the ``shared`` fixture (or
-calls :func:`skip_without_shared`): without the data the test skips, saying which folder it needs, except under
-``CI=true``, where it fails so that nothing silently stops being checked.
+"Test data", says how to build it from public sources. A test that needs it asks for the ``camvid11`` or
+``dataprep_data`` fixture (or calls :func:`shared_folder`): without the data the test skips, saying which folder it
+needs, except under ``CI=true``, where it fails so that nothing silently stops being checked.
 """
 
 from __future__ import annotations
