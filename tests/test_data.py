@@ -34,8 +34,8 @@ def test_shipped_original_lists(tmp_path):
     assert entry.image == tmp_path / "COCOPanoptic" / "images" / "train2017" / "000000000009.jpg"
 
 
-def test_real_camvid_pairs(shared):
-    root = shared / "data" / "camvid11"
+def test_real_camvid_pairs(camvid11):
+    root = camvid11
     entries = read_list(root / "val.txt", root)
     assert len(entries) == 101 and entries[0].source.endswith("val.txt:1")
     image, label = SegmentationDataset(entries, "camvid-11")[0]

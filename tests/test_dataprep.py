@@ -18,7 +18,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import skip_without_shared
 
 from mseg_semantic.cli import main
 from mseg_semantic.dataprep import convert, records
@@ -31,11 +30,8 @@ FIXTURE_DATASETS = ("ade20k", "coco-panoptic", "sunrgbd")
 
 
 @pytest.fixture(scope="session")
-def dataprep(shared: Path) -> Path:
-    path = shared / "data" / "dataprep"
-    if not path.is_dir():
-        skip_without_shared("../shared/data/dataprep is not available")
-    return path
+def dataprep(dataprep_data: Path) -> Path:
+    return dataprep_data
 
 
 @pytest.fixture
@@ -375,20 +371,6 @@ def test_a_tampered_record_fails_the_check_and_the_relabel(root: Path, dataprep:
     with pytest.raises(InputError, match=rf"{tampered}: content differs .*sha256 mismatch"):
         relabel("sunrgbd", root, list_file=dataprep / "lists" / "sunrgbd.txt", records=mine, progress=False)
     assert not (root / "SUNRGBD" / "semseg-relabeled37").exists()
-
-
-def test_shipped_manifest_matches_the_spec(shared: Path) -> None:
-    spec = shared / "docs" / "SPEC-dataprep.md"
-    if not spec.is_file():
-        skip_without_shared("../shared/docs/SPEC-dataprep.md is not available")
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import build_records_manifest
-    finally:
-        sys.path.pop(0)
-    shipped = [line.rsplit("\t", 1)[0] for line in (records.shipped_dir() / "records.tsv").read_text().splitlines()]
-    assert build_records_manifest.manifest(spec.read_text()) == "\n".join(shipped) + "\n"
-    assert _manifest_tool("--check", "--spec", str(spec)).returncode == 0
 
 
 @pytest.mark.parametrize(

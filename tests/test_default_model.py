@@ -11,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import skip_without_shared
 
 from mseg_semantic import zoo
 from mseg_semantic.cli import main
@@ -72,11 +71,9 @@ def test_zoo_lists_the_bundled_model(capsys):
 
 
 @pytest.mark.slow
-def test_eval_default_model_reports_the_recorded_val_miou(shared: Path, tmp_path, capsys):
+def test_eval_default_model_reports_the_recorded_val_miou(camvid11: Path, tmp_path, capsys):
     """`mseg eval` with no --model scores the bundled model; the result equals the figure it ships with."""
-    root = shared / "data" / "camvid11"
-    if not (root / "val.txt").exists():
-        skip_without_shared("../shared/data/camvid11 is not available")
+    root = camvid11
     code = main(["eval", "--dataset", "camvid-11", "--data-root", str(root), "--list", str(root / "val.txt"),
                  "--out", str(tmp_path / "eval"), "--quiet"])  # fmt: skip
     captured = capsys.readouterr()

@@ -1,4 +1,5 @@
-"""`mseg demo` end to end on real images and video, and every bad input it must report clearly."""
+"""`mseg demo` end to end on real images and video (the bundled examples and photos made from them, see
+conftest.example_photos), and every bad input it must report clearly."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import skip_without_shared
 
 from mseg_semantic.cli import main
 from mseg_semantic.errors import InputError
+from mseg_semantic.examples import example_path
 from mseg_semantic.fileio import read_label
 from mseg_semantic.taxonomy import class_names
 from mseg_semantic.visualize import colorize
@@ -29,16 +30,8 @@ def demo(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.fixture(scope="module")
-def demo_dir(shared: Path) -> Path:
-    path = shared / "data" / "demo"
-    if not (path / "3dogs.jpg").exists():
-        skip_without_shared("../shared/data/demo is not available")
-    return path
-
-
-def test_demo_on_real_images(demo_dir, tiny_checkpoint, tmp_path, capsys):
-    images = [demo_dir / "3dogs.jpg", demo_dir / "mmseg_demo_street.png"]
+def test_demo_on_real_images(example_photos, tiny_checkpoint, tmp_path, capsys):
+    images = [example_photos / "street.jpg", example_photos / "street_wide.png"]  # a JPEG and a palette PNG
     code, out, err = demo(capsys, *map(str, images), "--model", str(tiny_checkpoint), "--out", str(tmp_path), *FAST)
     assert code == 0, err
     assert "2 image(s)" in out and "universal" in err
@@ -58,11 +51,11 @@ def test_demo_on_real_images(demo_dir, tiny_checkpoint, tmp_path, capsys):
     assert code == 0 and "1 image(s)" in out
 
 
-def test_demo_folder_mirrors_subfolders_and_reports_bad_files(demo_dir, tiny_checkpoint, tmp_path, capsys):
+def test_demo_folder_mirrors_subfolders_and_reports_bad_files(example_photos, tiny_checkpoint, tmp_path, capsys):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
-    shutil.copy(demo_dir / "3dogs.jpg", src / "a.JPG")
-    shutil.copy(demo_dir / "3dogs.jpg", src / "sub" / "b.jpeg")
+    shutil.copy(example_photos / "street.jpg", src / "a.JPG")
+    shutil.copy(example_photos / "street.jpg", src / "sub" / "b.jpeg")
     (src / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (src / "empty.jpg").write_bytes(b"")
     (src / "notes.txt").write_text("ignored: not an image")
@@ -77,18 +70,18 @@ def test_demo_folder_mirrors_subfolders_and_reports_bad_files(demo_dir, tiny_che
     assert not list(out.rglob("broken*")) and [p.name for p in out.rglob(".*")] == [".mseg-demo.lock"]
 
 
-def test_demo_on_real_video(demo_dir, tiny_checkpoint, tmp_path, capsys):
-    video = demo_dir / "car-detection.mp4"
+def test_demo_on_real_video(tiny_checkpoint, tmp_path, capsys):
+    video = example_path("freeway")  # 1280x720, 25 fps, 38 frames
     code, out, err = demo(capsys, str(video), "--model", str(tiny_checkpoint), "--out", str(tmp_path),
                           "--max-frames", "3", "--save-frames", *FAST)  # fmt: skip
     assert code == 0, err
     assert "3 video frame(s)" in out
-    result = cv2.VideoCapture(str(tmp_path / "car-detection_overlay.mp4"))
+    result = cv2.VideoCapture(str(tmp_path / f"{video.stem}_overlay.mp4"))
     assert result.isOpened()
-    assert int(result.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and result.get(cv2.CAP_PROP_FPS) == pytest.approx(12.5)
+    assert int(result.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and result.get(cv2.CAP_PROP_FPS) == pytest.approx(25)
     ok, frame = result.read()
-    assert ok and frame.shape == (432, 768, 3)
-    frames = sorted((tmp_path / "car-detection_frames").glob("*_gray.png"))
+    assert ok and frame.shape == (720, 1280, 3)
+    frames = sorted((tmp_path / f"{video.stem}_frames").glob("*_gray.png"))
     assert [f.name for f in frames] == ["000000_gray.png", "000001_gray.png", "000002_gray.png"]
 
 
@@ -131,7 +124,7 @@ def test_user_mistakes_give_one_clear_line(args, message, tiny_checkpoint, tmp_p
     assert len(err.strip().splitlines()) == 1
 
 
-def test_inputs_are_checked_once_before_the_model_loads(demo_dir, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+def test_inputs_are_checked_once_before_the_model_loads(example_photos, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     """The CLI collects the inputs once (before it loads the model); the run works from that job."""
     import mseg_semantic.cli.demo as cli_demo
     import mseg_semantic.inference.demo as demo_module
@@ -145,7 +138,7 @@ def test_inputs_are_checked_once_before_the_model_loads(demo_dir, tiny_checkpoin
 
     monkeypatch.setattr(cli_demo, "collect_inputs", counted)
     monkeypatch.setattr(demo_module, "collect_inputs", counted)
-    code, out, err = demo(capsys, str(demo_dir / "3dogs.jpg"), "--model", str(tiny_checkpoint), "--out",
+    code, out, err = demo(capsys, str(example_photos / "street.jpg"), "--model", str(tiny_checkpoint), "--out",
                           str(tmp_path), *FAST)  # fmt: skip
     assert code == 0 and "1 image(s)" in out, err
     assert len(calls) == 1
@@ -162,17 +155,17 @@ def test_missing_or_bad_model_file(tmp_path, capsys, monkeypatch):
     assert code == 2 and "page.pth" in err and "Traceback" not in err
 
 
-def test_original_command_line_still_works(demo_dir, tiny_checkpoint, tmp_path):
+def test_original_command_line_still_works(example_photos, tiny_checkpoint, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     script = repo / "mseg_semantic" / "tool" / "universal_demo.py"
     config = repo / "mseg_semantic" / "config" / "test" / "default_config_360_ms.yaml"
     cmd = [sys.executable, "-u", str(script), f"--config={config}", "model_name", "tiny", "model_path",
-           str(tiny_checkpoint), "input_file", str(demo_dir / "3dogs.jpg"), "scales", "[1.0]", "base_size", "96",
+           str(tiny_checkpoint), "input_file", str(example_photos / "street.jpg"), "scales", "[1.0]", "base_size", "96",
            "test_h", "97", "test_w", "97"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "temp_files" / "tiny_universal_ss" / "96" / "3dogs_gray.png").exists()
+    assert (tmp_path / "temp_files" / "tiny_universal_ss" / "96" / "street_gray.png").exists()
     bad = subprocess.run([*cmd[:4], "not_a_key", "1"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "error: command line: key 'not_a_key': unknown key (known: " in bad.stderr
     bad = subprocess.run([*cmd[:4], "base_size", "big"], cwd=tmp_path, capture_output=True, text=True, env=env)
@@ -210,18 +203,19 @@ def test_truncated_video_is_reported_with_the_frame_counts(tiny_checkpoint, tmp_
 
 
 # ---------------------------------------------------------------------------- outputs, manifest, list files
-def small_photo(demo_dir: Path, name: str = "3dogs.jpg", width: int = 120) -> np.ndarray:
-    rgb = cv2.imread(str(demo_dir / name))[:, :, ::-1]
+def small_photo(width: int = 120) -> np.ndarray:
+    """The bundled dashcam photo, ``width`` pixels wide."""
+    rgb = cv2.imread(str(example_path("dashcam")))[:, :, ::-1]
     return np.ascontiguousarray(cv2.resize(rgb, (width, width * rgb.shape[0] // rgb.shape[1]), cv2.INTER_AREA))
 
 
 @pytest.mark.parametrize(("head", "taxonomy"), [("full", None), ("low_res", "camvid-11"), ("low_res", None)])
-def test_confidence_and_probs_agree_with_predict_proba(demo_dir, tiny_checkpoint, head, taxonomy):
+def test_confidence_and_probs_agree_with_predict_proba(tiny_checkpoint, head, taxonomy):
     from mseg_semantic import Segmenter
 
     seg = Segmenter(tiny_checkpoint, config="360_ms", base_size=64, scales=[0.75, 1.0], crop_size=65, head=head,
                     output_taxonomy=taxonomy)  # fmt: skip
-    rgb = small_photo(demo_dir)
+    rgb = small_photo()
     proba = seg.predict_proba(rgb)
     labels, confidence = seg.predict(rgb, return_confidence=True)
     assert (labels == seg.predict(rgb)).all() and (labels == proba.argmax(axis=0)).all()
@@ -238,37 +232,38 @@ def test_confidence_and_probs_agree_with_predict_proba(demo_dir, tiny_checkpoint
         seg.predict_outputs([rgb], probs=True, topk=seg.num_classes + 1)
 
 
-def test_demo_confidence_probs_and_manifest(demo_dir, tiny_checkpoint, tmp_path, capsys):
+def test_demo_confidence_probs_and_manifest(tiny_checkpoint, tmp_path, capsys):
     from mseg_semantic import Segmenter
     from mseg_semantic.inference.demo import confidence_values
 
     src = tmp_path / "in"
     src.mkdir()
-    rgb = small_photo(demo_dir)
-    cv2.imwrite(str(src / "dogs.png"), rgb[:, :, ::-1])
+    rgb = small_photo()
+    cv2.imwrite(str(src / "street.png"), rgb[:, :, ::-1])
     (src / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     out = tmp_path / "out"
     args = [str(src), "--model", str(tiny_checkpoint), "--out", str(out), *FAST]
     code, stdout, err = demo(capsys, *args, "--outputs", "gray,confidence,probs", "--probs-topk", "2")
     assert code == 1 and "1 image(s)" in stdout and "1 failed" in stdout and "broken.jpg: not a readable" in err
     written = sorted(p.name for p in out.iterdir() if p.name != ".mseg-demo.lock")
-    assert written == ["dogs_confidence.png", "dogs_gray.png", "dogs_probs.npz", "manifest.jsonl"]
+    assert written == ["manifest.jsonl", "street_confidence.png", "street_gray.png", "street_probs.npz"]
     seg = Segmenter(tiny_checkpoint, config="360_ss", base_size=96, crop_size=97)
     proba = seg.predict_proba(rgb)
-    confidence = read_label(out / "dogs_confidence.png")
+    confidence = read_label(out / "street_confidence.png")
     assert confidence.dtype == np.uint16 and (confidence == confidence_values(proba.max(axis=0))).all()
     assert np.abs(confidence / 65535 - proba.max(axis=0)).max() <= 0.5 / 65535 + 1e-7
-    with np.load(out / "dogs_probs.npz") as npz:
+    with np.load(out / "street_probs.npz") as npz:
         assert npz["probs"].shape == (*rgb.shape[:2], 2) and npz["ids"].dtype == np.uint8
-        assert (npz["ids"][:, :, 0] == read_label(out / "dogs_gray.png")).all()
+        assert (npz["ids"][:, :, 0] == read_label(out / "street_gray.png")).all()
         assert (npz["probs"][:, :, 0] == proba.max(axis=0).astype(np.float16)).all()
         assert len(npz["class_names"]) == 194 and str(npz["taxonomy"]) == "universal"
     lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     by_name = {line["name"]: line for line in lines}
     assert len(lines) == 2 and by_name["broken"]["status"] == "failed"
     assert "broken.jpg: not a readable" in by_name["broken"]["error"]
-    done = by_name["dogs"]
-    assert done["status"] == "done" and done["outputs"] == ["dogs_gray.png", "dogs_confidence.png", "dogs_probs.npz"]
+    done = by_name["street"]
+    assert done["status"] == "done"
+    assert done["outputs"] == ["street_gray.png", "street_confidence.png", "street_probs.npz"]
     assert (done["height"], done["width"]) == rgb.shape[:2] and done["seconds"] > 0
     counts = np.bincount(proba.argmax(axis=0).ravel(), minlength=194)
     assert done["histogram"] == {name: int(counts[i]) for i, name in enumerate(class_names("universal")) if counts[i]}
@@ -279,18 +274,18 @@ def test_demo_confidence_probs_and_manifest(demo_dir, tiny_checkpoint, tmp_path,
     # Other settings, or an output missing, redo the image.
     code, stdout, _ = demo(capsys, *args, "--outputs", "gray,probs")
     assert "1 image(s)" in stdout
-    with np.load(out / "dogs_probs.npz") as npz:
+    with np.load(out / "street_probs.npz") as npz:
         assert npz["probs"].shape == (*rgb.shape[:2], 194) and "ids" not in npz
-    (out / "dogs_gray.png").unlink()
+    (out / "street_gray.png").unlink()
     code, stdout, _ = demo(capsys, *args, "--outputs", "gray,probs")
-    assert "1 image(s)" in stdout and (out / "dogs_gray.png").exists()
+    assert "1 image(s)" in stdout and (out / "street_gray.png").exists()
 
 
-def test_inputs_from_a_list_file(demo_dir, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+def test_inputs_from_a_list_file(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for folder in ("a/x", "b"):
         (tmp_path / folder).mkdir(parents=True)
-        cv2.imwrite(str(tmp_path / folder / "same.jpg"), small_photo(demo_dir, width=64)[:, :, ::-1])
+        cv2.imwrite(str(tmp_path / folder / "same.jpg"), small_photo(width=64)[:, :, ::-1])
     (tmp_path / "list.txt").write_text("# photos\na/x/same.jpg\n\n" + str(tmp_path / "b" / "same.jpg") + "\n")
     code, stdout, err = demo(capsys, "--inputs-from", "list.txt", "--model", str(tiny_checkpoint), "--out", "o",
                              "--outputs", "gray", *FAST)  # fmt: skip

@@ -1,6 +1,7 @@
 """`mseg demo` under torchrun (gloo, CPU): the inputs split over processes, the manifest, resuming, a killed run.
 
-The images are small versions of the real photos in ../shared/data/demo, segmented with the bundled model.
+The images are small versions of the photos made from the bundled examples (conftest.example_photos), segmented
+with the bundled model.
 """
 
 from __future__ import annotations
@@ -15,20 +16,18 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import failure, mseg_command, mseg_env, run_mseg, skip_without_shared
+from conftest import failure, mseg_command, mseg_env, run_mseg
 
 SMALL = ["--base-size", "96", "--crop-size", "97", "--outputs", "gray", "--quiet", "--threads", "1"]
 IMAGES = 24
 
 
 @pytest.fixture(scope="module")
-def photos(shared: Path, tmp_path_factory) -> Path:
-    """24 small distinct images (crops, flips and sizes of the demo photos) in a folder and a sub-folder, and a
+def photos(example_photos: Path, tmp_path_factory) -> Path:
+    """24 small distinct images (crops, flips and sizes of the example photos) in a folder and a sub-folder, and a
     corrupt JPEG."""
-    demo = shared / "data" / "demo"
-    sources = sorted(p for p in demo.iterdir() if p.suffix in (".jpg", ".png"))
-    if len(sources) < 4:
-        skip_without_shared("../shared/data/demo is not available")
+    sources = sorted(example_photos.iterdir())
+    assert len(sources) >= 4, sources
     folder = tmp_path_factory.mktemp("photos")
     (folder / "sub").mkdir()
     for i in range(IMAGES):

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import failure, run_mseg, skip_without_shared, tiny_hrnet
+from conftest import failure, run_mseg, tiny_hrnet
 
 from mseg_semantic import TaxonomyError
 from mseg_semantic.cli import main
@@ -91,11 +91,8 @@ def test_prediction_names_are_unique():
 
 # ---------------------------------------------------------------------------- mseg eval end to end
 @pytest.fixture(scope="module")
-def camvid(shared: Path) -> Path:
-    root = shared / "data" / "camvid11"
-    if not (root / "val.txt").exists():
-        skip_without_shared("../shared/data/camvid11 is not available")
-    return root
+def camvid(camvid11: Path) -> Path:
+    return camvid11
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import skip_without_shared, tiny_hrnet
+from conftest import example_frame, tiny_hrnet
 from test_inference import PixelModel, random_image
 from torch import nn
 
 from mseg_semantic import InputError
 from mseg_semantic.cli import main
+from mseg_semantic.examples import example_path
 from mseg_semantic.fileio import read_image, read_label
 from mseg_semantic.inference import Segmenter, load_config, run_demo
 from mseg_semantic.inference import segmenter as segmenter_module
@@ -46,28 +47,24 @@ SMALL = {"config": "360_ss", "base_size": 96, "crop_size": 161}
 
 
 # ---------------------------------------------------------------------------- a tiny HRNet that predicts something
-@pytest.fixture(scope="module")
-def camvid(shared: Path) -> Path:
-    path = shared / "data" / "camvid11"
-    if not (path / "train.txt").exists():
-        skip_without_shared("../shared/data/camvid11 is not available")
-    return path
-
-
 def _normalised(image: np.ndarray) -> torch.Tensor:
     return normalize(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
 
 
 @pytest.fixture(scope="module")
-def probe_model(camvid: Path) -> HRNet:
-    """The tiny HRNet with BN statistics of two CamVid train images and its classifier fitted to their labels.
+def probe_model(example_photos: Path) -> HRNet:
+    """The tiny HRNet with BN statistics of three street photos (the bundled examples') and its classifier fitted to
+    the bundled CamVid model's labels for them.
 
     A randomly initialised network predicts near-uniform probabilities, where any rounding flips the argmax; this
-    one predicts 5-10 CamVid classes with top-1 probabilities around 0.5, so agreement figures mean something.
+    one predicts several CamVid classes with top-1 probabilities around 0.5, so agreement figures mean something.
     """
+    from mseg_semantic import load_model
+
     model = tiny_hrnet(194)
-    names = [line.split()[0] for line in (camvid / "train.txt").read_text().splitlines()][::180]
-    images = [cv2.resize(read_image(camvid / n), (240, 180), interpolation=cv2.INTER_AREA) for n in names]
+    names = ["street.jpg", "street_mirrored.jpg", "freeway.png"]
+    images = [cv2.resize(read_image(example_photos / n), (240, 180), interpolation=cv2.INTER_AREA) for n in names]
+    teacher = Segmenter(load_model())  # camvid11-compact, bundled with the package
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.reset_running_stats()
@@ -84,10 +81,10 @@ def probe_model(camvid: Path) -> HRNet:
     hook = model.last_layer[2].register_forward_hook(lambda m, i, o: captured.__setitem__("x", o))
     features, labels = [], []
     with torch.no_grad():
-        for name, image in zip(names, images, strict=True):
+        for image in images:
             model(_normalised(image.astype(np.float32))[None])
             feats = captured["x"][0]
-            label = read_label(camvid / name.replace("images/", "labels/"))
+            label = teacher.predict(image)
             label = to_universal[cv2.resize(label, feats.shape[:0:-1], interpolation=cv2.INTER_NEAREST)].ravel()
             keep = label != 255
             features.append(feats.reshape(feats.shape[0], -1).T[torch.from_numpy(keep)])
@@ -109,8 +106,11 @@ def probe_model(camvid: Path) -> HRNet:
 
 
 @pytest.fixture(scope="module")
-def real_images(shared: Path, camvid: Path) -> list[np.ndarray]:
-    return [read_image(shared / "data" / "demo" / "3dogs.jpg"), read_image(camvid / "images" / "0016E5_07959.png")]
+def real_images(example_photos: Path) -> list[np.ndarray]:
+    """A 640x480 street photo (the bundled dashcam one, resized) and a 480x270 frame of the bundled clip that the
+    probe model was not fitted to."""
+    frame = cv2.resize(example_frame(5), (480, 270), interpolation=cv2.INTER_AREA)
+    return [read_image(example_photos / "street.jpg"), frame]
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -203,11 +203,11 @@ def direct_window_proba(model, image: np.ndarray, short: int, canvas: tuple[int,
     return np.stack([cv2.resize(c, image.shape[1::-1], interpolation=cv2.INTER_LINEAR) for c in probs])
 
 
-def test_geometric_speed_ups_equal_a_direct_computation(real_images):
+def test_geometric_speed_ups_equal_a_direct_computation():
     # Minimal padding and whole-image windows change what the network sees, so their agreement is a property of the
     # network (measured in the benchmark); here the bookkeeping is checked exactly on one window of each kind.
     model = tiny_hrnet(194)
-    image = real_images[1]  # 480x360 CamVid frame
+    image = cv2.resize(read_image(example_path("dashcam")), (480, 360), interpolation=cv2.INTER_AREA)  # CamVid's size
     # 96 x 128 in a 161 crop: the original pads 32 rows above and 16 columns left; minimal keeps 32 % 32 = 0 rows
     # and 16 columns, in a 97 x 161 window (sizes equal to the crop's modulo 32).
     seg = Segmenter(model, **SMALL, pad="minimal")
@@ -433,14 +433,13 @@ def write_all(threaded: bool, workers: int = 1) -> list:
     return done
 
 
-def test_background_io_writes_the_same_files(shared, tiny_checkpoint, tmp_path):
-    demo = shared / "data" / "demo"
+def test_background_io_writes_the_same_files(example_photos, tiny_checkpoint, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
-    for name in ("3dogs.jpg", "mmseg_demo_street.png"):
-        (src / name).write_bytes((demo / name).read_bytes())
+    for name in ("street.jpg", "street_wide.png"):
+        (src / name).write_bytes((example_photos / name).read_bytes())
     (src / "broken.jpg").write_bytes(b"\xff\xd8 not really")
-    (src / "clip.mp4").write_bytes((demo / "car-detection.mp4").read_bytes())
+    (src / "clip.mp4").write_bytes(example_path("freeway").read_bytes())
     seg = Segmenter(tiny_checkpoint, config="360_ss", base_size=64, crop_size=97, batch_windows=2)
     reports = {}
     for mode, workers in ((False, 1), (True, 1), (True, 3)):
@@ -468,22 +467,22 @@ def test_background_io_writes_the_same_files(shared, tiny_checkpoint, tmp_path):
             assert a.read_bytes() == b.read_bytes() == c.read_bytes(), name
 
 
-def test_demo_fast_flags(shared, tiny_checkpoint, tmp_path, capsys):
-    image = str(shared / "data" / "demo" / "3dogs.jpg")
+def test_demo_fast_flags(example_photos, tiny_checkpoint, tmp_path, capsys):
+    image = str(example_photos / "street.jpg")
     small = ["--config", "360_ss", "--base-size", "64", "--crop-size", "97", "--quiet", "--out", str(tmp_path)]
     code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--fast", "--precision", "fp32"])
     out, err = capsys.readouterr()
     assert code == 0, err
     backend = "openvino" if available("openvino") else "torch" if cpu_has_native_bf16() else "onnxruntime"
     assert f"settings: 360_ss+fast, {backend} fp32" in err and "1 image(s)" in out
-    assert read_label(tmp_path / "3dogs_gray.png").shape == (427, 640)
+    assert read_label(tmp_path / "street_gray.png").shape == (480, 640)
     code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--max-window", "500"])
     err = capsys.readouterr().err
     assert code == 2 and "key 'max_window': needs pad='minimal'" in err and "Traceback" not in err
 
 
-def test_demo_threads_option(shared, tiny_checkpoint, tmp_path, capsys):
-    image = str(shared / "data" / "demo" / "3dogs.jpg")
+def test_demo_threads_option(example_photos, tiny_checkpoint, tmp_path, capsys):
+    image = str(example_photos / "street.jpg")
     small = ["--config", "360_ss", "--base-size", "64", "--crop-size", "97", "--quiet", "--out", str(tmp_path)]
     before = torch.get_num_threads()
     try:
@@ -498,10 +497,10 @@ def test_demo_threads_option(shared, tiny_checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compiled_network_gives_the_eager_labels(shared):
+def test_compiled_network_gives_the_eager_labels(example_photos):
     """compile=True runs the same network through torch.compile: the same labels (one window shape, compiled once;
     about a minute of inductor compilation on 2 cores the first time, cached by PyTorch afterwards)."""
-    image = read_image(shared / "data" / "demo" / "3dogs.jpg")[::4, ::4].copy()
+    image = read_image(example_photos / "street.jpg")[::4, ::4].copy()
     model = tiny_hrnet(11)
     eager = Segmenter(model, model_taxonomy="camvid-11", config="360_ss", base_size=64, crop_size=97, flip=False)
     compiled = Segmenter(model, model_taxonomy="camvid-11", config="360_ss", base_size=64, crop_size=97, flip=False,

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_HRNET, failure, run_mseg, skip_without_shared
+from conftest import TINY_HRNET, failure, run_mseg
 
 from mseg_semantic import Segmenter
 from mseg_semantic.fileio import read_image, read_label
@@ -43,11 +43,8 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def camvid(shared: Path) -> Path:
-    path = shared / "data" / "camvid11"
-    if not (path / "val.txt").exists():
-        skip_without_shared(f"{path} is not available")
-    return path
+def camvid(camvid11: Path) -> Path:
+    return camvid11
 
 
 def list_lines(camvid: Path, split: str) -> list[str]:
@@ -55,9 +52,10 @@ def list_lines(camvid: Path, split: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def images(shared: Path, camvid: Path) -> dict[str, np.ndarray]:
-    """The demo photos (427x640 to 1920x1080) and every 10th CamVid val frame (480x360), RGB."""
-    demo = sorted(p for p in (shared / "data" / "demo").iterdir() if p.suffix in (".jpg", ".png"))
+def images(example_photos: Path, camvid: Path) -> dict[str, np.ndarray]:
+    """The photos made from the bundled examples (640x480 to 1280x720) and every 10th CamVid val frame (480x360),
+    RGB."""
+    demo = sorted(example_photos.iterdir())
     val = [camvid / line.split()[0] for line in list_lines(camvid, "val")[::10]]
     paths = demo + val
     assert len(demo) >= 3 and len(val) >= 5, paths

@@ -17,8 +17,8 @@ from mseg_semantic.training.ohem import HardPixelSampler, hard_pixels
 
 
 @pytest.fixture(scope="module")
-def camvid(shared):
-    return shared / "data" / "camvid11"
+def camvid(camvid11):
+    return camvid11
 
 
 def _logits_for(probability: torch.Tensor, labels: torch.Tensor, classes: int = 3) -> torch.Tensor:

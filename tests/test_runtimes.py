@@ -50,9 +50,8 @@ def tiny() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def photos(shared: Path) -> list[np.ndarray]:
-    demo = shared / "data" / "demo"
-    return [read_image(demo / name) for name in ("3dogs.jpg", "mmseg_demo_street.png", "bike_horses.jpg")]
+def photos(example_photos: Path) -> list[np.ndarray]:
+    return [read_image(example_photos / name) for name in ("street.jpg", "street_wide.png", "freeway.png")]
 
 
 def test_fp32_runtimes_give_pytorchs_probabilities(tiny, photos):
@@ -173,8 +172,8 @@ def test_backend_and_precision_choices():
 
 
 @pytest.mark.slow
-def test_demo_command_line_with_backends(shared, tiny_checkpoint, tmp_path, capsys):
-    image = str(shared / "data" / "demo" / "3dogs.jpg")
+def test_demo_command_line_with_backends(example_photos, tiny_checkpoint, tmp_path, capsys):
+    image = str(example_photos / "street.jpg")
     small = ["--preset", "360_ss", "--base-size", "64", "--crop-size", "97", "--quiet"]
     code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--out", str(tmp_path / "torch")])
     assert code == 0
@@ -182,7 +181,7 @@ def test_demo_command_line_with_backends(shared, tiny_checkpoint, tmp_path, caps
                  "--backend", "onnxruntime"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0 and "onnxruntime fp32" in err, err
-    ours, theirs = (read_label(tmp_path / d / "3dogs_gray.png") for d in ("torch", "ort"))
+    ours, theirs = (read_label(tmp_path / d / "street_gray.png") for d in ("torch", "ort"))
     assert (ours == theirs).mean() > 0.999
 
     calibration = tmp_path / "calib"
@@ -192,24 +191,24 @@ def test_demo_command_line_with_backends(shared, tiny_checkpoint, tmp_path, caps
                  "--backend", "openvino", "--precision", "int8", "--calibrate", str(calibration)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0 and "openvino int8" in err and "calibrating int8 once" in err, err
-    assert read_label(tmp_path / "int8" / "3dogs_gray.png").shape == ours.shape
+    assert read_label(tmp_path / "int8" / "street_gray.png").shape == ours.shape
 
     code = main(["demo", image, "--model", str(tiny_checkpoint), *small, "--out", str(tmp_path / "x"),
                  "--backend", "onnxruntime", "--precision", "fp16"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "runs precision fp32 or int8, not 'fp16'" in err and "Traceback" not in err
-    assert not (tmp_path / "x" / "3dogs_gray.png").exists()
+    assert not (tmp_path / "x" / "street_gray.png").exists()
     code = main(["demo", image, *small, "--out", str(tmp_path / "y"), "--calibrate", str(tmp_path / "nothing"),
                  "--backend", "onnxruntime", "--precision", "int8"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "calibration folder" in err and "does not exist" in err
 
 
-def test_eval_records_the_backend(shared, tmp_path):
+def test_eval_records_the_backend(camvid11, tmp_path):
     """The evaluation's metrics.json carries how it was run (backend and precision are part of its settings)."""
     import json
 
-    camvid = shared / "data" / "camvid11"
+    camvid = camvid11
     names = [line for line in (camvid / "val.txt").read_text().splitlines() if line.strip()][:1]
     listing = tmp_path / "one.txt"
     listing.write_text("\n".join(names) + "\n")

@@ -331,8 +331,8 @@ def test_bad_baseline_settings_are_named(name, override, message):
 
 # ---------------------------------------------------------------------------------------------- runs
 @pytest.fixture(scope="module")
-def camvid(shared: Path) -> Path:
-    return shared / "data" / "camvid11"
+def camvid(camvid11: Path) -> Path:
+    return camvid11
 
 
 def torchrun_train(config: str, out: Path, overrides: list[str], *, resume: bool = False) -> str:

@@ -36,8 +36,8 @@ from mseg_semantic.training.data import train_transform
 
 
 @pytest.fixture(scope="module")
-def camvid_sample(shared: Path) -> tuple[np.ndarray, np.ndarray]:
-    root = shared / "data" / "camvid11"
+def camvid_sample(camvid11: Path) -> tuple[np.ndarray, np.ndarray]:
+    root = camvid11
     return read_sample(read_list(root / "train.txt", root)[0], "camvid-11")
 
 

@@ -25,8 +25,8 @@ from mseg_semantic.zoo import load_model
 
 
 @pytest.fixture(scope="module")
-def camvid(shared: Path) -> Path:
-    return shared / "data" / "camvid11"
+def camvid(camvid11: Path) -> Path:
+    return camvid11
 
 
 def write_list(path: Path, camvid: Path, count: int, offset: int = 0) -> Path:

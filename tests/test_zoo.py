@@ -162,10 +162,10 @@ def test_torch_hub_entry_points(mirror, w48_checkpoint):
 
 
 @pytest.mark.slow
-def test_fine_tuning_from_a_zoo_name(mirror, w48_checkpoint, shared, tmp_path, capsys):
+def test_fine_tuning_from_a_zoo_name(mirror, w48_checkpoint, camvid11, tmp_path, capsys):
     root, _ = mirror
     (root / f"{NAME}.pth").symlink_to(w48_checkpoint)
-    camvid = shared / "data" / "camvid11"
+    camvid = camvid11
     out = tmp_path / "run"
     code = main(["train", "camvid11", "--data-root", str(camvid), "--out", str(out), "--max-iters", "1", "--quiet",
                  "--set", "model.arch=hrnet_w48", "model.hrnet=null", f"model.weights={NAME}", "batch_size=2",
