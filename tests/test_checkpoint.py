@@ -387,9 +387,28 @@ def test_loaded_model_carries_the_recorded_taxonomy_and_preset(tmp_path):
     assert load_model(path, taxonomy="cityscapes-19").taxonomy == "cityscapes-19"
     with pytest.raises(TaxonomyError, match="the model has 19 output classes but taxonomy 'camvid-11' has 11"):
         load_model(path, taxonomy="camvid-11")
-    wrong = save_checkpoint(model, tmp_path / "wrong.safetensors", taxonomy="camvid-11")
+    # Such a file is not written (mseg convert --taxonomy with the wrong class count made one of 264 MB)...
+    with pytest.raises(TaxonomyError, match="the model has 19 output classes but taxonomy 'camvid-11' has 11"):
+        save_checkpoint(model, tmp_path / "wrong.safetensors", taxonomy="camvid-11")
+    with pytest.raises(TaxonomyError, match="kitti19"):
+        save_checkpoint(model, tmp_path / "unknown.safetensors", taxonomy="kitti19")
+    assert not list(tmp_path.glob("wrong*")) and not list(tmp_path.glob("unknown*"))
+    # ... and one written by another tool is refused when it is loaded.
+    wrong = _recording(path, tmp_path / "wrong.safetensors", taxonomy="camvid-11")
     with pytest.raises(TaxonomyError, match="the model has 19 output classes but taxonomy 'camvid-11' has 11"):
         load_model(wrong)
-    unknown = save_checkpoint(model, tmp_path / "unknown.safetensors", taxonomy="kitti19")
+    unknown = _recording(path, tmp_path / "unknown.safetensors", taxonomy="kitti19")
     with pytest.raises(TaxonomyError, match="kitti19"):
         load_model(unknown)
+
+
+def _recording(source: Path, target: Path, **metadata: str) -> Path:
+    """A copy of the safetensors file ``source`` whose header records ``metadata`` instead (as another tool might)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open has no iterator
+        header = {**handle.metadata(), **metadata}
+    save_file(tensors, str(target), metadata=header)
+    return target

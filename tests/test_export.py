@@ -129,6 +129,7 @@ def int8_onnx(folder: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- fp32: our logits to within 1e-4
+@pytest.mark.slow
 @runtimes
 def test_fp32_onnx_logits_match_ours(model, batches, dynamic_onnx, folder):
     from mseg_semantic.export import onnx_to_openvino
@@ -142,6 +143,7 @@ def test_fp32_onnx_logits_match_ours(model, batches, dynamic_onnx, folder):
         np.testing.assert_allclose(openvino_logits(as_openvino, x), expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 @runtimes
 def test_low_res_logits_match_ours_before_the_final_resize(model, batches, low_res_onnx, folder):
     from mseg_semantic.export import onnx_to_openvino
@@ -158,6 +160,7 @@ def test_low_res_logits_match_ours_before_the_final_resize(model, batches, low_r
     }
 
 
+@pytest.mark.slow
 @runtimes
 def test_static_openvino_export_runs_at_its_size(model, batches, static_openvino):
     path, summary = static_openvino
@@ -175,6 +178,7 @@ def test_static_openvino_export_runs_at_its_size(model, batches, static_openvino
 
 
 # ---------------------------------------------------------------------------- int8: agreement on a real image
+@pytest.mark.slow
 @runtimes
 def test_int8_labels_agree_with_fp32_on_a_real_photo(model, int8_onnx):
     from mseg_semantic.inference import Segmenter
@@ -201,6 +205,7 @@ def test_int8_labels_agree_with_fp32_on_a_real_photo(model, int8_onnx):
 
 
 # ---------------------------------------------------------------------------- what the files carry
+@pytest.mark.slow
 @runtimes
 def test_metadata_is_read_back_from_both_formats(dynamic_onnx, static_openvino, low_res_onnx):
     names = class_names("camvid-11")
@@ -220,6 +225,7 @@ def test_metadata_is_read_back_from_both_formats(dynamic_onnx, static_openvino, 
         assert metadata["output"].startswith("logits: float32 (N, K, ")
 
 
+@pytest.mark.slow
 @runtimes
 def test_summary_says_what_was_written_and_how_to_run_it(dynamic_onnx):
     path, text = dynamic_onnx
@@ -231,6 +237,7 @@ def test_summary_says_what_was_written_and_how_to_run_it(dynamic_onnx):
     assert f'session = ort.InferenceSession("{path}")' in text
 
 
+@pytest.mark.slow
 @runtimes
 def test_the_docs_example_runs_the_file_without_our_package(model, dynamic_onnx, tmp_path):
     """The export page's ONNX Runtime example, run as it is written, in a process that imports neither us nor

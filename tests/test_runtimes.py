@@ -54,6 +54,7 @@ def photos(example_photos: Path) -> list[np.ndarray]:
     return [read_image(example_photos / name) for name in ("street.jpg", "street_wide.png", "freeway.png")]
 
 
+@pytest.mark.slow
 def test_fp32_runtimes_give_pytorchs_probabilities(tiny, photos):
     image = photos[0][::3, ::3].copy()
     torch_probs = Segmenter(tiny, model_taxonomy="camvid-11", **SMALL).predict_proba(image)
@@ -204,6 +205,7 @@ def test_demo_command_line_with_backends(example_photos, tiny_checkpoint, tmp_pa
     assert code == 2 and "calibration folder" in err and "does not exist" in err
 
 
+@pytest.mark.slow
 def test_eval_records_the_backend(camvid11, tmp_path):
     """The evaluation's metrics.json carries how it was run (backend and precision are part of its settings)."""
     import json
