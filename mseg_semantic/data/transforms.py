@@ -15,7 +15,7 @@ Mapping labels to the universal (or naive) taxonomy is :class:`LabelMapper`, app
 original. Images are processed as float32 in 0..255 like the original (it converts right after reading), labels
 with nearest-neighbour sampling so no new label value can appear.
 
-Options beyond the original (issue 18), all off by default, when some of them are on:
+Options beyond the original, all off by default, when some of them are on:
 
 - after step 1, on the frame as uint8 RGB, in the order a scene reaches a file: ``haze`` (fog), ``hood`` (a dark
   car hood across the bottom, its labels set to 255), ``color`` (gains, brightness, contrast, saturation, hue,
