@@ -21,8 +21,8 @@ DATASET_NAMES = (
 ORDER = """\
 the sequence, for every dataset (ROOT = the MSeg data root, e.g. export MSEG_DATA=/data/mseg):
   mseg data download ade20k                   # public datasets: fetched and extracted; the others print
-  mseg data prepare ade20k --workers 8        #   what to download by hand and where to put it
-  mseg data relabel ade20k --workers 8        # training datasets only (the records ship with the package)
+  mseg data prepare ade20k                    #   what to download by hand and where to put it
+  mseg data relabel ade20k                    # training datasets only (the records ship with the package)
   mseg data verify ade20k
   mseg data status                            # what is present, prepared, relabeled, verified"""
 
