@@ -457,13 +457,12 @@ def _relabel_plans(
             instances = ade_instance_paths(base)
         return instances
 
+    context = _PlanContext(spec, root, base, overwrite, strict, instance_paths, f"{os.getpid()}-{secrets.token_hex(4)}")
     plans = []
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
     for task in spec.relabel:
         per_split = {split: _aligned((task, relabeled(task)), split, root) for split in SPLITS}
         chosen = selection(list_file, {image for entries in per_split.values() for image, _ in entries})
         for split, entries in per_split.items():
-            context = _PlanContext(spec, root, base, overwrite, strict, instance_paths, token)
             plans.append(_plan(context, task, split, entries, chosen, record_rows))
     return plans
 
