@@ -295,11 +295,9 @@ def _output_taxonomy(path: Path, num_classes: int, given: str | None, recorded: 
             raise TaxonomyError(f"{path} records the taxonomy of its outputs, but {exc}") from None
     else:
         return None
-    if taxonomy.num_classes != num_classes:
-        raise TaxonomyError(
-            f"{path}: the model has {num_classes} output classes but taxonomy {taxonomy.name!r} has "
-            f"{taxonomy.num_classes}"
-        )
+    from mseg_semantic.models.checkpoint import check_class_count
+
+    check_class_count(taxonomy, num_classes, path)
     return taxonomy.name
 
 

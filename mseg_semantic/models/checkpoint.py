@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -27,6 +27,9 @@ from mseg_semantic.models.weights import (
     read_weights,
     write_safetensors,
 )
+
+if TYPE_CHECKING:
+    from mseg_semantic.taxonomy import Taxonomy
 
 FORMAT_NAME = "mseg-semantic"
 FORMAT_VERSION = "1"
@@ -75,16 +78,16 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **metadata: 
         if key not in metadata and getattr(model, key, None) is not None:
             metadata[key] = getattr(model, key)
     if metadata.get("taxonomy") is not None:
-        _check_taxonomy(str(metadata["taxonomy"]), model.num_classes, path)
+        from mseg_semantic.taxonomy import get_taxonomy
+
+        check_class_count(get_taxonomy(str(metadata["taxonomy"])), model.num_classes, path)
     header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     return write_safetensors(model.state_dict(), path, header)
 
 
-def _check_taxonomy(name: str, num_classes: int, path: str | os.PathLike[str]) -> None:
-    """A file may only record the taxonomy its outputs are: one with as many classes (every later command checks)."""
-    from mseg_semantic.taxonomy import get_taxonomy
-
-    taxonomy = get_taxonomy(name)
+def check_class_count(taxonomy: Taxonomy, num_classes: int, path: str | os.PathLike[str]) -> None:
+    """A model's file names the taxonomy of its outputs only if it has as many classes: checked when a file is
+    written (:func:`save_checkpoint`) and when one is loaded (:func:`mseg_semantic.load_model`)."""
     if taxonomy.num_classes != num_classes:
         raise TaxonomyError(
             f"{path}: the model has {num_classes} output classes but taxonomy {taxonomy.name!r} has "
