@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the package of this checkout, for its record reading and checks
 OUT = REPO / "mseg_semantic" / "dataprep" / "records" / "records.tsv"
 DEFAULT_SPEC = REPO.parent / "shared" / "docs" / "SPEC-dataprep.md"
 
@@ -72,13 +73,16 @@ def manifest(spec_text: str) -> str:
 
 def hashes(source: Path, text: str) -> dict[str, str]:
     """sha256 of every file the manifest ``text`` names, read from ``source``, after checking its entry count."""
+    from mseg_semantic.dataprep.records import read_record_file
+    from mseg_semantic.errors import InputError
+
     rows = list(csv.reader(text.splitlines(), delimiter="\t"))[1:]
     out = {}
     for name, lines in {row[4]: int(row[5]) for row in rows}.items():
-        data = (source / name).read_bytes()
-        count = sum(1 for line in data.decode("utf-8").splitlines() if line.strip())
-        if count != lines:
-            raise SystemExit(f"{source / name}: {count} entries, the spec says {lines}")
+        try:  # the package's own reading and count check
+            data = read_record_file(source / name, lines=lines, where="the spec").encode("utf-8")
+        except InputError as exc:
+            raise SystemExit(str(exc)) from None
         out[name] = hashlib.sha256(data).hexdigest()
     return out
 
@@ -104,7 +108,6 @@ def ship(source: Path, spec_text: str) -> int:
 
 def check(spec: Path, records: Path, explicit_spec: bool) -> int:
     """0 when the records folder matches its manifest (and the manifest the spec, when the spec is at hand)."""
-    sys.path.insert(0, str(REPO))
     from mseg_semantic.dataprep.records import check_records
 
     problems = check_records(records / "records.tsv", records)
