@@ -259,7 +259,7 @@ def load_model(
     else:
         path = Path(name_or_path)
         model, metadata = build_from_checkpoint(path, arch, num_classes, **options)
-        named = _output_taxonomy(path, model.num_classes, taxonomy, metadata.get("taxonomy"))
+        named = _output_taxonomy(path, model.num_classes, taxonomy, metadata)
         model.taxonomy = named or _default_taxonomy(model.num_classes)
         source = _find(metadata.get("zoo_name"))
         model.preset = metadata.get("preset") or (source.preset if source else None)
@@ -284,13 +284,18 @@ def _refuse_contradictions(
     raise InputError(f"{problem} (leave the option out, or load a checkpoint file instead of a zoo name)")
 
 
-def _output_taxonomy(path: Path, num_classes: int, given: str | None, recorded: str | None) -> str | None:
-    """The taxonomy given for a checkpoint, else the one it records (checked against its class count), or None."""
+def _output_taxonomy(path: Path, num_classes: int, given: str | None, metadata: dict[str, str]) -> str | None:
+    """The taxonomy given for a checkpoint, else the one it records (checked against its class count), or None.
+
+    A taxonomy of the user's own that the file records (a master table's) becomes known by its name."""
+    from mseg_semantic.taxonomy.master import recorded_taxonomy
+
+    recorded = metadata.get("taxonomy")
     if given is not None:
         taxonomy = get_taxonomy(given)
     elif recorded is not None:
         try:
-            taxonomy = get_taxonomy(recorded)
+            taxonomy = recorded_taxonomy(recorded, metadata, str(path))
         except TaxonomyError as exc:
             raise TaxonomyError(f"{path} records the taxonomy of its outputs, but {exc}") from None
     else:

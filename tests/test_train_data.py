@@ -309,7 +309,7 @@ def test_naive_validation_leaves_out_what_evaluation_leaves_out(tmp_path):
     cv2.imwrite(str(image), np.full((8, 12, 3), 90, np.uint8))
     write_label(label, np.full((8, 12), curb, np.uint8))
     _, config = load_train_config("1080_release/mseg-naive-baseline", [f"datasets=[{dataset}]", "val.short_size=8"])
-    assert (config.taxonomy, config.num_classes) == ("naive", 316)
+    assert (config.taxonomy.mode, config.num_classes) == ("naive", 316)
     entry = ListEntry(image, label, "val.txt:1")
     prepared = PreparedDataset(config.datasets[0], tmp_path, [entry], [entry])
     ctx = SimpleNamespace(rank=0, world_size=1, device=torch.device("cpu"), distributed=False)

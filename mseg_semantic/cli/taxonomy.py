@@ -11,8 +11,10 @@ import sys
 
 from mseg_semantic.cli import add_command_parser
 from mseg_semantic.cli.text import format_table, print_json
+from mseg_semantic.errors import InputError
 from mseg_semantic.taxonomy import get_taxonomy, remap_tables, taxonomy_names
 from mseg_semantic.taxonomy.files import FILE_KIND, check_taxonomy_file, load_taxonomy_file, resolve_taxonomy
+from mseg_semantic.taxonomy.master import check_master, read_names
 from mseg_semantic.taxonomy.tables import IGNORE_LABEL, KINDS, NAIVE, UNIVERSAL, UNLABELED, Taxonomy
 
 
@@ -68,7 +70,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "summed into it separated by '; '; optional '# name:' and '# palette: R,G,B; ...' lines). Prints every "
         "problem as FILE:LINE: message (exit status 2), or a summary when there is none. See docs/taxonomies.md.",
     )
-    p_check.add_argument("file", metavar="FILE", help="the taxonomy file (.tsv)")
+    p_check.add_argument("file", metavar="FILE", nargs="?", help="the taxonomy file (.tsv)")
+    p_check.add_argument(
+        "--master",
+        metavar="FILE",
+        help="check a universal taxonomy of your own instead: a master table in the format of MSeg's "
+        "MSeg_master.tsv (a row per universal class, a column per dataset), as trained with --set taxonomy.master=FILE",
+    )
+    p_check.add_argument(
+        "--names",
+        metavar="DATASET=FILE",
+        action="append",
+        default=[],
+        help="with --master: the names list of a dataset of your own whose column the table has (repeatable)",
+    )
+    p_check.epilog = (
+        "examples:\n  mseg taxonomy check drive.tsv\n  mseg taxonomy check --master my_master.tsv\n"
+        "  mseg taxonomy check --master my_master.tsv --names my-streets=my-streets_names.txt"
+    )
+    p_check.formatter_class = argparse.RawDescriptionHelpFormatter
     p_check.set_defaults(func=run_check)
 
 
@@ -85,6 +105,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.master is None):
+        raise InputError("give a taxonomy FILE or --master FILE (one of them)")
+    if args.master is not None:
+        return _check_master(args.master, args.names)
+    if args.names:
+        raise InputError("--names goes with --master (the names lists of datasets with a column in the table)")
     problems = check_taxonomy_file(args.file)
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -96,6 +122,27 @@ def run_check(args: argparse.Namespace) -> int:
     unused = [name for name in get_taxonomy(tax.source).classes if name not in used]
     print(f"{args.file}: taxonomy {tax.name!r}, {tax.num_classes} classes over {tax.source}; ", end="")
     print(f"{tax.source} classes in no row (summed into none): {', '.join(unused) if unused else 'none'}")
+    return 0
+
+
+def _check_master(path: str, names: list[str]) -> int:
+    """``mseg taxonomy check --master FILE``: its errors (exit 2) and notes, or a summary of what it defines."""
+    datasets = {}
+    for item in names:
+        dataset, sep, file = item.partition("=")
+        if not sep or not dataset or not file:
+            raise InputError(f"--names expects DATASET=FILE (e.g. my-streets=names.txt), got {item!r}")
+        datasets[dataset] = read_names(file)
+    report = check_master(path, datasets)
+    for line in report.errors + report.notes:
+        print(("" if line in report.errors else "note: ") + line, file=sys.stderr)
+    if report.taxonomy is None:
+        count = len(report.errors)
+        print(f"{count} problem{'s' * (count > 1)} in {path}", file=sys.stderr)
+        return 2
+    tax = report.taxonomy
+    columns = ", ".join(tax.maps) or "none"
+    print(f"{path}: universal taxonomy {tax.name!r}, {tax.num_classes} classes; columns read: {columns}")
     return 0
 
 

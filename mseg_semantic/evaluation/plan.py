@@ -71,16 +71,16 @@ def plan_evaluation(dataset: str, model_taxonomy: str, relabeled: bool = False) 
         return dataclasses.replace(plain, regime="universal-on-training-relabeled", relabeled=partner)
     if model.name == data.name:
         return EvaluationPlan(data.name, model.name, data.name, "oracle", ())
-    if model.name in (UNIVERSAL, NAIVE) and data.kind == "test":
-        regime = "zero-shot" if model.name == UNIVERSAL else "naive"
+    if model.kind in (UNIVERSAL, NAIVE) and data.kind == "test":  # a master table's taxonomy is universal too
+        regime = "zero-shot" if model.kind == UNIVERSAL else "naive"
         return EvaluationPlan(data.name, model.name, data.name, regime, ())
-    if model.name in (UNIVERSAL, NAIVE) and data.kind in ("train", "raw"):
+    if model.kind in (UNIVERSAL, NAIVE) and data.kind in ("train", "raw"):
         try:
             excluded = unproducible_classes(data.name, model.name)
         except TaxonomyError:
             excluded = None  # no label map to the model's taxonomy (a raw taxonomy without one)
         if excluded is not None:
-            return EvaluationPlan(data.name, model.name, model.name, f"{model.name}-on-training", excluded)
+            return EvaluationPlan(data.name, model.name, model.name, f"{model.kind}-on-training", excluded)
     raise TaxonomyError(
         f"cannot score a {model.name!r} model on {data.name!r} labels: a universal or naive model is scored on test "
         f"datasets (zero-shot) or on training datasets (in its own taxonomy); an oracle model only on its own dataset"

@@ -164,7 +164,7 @@ class Segmenter:
             self._projection = torch.from_numpy(TaxonomyConverter().universal_to_test_matrix(self.taxonomy))
             self._projection = self._projection.to(self.device)
         elif self.output_taxonomy != self.model_taxonomy:
-            if self.model_taxonomy not in (UNIVERSAL, NAIVE):
+            if get_taxonomy(self.model_taxonomy).kind not in (UNIVERSAL, NAIVE):  # a master table's is universal too
                 raise TaxonomyError(
                     f"a {self.model_taxonomy!r} model can only output its own taxonomy; universal and naive models "
                     f"can output a test taxonomy"

@@ -79,8 +79,11 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **metadata: 
             metadata[key] = getattr(model, key)
     if metadata.get("taxonomy") is not None:
         from mseg_semantic.taxonomy import get_taxonomy
+        from mseg_semantic.taxonomy.master import checkpoint_record
 
-        check_class_count(get_taxonomy(str(metadata["taxonomy"])), model.num_classes, path)
+        taxonomy = get_taxonomy(str(metadata["taxonomy"]))
+        check_class_count(taxonomy, model.num_classes, path)
+        metadata = {**checkpoint_record(taxonomy), **metadata}  # a taxonomy of the user's own travels with the model
     header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     return write_safetensors(model.state_dict(), path, header)
 

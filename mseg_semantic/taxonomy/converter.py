@@ -141,7 +141,7 @@ def producible_classes(dataset: str, taxonomy: str) -> tuple[int, ...]:
 def unproducible_classes(dataset: str, taxonomy: str) -> tuple[int, ...]:
     """The class ids of ``taxonomy`` not in :func:`producible_classes`: those left out of the means."""
     produced = set(producible_classes(dataset, taxonomy))
-    return tuple(c for c in range(get_taxonomy(taxonomy).num_classes) if c not in produced)
+    return tuple(c for c in range(_taxonomy(taxonomy).num_classes) if c not in produced)
 
 
 # ---------------------------------------------------------------------- cached tables
@@ -218,6 +218,8 @@ def _direct_table(source: str, target: str) -> np.ndarray | None:
         for sid, _, tid, _ in remap_tables()[(source, target)].pairs:
             table[sid] = tid
         return table
+    if source in dst.maps and dst.kind == UNIVERSAL and src.kind == "train":  # a universal taxonomy of the user's own: its dataset column
+        return _master_table(src, dst, size)
     if target == UNIVERSAL and src.kind == "train":
         uid = {name: i for i, name in enumerate(dst.classes)}
         uid[UNLABELED] = IGNORE_LABEL
@@ -234,11 +236,23 @@ def _direct_table(source: str, target: str) -> np.ndarray | None:
     return None
 
 
+def _master_table(dataset: Taxonomy, master: Taxonomy, size: int) -> np.ndarray:
+    """Labels of ``dataset`` -> rows of a master table (its column names one row per dataset class, or none)."""
+    table = np.full(size, _INVALID, dtype=np.int64)
+    row = {name: i for i, name in enumerate(master.classes)}
+    for i, (name,) in enumerate(master.maps[dataset.name]):
+        table[i] = row.get(name, IGNORE_LABEL)
+    table[IGNORE_LABEL] = IGNORE_LABEL
+    return table
+
+
 @functools.cache
 def _test_matrix(taxonomy: str | Taxonomy, source: str) -> np.ndarray:
     if isinstance(taxonomy, Taxonomy):
         return _file_matrix(taxonomy, source)
     test = get_taxonomy(taxonomy)
+    if get_taxonomy(source).kind == UNIVERSAL and source != UNIVERSAL:
+        return _master_matrix(test, get_taxonomy(source))
     if source not in (UNIVERSAL, NAIVE):
         raise TaxonomyError(f"probabilities can only be mapped from 'universal' or 'naive', not {source!r}")
     src = get_taxonomy(source)
@@ -259,6 +273,22 @@ def _test_matrix(taxonomy: str | Taxonomy, source: str) -> np.ndarray:
         for t, name in enumerate(test.classes):
             if name.lower() in nid:
                 matrix[t, nid[name.lower()]] = 1.0
+    return matrix
+
+
+def _master_matrix(test: Taxonomy, master: Taxonomy) -> np.ndarray:
+    """Probabilities of a master table's rows -> a test taxonomy, by the table's own column for it."""
+    if test.name not in master.maps or test.kind != "test":
+        columns = ", ".join(n for n in master.maps if get_taxonomy(n).kind == "test") or "none"
+        raise TaxonomyError(
+            f"the universal taxonomy {master.name!r} ({master.origin}) has no column for the test taxonomy "
+            f"{test.name!r}; its test columns: {columns}"
+        )
+    row = {name: i for i, name in enumerate(master.classes)}
+    matrix = np.zeros((test.num_classes, master.num_classes), dtype=np.float32)
+    for t, rows in enumerate(master.maps[test.name]):
+        for name in rows:
+            matrix[t, row[name]] = 1.0
     return matrix
 
 

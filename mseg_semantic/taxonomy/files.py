@@ -68,9 +68,9 @@ class _Parser:
             if not line.strip():
                 continue
             if line.startswith("#"):
-                match = _META.match(line)
-                if match:
-                    self.meta[match[1]] = (number, match[2])
+                meta = meta_line(line)
+                if meta:
+                    self.meta[meta[0]] = (number, meta[1])
             elif not self.header_line:
                 self.header_line = number
                 self._header(number, line)
@@ -97,7 +97,7 @@ class _Parser:
             return
         known = taxonomy_names()
         if fields[2] not in known:
-            self.problem(number, f"unknown SOURCE taxonomy {fields[2]!r}{_closest(fields[2], known)}")
+            self.problem(number, f"unknown SOURCE taxonomy {fields[2]!r}{closest(fields[2], known)}")
             return
         self.source = get_taxonomy(fields[2])
 
@@ -131,7 +131,7 @@ class _Parser:
         classes, source = set(self.source.classes), self._source_name
         for i, cls in enumerate(row.sources):
             if cls not in classes:
-                self.problem(row.line, f"unknown {source} class {cls!r}{_closest(cls, self.source.classes)}")
+                self.problem(row.line, f"unknown {source} class {cls!r}{closest(cls, self.source.classes)}")
             elif cls in row.sources[:i]:
                 self.problem(row.line, f"{source} class {cls!r} is listed twice in {row.name!r}")
             elif cls in self.owners:
@@ -179,12 +179,9 @@ class _Parser:
 
     def _name(self) -> str:
         line, name = self.meta.get("name", (1, Path(self.path).stem))
-        if not name:
-            self.problem(line, "empty '# name:'")
-        elif name in taxonomy_names():
-            self.problem(line, f"name {name!r} is a built-in taxonomy's; give the file another ('# name: ...')")
-        elif not re.fullmatch(r"[\w.+-]+", name):
-            self.problem(line, f"name {name!r} may hold only letters, digits and . _ + - (it names output folders)")
+        problem = name_problem(name)
+        if problem:
+            self.problem(line, problem)
         return name
 
     def _palette(self, n: int) -> tuple[tuple[int, int, int], ...] | None:
@@ -204,13 +201,30 @@ class _Parser:
         return tuple(colors)
 
 
-def _closest(name: str, choices: tuple[str, ...] | list[str]) -> str:
+def name_problem(name: str) -> str | None:
+    """What is wrong with the name a taxonomy file gives its taxonomy (``# name:`` or the file's stem), or None."""
+    if not name:
+        return "empty '# name:'"
+    if name in taxonomy_names():
+        return f"name {name!r} is a built-in taxonomy's; give the file another ('# name: ...')"
+    if not re.fullmatch(r"[\w.+-]+", name):
+        return f"name {name!r} may hold only letters, digits and . _ + - (it names output folders)"
+    return None
+
+
+def meta_line(line: str) -> tuple[str, str] | None:
+    """``(key, value)`` of a ``# name: ...`` or ``# palette: ...`` comment line, else None."""
+    match = _META.match(line)
+    return (match[1], match[2]) if match else None
+
+
+def closest(name: str, choices: tuple[str, ...] | list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     close += [c for c in choices if c.lower() == name.lower() and c not in close]
     return f" (closest: {', '.join(repr(c) for c in close)})" if close else ""
 
 
-def _read(path: str | os.PathLike) -> str:
+def read_text_file(path: str | os.PathLike) -> str:
     try:
         return Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheet exports) is dropped
     except FileNotFoundError:
@@ -224,7 +238,7 @@ def _read(path: str | os.PathLike) -> str:
 def check_taxonomy_file(path: str | os.PathLike) -> list[str]:
     """Every problem of a taxonomy file, each ``FILE:LINE: message``; empty when the file is good."""
     parser = _Parser(str(path))
-    parser.parse(_read(path))
+    parser.parse(read_text_file(path))
     return parser.problems
 
 
@@ -232,7 +246,7 @@ def load_taxonomy_file(path: str | os.PathLike) -> Taxonomy:
     """The :class:`Taxonomy` (kind ``"file"``) a taxonomy file defines; :class:`TaxonomyError` naming the file and
     line of its first problem (and how many more there are)."""
     parser = _Parser(str(path))
-    taxonomy = parser.parse(_read(path))
+    taxonomy = parser.parse(read_text_file(path))
     if taxonomy is None:
         more = len(parser.problems) - 1
         rest = f" (and {more} more: mseg taxonomy check {path})" if more else ""

@@ -68,6 +68,11 @@ class Taxonomy:
     - ``kind == "file"``: a taxonomy read from a user's file (:mod:`.files`): the classes of ``source`` (any
       taxonomy a model predicts) whose probabilities class ``i`` collects, as for a test taxonomy; ``origin`` is
       the file, ``origin_line`` the line of its header (which names ``source``).
+
+    A universal taxonomy of the user's own (a master table, :mod:`.master`) has kind ``"universal"`` too; its
+    ``maps`` say what each dataset class becomes (``maps[dataset][i]``: one class, or ``("unlabeled",)``) and
+    what each test class sums (``maps[test][t]``: its classes), and ``table`` keeps the file's text (checkpoints
+    record it, so a model trained on it needs no file).
     """
 
     name: str
@@ -82,6 +87,8 @@ class Taxonomy:
     source: str = UNIVERSAL
     origin: str | None = None
     origin_line: int = 0  # the line of a taxonomy file that names ``source`` (its header)
+    maps: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict, compare=False, repr=False)
+    table: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -136,9 +143,36 @@ def _unknown(name: str) -> TaxonomyError:
     return TaxonomyError(f"unknown taxonomy {name!r}.{hint} Known taxonomies: {', '.join(known)}")
 
 
-@functools.cache
+#: Taxonomies of the user's own known by name in this process (a master table read for training or from a
+#: checkpoint); they are not built in, so :func:`taxonomy_names` does not list them.
+_REGISTERED: dict[str, Taxonomy] = {}
+
+
+def register_taxonomy(taxonomy: Taxonomy) -> Taxonomy:
+    """Make ``taxonomy`` known to :func:`get_taxonomy` by its name (e.g. a model's universal taxonomy of its own).
+
+    Registering the same table again is harmless; a built-in name, or a different table under a name already
+    registered, is a :class:`TaxonomyError` (lookup tables are cached by name)."""
+    if taxonomy.name in taxonomy_names():
+        raise TaxonomyError(f"{taxonomy.origin}: name {taxonomy.name!r} is a built-in taxonomy's; choose another")
+    known = _REGISTERED.get(taxonomy.name)
+    if known is not None and (known.table, known.classes) != (taxonomy.table, taxonomy.classes):
+        raise TaxonomyError(
+            f"two different taxonomies are named {taxonomy.name!r} ({known.origin} and {taxonomy.origin}); "
+            "give one another name ('# name: ...' at the top of the file)"
+        )
+    _REGISTERED.setdefault(taxonomy.name, taxonomy)
+    return _REGISTERED[taxonomy.name]
+
+
 def get_taxonomy(name: str) -> Taxonomy:
     """The :class:`Taxonomy` called ``name``; raises :class:`TaxonomyError` listing the known names."""
+    registered = _REGISTERED.get(name)
+    return registered if registered is not None else _builtin_taxonomy(name)
+
+
+@functools.cache
+def _builtin_taxonomy(name: str) -> Taxonomy:
     if name == NAIVE:
         return _naive_taxonomy()
     entries = {entry["name"]: entry for entry in _index()["taxonomies"]}

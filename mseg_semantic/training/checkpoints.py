@@ -28,6 +28,8 @@ from mseg_semantic.errors import CheckpointError
 from mseg_semantic.fileio import atomic_path, write_bytes_atomic
 from mseg_semantic.models import save_checkpoint
 from mseg_semantic.models.weights import read_torch_file
+from mseg_semantic.taxonomy import get_taxonomy
+from mseg_semantic.taxonomy.master import checkpoint_record
 
 CHECKPOINT_FOLDER = "checkpoints"
 FINAL_MODEL = "model.safetensors"  # in the run's folder: the last checkpoint's weights, once the run is complete
@@ -65,6 +67,7 @@ def save_training_checkpoint(
         "num_classes": model.num_classes,
         "config": json.dumps(model.config.to_dict()),
         "taxonomy": taxonomy,
+        **checkpoint_record(get_taxonomy(taxonomy)),  # a master table of the user's own travels with the weights
         "train_config": yaml.safe_dump(train_config, sort_keys=False),
     }
     if scaler is not None and scaler.is_enabled():

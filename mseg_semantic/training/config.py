@@ -44,13 +44,24 @@ class DatasetConfig:
     """One training dataset: its label taxonomy and where its images and split lists are."""
 
     name: str  # the taxonomy of its label files, e.g. "cityscapes-19-relabeled" or "camvid-11"
+    # a dataset of your own: its names list (line i names label i); `name` is then its column in taxonomy.master
+    names: str | None = None
     root: str | None = None  # its folder; default: the run's data_root (or data_root/<MSeg folder of the dataset>)
     train_list: str | None = None  # "image label" lines relative to root; default: the list shipped for `name`
     val_list: str | None = None  # for periodic validation; none by default
 
 
-#: ``datasets: [camvid-11]``: a dataset given by name only.
-_SHORTHAND = {DatasetConfig: "name"}
+@dataclass
+class TaxonomyConfig:
+    """The taxonomy trained in: ``taxonomy: universal`` (or naive, own) is short for ``taxonomy: {mode: ...}``."""
+
+    mode: str = "universal"  # universal | naive | own (own: one dataset, trained in its own classes)
+    # a universal taxonomy of your own: a master table in the format of MSeg's MSeg_master.tsv (mode universal)
+    master: str | None = None
+
+
+#: ``datasets: [camvid-11]``: a dataset given by name only; ``taxonomy: naive``: the mode only.
+_SHORTHAND = {DatasetConfig: "name", TaxonomyConfig: "mode"}
 
 
 @dataclass
@@ -125,7 +136,7 @@ class TrainConfig:
     """Everything a training run needs besides the data root and output folder."""
 
     datasets: list[DatasetConfig]
-    taxonomy: str = "universal"  # universal | naive | own (own: one dataset, trained in its own classes)
+    taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
     dataset_layout: str = "mixed"  # mixed | per_rank (see mseg_semantic.data.sampling)
     batch_size: int = 16  # crops per optimisation step over all processes (the original configs' batch_size)
     num_examples: int = 1_000_000  # crops per dataset over the run; max_iters follows from it
@@ -148,19 +159,18 @@ class TrainConfig:
 
     @property
     def num_classes(self) -> int:
-        """Outputs of the model: 194 (universal), 316 (naive) or the dataset's class count (own)."""
-        from mseg_semantic.taxonomy import NUM_NAIVE_CLASSES, NUM_UNIVERSAL_CLASSES, get_taxonomy
+        """Outputs of the model: 194 (universal), the rows of ``taxonomy.master``, 316 (naive) or the dataset's
+        class count (own)."""
+        from mseg_semantic.taxonomy import get_taxonomy
 
-        if self.taxonomy == "universal":
-            return NUM_UNIVERSAL_CLASSES
-        if self.taxonomy == "naive":
-            return NUM_NAIVE_CLASSES
-        return get_taxonomy(self.datasets[0].name).num_classes
+        return get_taxonomy(self.model_taxonomy).num_classes
 
     @property
     def model_taxonomy(self) -> str:
         """The taxonomy of the model's outputs, as recorded in checkpoints."""
-        return self.datasets[0].name if self.taxonomy == "own" else self.taxonomy
+        from mseg_semantic.training.taxonomies import training_taxonomy
+
+        return training_taxonomy(self).name
 
     def total_iters(self) -> int:
         """``max_iters`` if set, else ``floor(num_examples / crops per dataset per step)`` (SPEC 4.3)."""
@@ -301,28 +311,33 @@ def _check_datasets(config: TrainConfig) -> None:
         "datasets",
         "no dataset given; this config expects them on the command line, e.g. --set datasets=[cityscapes-19-relabeled]",
     )
-    for key, allowed in (("taxonomy", TAXONOMY_MODES), ("dataset_layout", LAYOUTS), ("precision", TORCH_PRECISIONS)):
-        check_choice(getattr(config, key), allowed, key)
-    converter = TaxonomyConverter()
+    from mseg_semantic.training.taxonomies import resolve_taxonomies
+
+    choices = {"taxonomy.mode": TAXONOMY_MODES, "dataset_layout": LAYOUTS, "precision": TORCH_PRECISIONS}
+    for key, allowed in choices.items():
+        check_choice(_get(config, key), allowed, key)
+    mode = config.taxonomy.mode
     names = [dataset.name for dataset in config.datasets]
     for i, name in enumerate(names):
-        key = f"datasets.{i}.name"
-        check(name not in names[:i], key, f"{name} is listed twice")
-        try:
-            get_taxonomy(name)
-            if config.taxonomy in ("universal", "naive"):
-                try:
-                    converter.lookup_table(name, config.taxonomy)
-                except MsegError as exc:
-                    raise MsegError(f"cannot train {name} in the {config.taxonomy} taxonomy: {exc}") from None
-        except MsegError as exc:
-            raise ConfigError(str(exc), key) from None
+        check(name not in names[:i], f"datasets.{i}.name", f"{name} is listed twice")
     check(
-        config.taxonomy != "own" or len(names) == 1,
-        "taxonomy",
+        mode != "own" or len(names) == 1,
+        "taxonomy.mode",
         f"'own' trains one dataset in its own classes, but {len(names)} datasets are listed; "
         "use 'universal' to train them together",
     )
+    target = resolve_taxonomies(config)
+    converter = TaxonomyConverter()
+    for i, name in enumerate(names):
+        try:
+            get_taxonomy(name)
+            if mode != "own":
+                try:
+                    converter.lookup_table(name, target.name)
+                except MsegError as exc:
+                    raise MsegError(f"cannot train {name} in the {target.name} taxonomy: {exc}") from None
+        except MsegError as exc:
+            raise ConfigError(str(exc), f"datasets.{i}.name") from None
 
 
 def _check_numbers(config: TrainConfig) -> None:

@@ -27,6 +27,7 @@ from mseg_semantic.data import (
     read_list,
 )
 from mseg_semantic.errors import InputError
+from mseg_semantic.taxonomy import get_taxonomy
 from mseg_semantic.training.config import DatasetConfig, TrainConfig, TransformConfig
 
 
@@ -85,7 +86,7 @@ def _read_entries(list_file: str | None, root: Path, base: str, name: str, split
 
 def label_target(config: TrainConfig) -> str | None:
     """The taxonomy labels are mapped to after cropping (None: the dataset's own)."""
-    return None if config.taxonomy == "own" else config.taxonomy
+    return None if config.taxonomy.mode == "own" else config.model_taxonomy
 
 
 def train_transform(config: TrainConfig) -> TrainTransform:
@@ -129,7 +130,8 @@ def build_train_loader(
         end_step=max_iters,
     )
     keyed = KeyedDataset(
-        [SegmentationDataset(d.train, taxonomy=d.config.name) for d in datasets],
+        # The Taxonomy itself, not its name: a dataset of the user's own is known by name only in this process.
+        [SegmentationDataset(d.train, taxonomy=get_taxonomy(d.config.name)) for d in datasets],
         train_transform(config),
         [LabelMapper(d.config.name, target) for d in datasets],
     )
