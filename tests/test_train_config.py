@@ -77,7 +77,7 @@ def test_overrides_use_dotted_keys_and_yaml_values():
         (["taxonomy=universal"], r"^config camvid11: key 'datasets.0.name': cannot train camvid-11 in the universal"),
         (["model.arch=pspnet50"], r"^config camvid11: key 'model.hrnet': is only for arch 'hrnet'"),
         (["model.arch=pspnet50", "model.hrnet=null"], r"key 'transform.crop': PSPNet needs crop sizes of the form"),
-        (["datasets=[camvid-11, cityscapes-19]", "taxonomy=own"], r"^--set: key 'taxonomy': 'own' trains one dataset"),
+        (["datasets=[camvid-11, cityscapes-19]", "taxonomy=own"], r"^--set: key 'taxonomy.mode': 'own' trains one"),
         (["optim=3"], r"^--set: key 'optim': expected a mapping, got 3$"),
         (["seed.x=1"], r"^--set: key 'seed': is a value, not a section$"),
         (["model.hrnet.STAGE1.NUM_BLOCKS=[x]"], r"^--set: key 'model.hrnet.STAGE1.NUM_BLOCKS.0': expected int, got"),

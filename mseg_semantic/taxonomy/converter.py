@@ -218,7 +218,7 @@ def _direct_table(source: str, target: str) -> np.ndarray | None:
         for sid, _, tid, _ in remap_tables()[(source, target)].pairs:
             table[sid] = tid
         return table
-    if source in dst.maps and dst.kind == UNIVERSAL and src.kind == "train":  # a universal taxonomy of the user's own: its dataset column
+    if source in dst.maps and dst.kind == UNIVERSAL and src.kind == "train":  # a master table's column
         return _master_table(src, dst, size)
     if target == UNIVERSAL and src.kind == "train":
         uid = {name: i for i, name in enumerate(dst.classes)}

@@ -34,30 +34,10 @@ from mseg_semantic.data.sampling import LAYOUTS
 from mseg_semantic.data.transforms import Augmentation
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.precision import TORCH_PRECISIONS
+from mseg_semantic.training.taxonomies import DatasetConfig, TaxonomyConfig, resolve_taxonomies, training_taxonomy
 
 TAXONOMY_MODES = ("universal", "naive", "own")
 CLASS_WEIGHTINGS = ("none", "enet")
-
-
-@dataclass
-class DatasetConfig:
-    """One training dataset: its label taxonomy and where its images and split lists are."""
-
-    name: str  # the taxonomy of its label files, e.g. "cityscapes-19-relabeled" or "camvid-11"
-    # a dataset of your own: its names list (line i names label i); `name` is then its column in taxonomy.master
-    names: str | None = None
-    root: str | None = None  # its folder; default: the run's data_root (or data_root/<MSeg folder of the dataset>)
-    train_list: str | None = None  # "image label" lines relative to root; default: the list shipped for `name`
-    val_list: str | None = None  # for periodic validation; none by default
-
-
-@dataclass
-class TaxonomyConfig:
-    """The taxonomy trained in: ``taxonomy: universal`` (or naive, own) is short for ``taxonomy: {mode: ...}``."""
-
-    mode: str = "universal"  # universal | naive | own (own: one dataset, trained in its own classes)
-    # a universal taxonomy of your own: a master table in the format of MSeg's MSeg_master.tsv (mode universal)
-    master: str | None = None
 
 
 #: ``datasets: [camvid-11]``: a dataset given by name only; ``taxonomy: naive``: the mode only.
@@ -168,9 +148,7 @@ class TrainConfig:
     @property
     def model_taxonomy(self) -> str:
         """The taxonomy of the model's outputs, as recorded in checkpoints."""
-        from mseg_semantic.training.taxonomies import training_taxonomy
-
-        return training_taxonomy(self).name
+        return training_taxonomy(self.taxonomy, self.datasets).name
 
     def total_iters(self) -> int:
         """``max_iters`` if set, else ``floor(num_examples / crops per dataset per step)`` (SPEC 4.3)."""
@@ -311,8 +289,6 @@ def _check_datasets(config: TrainConfig) -> None:
         "datasets",
         "no dataset given; this config expects them on the command line, e.g. --set datasets=[cityscapes-19-relabeled]",
     )
-    from mseg_semantic.training.taxonomies import resolve_taxonomies
-
     choices = {"taxonomy.mode": TAXONOMY_MODES, "dataset_layout": LAYOUTS, "precision": TORCH_PRECISIONS}
     for key, allowed in choices.items():
         check_choice(_get(config, key), allowed, key)
@@ -326,7 +302,7 @@ def _check_datasets(config: TrainConfig) -> None:
         f"'own' trains one dataset in its own classes, but {len(names)} datasets are listed; "
         "use 'universal' to train them together",
     )
-    target = resolve_taxonomies(config)
+    target = resolve_taxonomies(config.taxonomy, config.datasets)
     converter = TaxonomyConverter()
     for i, name in enumerate(names):
         try:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mseg_semantic.configs import ConfigError
 from mseg_semantic.errors import MsegError
@@ -20,25 +21,41 @@ from mseg_semantic.taxonomy import Taxonomy, get_taxonomy, taxonomy_names
 from mseg_semantic.taxonomy.master import load_master, names_taxonomy, read_names
 from mseg_semantic.taxonomy.tables import UNIVERSAL, register_taxonomy
 
-if TYPE_CHECKING:
-    from mseg_semantic.training.config import TrainConfig
+
+@dataclass
+class DatasetConfig:
+    """One training dataset: its label taxonomy and where its images and split lists are."""
+
+    name: str  # the taxonomy of its label files, e.g. "cityscapes-19-relabeled" or "camvid-11"
+    root: str | None = None  # its folder; default: the run's data_root (or data_root/<MSeg folder of the dataset>)
+    train_list: str | None = None  # "image label" lines relative to root; default: the list shipped for `name`
+    val_list: str | None = None  # for periodic validation; none by default
+    # a dataset of your own: its names list (line i names label i); `name` is then its column in taxonomy.master
+    names: str | None = None
 
 
-def training_taxonomy(config: TrainConfig) -> Taxonomy:
+@dataclass
+class TaxonomyConfig:
+    """The taxonomy trained in: ``taxonomy: universal`` (or naive, own) is short for ``taxonomy: {mode: ...}``."""
+
+    mode: str = "universal"  # universal | naive | own (own: one dataset, trained in its own classes)
+    # a universal taxonomy of your own: a master table in the format of MSeg's MSeg_master.tsv (mode universal)
+    master: str | None = None
+
+
+def training_taxonomy(taxonomy: TaxonomyConfig, datasets: Sequence[DatasetConfig]) -> Taxonomy:
     """The taxonomy of the model's outputs: universal, a master table's, naive, or the one dataset's own."""
-    if config.taxonomy.mode == "own":
-        return resolve_taxonomies(config) if config.datasets[0].names else get_taxonomy(config.datasets[0].name)
-    if config.taxonomy.master:
-        return resolve_taxonomies(config)
-    return get_taxonomy(config.taxonomy.mode)
+    if taxonomy.master or any(d.names for d in datasets):
+        return resolve_taxonomies(taxonomy, datasets)
+    return get_taxonomy(datasets[0].name if taxonomy.mode == "own" else taxonomy.mode)
 
 
-def resolve_taxonomies(config: TrainConfig) -> Taxonomy:
-    """Read the config's master table and names lists, make them known by name, and return the trained taxonomy.
+def resolve_taxonomies(taxonomy: TaxonomyConfig, datasets: Sequence[DatasetConfig]) -> Taxonomy:
+    """Read the master table and names lists, make them known by name, and return the taxonomy trained in.
 
     Raises :class:`ConfigError` naming the key (``taxonomy.master``, ``datasets.0.names``) and the file's line."""
-    own = own_datasets(config)
-    for i, dataset in enumerate(config.datasets):
+    own = own_datasets(datasets)
+    for i, dataset in enumerate(datasets):
         if dataset.name not in own and dataset.name not in taxonomy_names():
             try:
                 get_taxonomy(dataset.name)  # the error lists the built-in names and the closest one
@@ -47,46 +64,53 @@ def resolve_taxonomies(config: TrainConfig) -> Taxonomy:
                     f"{exc}; for a dataset of your own, give its names list too (datasets.{i}.names=FILE)",
                     f"datasets.{i}.name",
                 ) from None
-    master = config.taxonomy.master
-    if master is None:
-        if own and config.taxonomy.mode != "own":
-            i = next(i for i, d in enumerate(config.datasets) if d.names)
+    if taxonomy.master is None:
+        if own and taxonomy.mode != "own":
+            i = next(i for i, d in enumerate(datasets) if d.names)
             raise ConfigError(
                 f"a dataset of your own joins the universal taxonomy through its column in a master table: set "
-                f"taxonomy.master=FILE (a copy of MSeg_master.tsv with a column {config.datasets[i].name!r}), or "
+                f"taxonomy.master=FILE (a copy of MSeg_master.tsv with a column {datasets[i].name!r}), or "
                 "taxonomy=own to train it alone in its own classes",
                 f"datasets.{i}.names",
             )
-        for name, (path, classes) in own.items():
-            register_taxonomy(names_taxonomy(name, classes, str(Path(path))))
-        mode = config.taxonomy.mode
-        return get_taxonomy(config.datasets[0].name if mode == "own" else mode)
-    if config.taxonomy.mode != UNIVERSAL:
+        _register_own(own)
+        return get_taxonomy(datasets[0].name if taxonomy.mode == "own" else taxonomy.mode)
+    return _resolve_master(taxonomy, datasets, own)
+
+
+def _resolve_master(
+    taxonomy: TaxonomyConfig, datasets: Sequence[DatasetConfig], own: dict[str, tuple[str, tuple[str, ...]]]
+) -> Taxonomy:
+    master = str(taxonomy.master)
+    if taxonomy.mode != UNIVERSAL:
         raise ConfigError(
-            f"a master table defines a universal taxonomy; use taxonomy.mode universal, not {config.taxonomy.mode!r}",
+            f"a master table defines a universal taxonomy; use taxonomy.mode universal, not {taxonomy.mode!r}",
             "taxonomy.master",
         )
     try:
-        taxonomy = _read_master(master, _mtime(master), tuple((k, v[1]) for k, v in own.items()))
-        taxonomy = register_taxonomy(taxonomy)
-        for name, (path, classes) in own.items():
-            register_taxonomy(names_taxonomy(name, classes, str(Path(path))))
+        table = register_taxonomy(_read_master(master, _mtime(master), tuple((k, v[1]) for k, v in own.items())))
+        _register_own(own)
     except MsegError as exc:
         raise ConfigError(str(exc), "taxonomy.master") from None
-    for i, dataset in enumerate(config.datasets):
-        if dataset.name not in taxonomy.maps:
+    for i, dataset in enumerate(datasets):
+        if dataset.name not in table.maps:
             raise ConfigError(
                 f"{dataset.name} has no column in the master table {master}; add one naming which of its classes "
                 "become each row",
                 f"datasets.{i}.name",
             )
-    return taxonomy
+    return table
 
 
-def own_datasets(config: TrainConfig) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """``{name: (names file, class names)}`` of the config's datasets of the user's own (those with ``names``)."""
+def _register_own(own: dict[str, tuple[str, tuple[str, ...]]]) -> None:
+    for name, (path, classes) in own.items():
+        register_taxonomy(names_taxonomy(name, classes, str(Path(path))))
+
+
+def own_datasets(datasets: Sequence[DatasetConfig]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """``{name: (names file, class names)}`` of the datasets of the user's own (those with ``names``)."""
     own = {}
-    for i, dataset in enumerate(config.datasets):
+    for i, dataset in enumerate(datasets):
         if dataset.names is None:
             continue
         key = f"datasets.{i}"
