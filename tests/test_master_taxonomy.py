@@ -15,7 +15,7 @@ from conftest import TINY_HRNET, failure, run_mseg
 from mseg_semantic.cli import main
 from mseg_semantic.configs import ConfigError
 from mseg_semantic.errors import TaxonomyError
-from mseg_semantic.fileio import read_label
+from mseg_semantic.fileio import read_label, write_label
 from mseg_semantic.taxonomy import TaxonomyConverter, class_names
 from mseg_semantic.taxonomy.master import check_master, load_master, read_names
 from mseg_semantic.taxonomy.tables import DEFAULT_TRAIN_DATASETS, TEST_DATASETS, register_taxonomy
@@ -269,3 +269,46 @@ def test_a_table_that_adds_a_row_trains_a_model_that_demo_uses_without_the_file(
     assert [str(n) for n in np.load(tmp_path / "cv" / "0001TP_006690_probs.npz")["class_names"]] == class_names(
         "camvid-11"
     )
+
+
+def test_the_builtin_table_written_out_reads_back_to_the_same_maps(tmp_path, capsys):
+    out = tmp_path / "mine.tsv"
+    assert main(["taxonomy", "master", "--out", str(out)]) == 0
+    assert main(["taxonomy", "master", "--out", str(out)]) == 2
+    assert f"{out} already exists; pass --overwrite to replace it" in capsys.readouterr().err
+    report = check_master(out)
+    assert report.errors == report.notes == []
+    mine = register_taxonomy(report.taxonomy)
+    tc = TaxonomyConverter()
+    for dataset in (*DEFAULT_TRAIN_DATASETS, "cityscapes-34"):
+        assert np.array_equal(tc.lookup_table(dataset, mine.name), tc.lookup_table(dataset, "universal")), dataset
+    for test in TEST_DATASETS:
+        assert np.array_equal(tc.universal_to_test_matrix(test, source=mine.name), tc.universal_to_test_matrix(test))
+
+
+def test_verify_checks_a_dataset_of_ones_own_with_its_column(camvid11, streets_master, tmp_path, capsys):
+    master, names = streets_master
+    root = tmp_path / "streets"
+    (root / "labels").mkdir(parents=True)
+    shutil.copytree(camvid11 / "images", root / "images", ignore=lambda d, files: files[3:])
+    stems = sorted(p.stem for p in (root / "images").iterdir())
+    for stem in stems:
+        shutil.copy(camvid11 / "labels" / f"{stem}.png", root / "labels" / f"{stem}.png")
+    listed = root / "train.txt"
+    listed.write_text("".join(f"images/{s}.png labels/{s}.png\n" for s in stems))
+    args = ["data", "verify", "my-streets", "--root", str(root), "--names", str(names), "--list", str(listed)]
+    assert main([*args, "--master", str(master), "--quiet"]) == 0, capsys.readouterr()
+    captured = capsys.readouterr()
+    assert "my-streets: verified" in captured.out
+    assert "my-streets: 1 class(es) in no row become unlabeled: SignSymbol" in captured.err
+
+    label = read_label(root / "labels" / f"{stems[0]}.png")
+    label[0, 0] = 11  # camvid-11 has classes 0..10
+    write_label(root / "labels" / f"{stems[0]}.png", label)
+    assert main([*args, "--master", str(MASTER), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    bad = root / "labels" / f"{stems[0]}.png"
+    assert f"{listed}:1: label {bad} holds values [11] that are not classes (0..10 or 255)" in out
+    assert f"{MASTER}: no column 'my-streets': what its classes become in the table" in out
+    assert main(["data", "verify", "my-streets", "--root", str(root), "--names", str(names)]) == 2
+    assert "give its split lists with --list FILE" in capsys.readouterr().err

@@ -6,10 +6,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mseg_semantic.cli import add_command_parser
 from mseg_semantic.cli.text import format_table, print_json
 from mseg_semantic.errors import InputError
+
+if TYPE_CHECKING:
+    from mseg_semantic.dataprep.verification import VerifyReport
 
 MAX_WARNINGS = 50
 WORKERS_HELP = "processes (default and maximum: the CPUs this process may use)"
@@ -113,7 +117,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _dataset(p)
     _root(p)
-    p.add_argument("--list", dest="list_file", metavar="FILE", help="check only the images named in FILE")
+    p.add_argument(
+        "--list",
+        dest="list_file",
+        metavar="FILE",
+        action="append",
+        help="check only the images named in FILE; for a dataset of your own (--names): a split list to check "
+        "whole, 'image label' per line relative to --root (repeatable)",
+    )
+    p.add_argument(
+        "--names",
+        metavar="FILE",
+        help="DATASET is one of your own: its names list (line i names label i-1); labels are checked against it",
+    )
+    p.add_argument(
+        "--master", metavar="FILE", help="with --names: a master table with a DATASET column, checked with the data"
+    )
+    p.epilog = (
+        "examples:\n  mseg data verify ade20k --root data/\n"
+        "  mseg data verify my-streets --root streets/ --names streets/names.txt --list streets/train.txt "
+        "--master my_master.tsv"
+    )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -252,14 +277,33 @@ def _warn_unrelabeled(lines: list[str], root: Path) -> None:
               file=sys.stderr)  # fmt: skip
 
 
-def run_verify(args: argparse.Namespace) -> int:
-    from mseg_semantic.dataprep.verification import MAX_SHOWN, verify
+def _verify(args: argparse.Namespace) -> VerifyReport:
+    """A built-in dataset's lists, or (``--names``) the lists of a dataset of the user's own."""
+    from mseg_semantic.dataprep.verification import verify, verify_own
 
+    lists, progress = args.list_file or [], not args.quiet
+    if args.names is not None:
+        if not lists:
+            raise InputError("a dataset of your own has no shipped lists: give its split lists with --list FILE")
+        return verify_own(
+            args.dataset, _root_of(args), args.names, lists, master=args.master, workers=_workers(args),
+            progress=progress,
+        )  # fmt: skip
+    if args.master is not None:
+        raise InputError("--master goes with --names (a dataset of your own and its column in the table)")
+    if len(lists) > 1:
+        raise InputError("give --list once for a built-in dataset (the images to check)")
     _check_dataset(args.dataset)
+    list_file = lists[0] if lists else None
+    return verify(args.dataset, _root_of(args), list_file=list_file, workers=_workers(args), progress=progress)
 
-    report = verify(
-        args.dataset, _root_of(args), list_file=args.list_file, workers=_workers(args), progress=not args.quiet
-    )
+
+def run_verify(args: argparse.Namespace) -> int:
+    from mseg_semantic.dataprep.verification import MAX_SHOWN
+
+    report = _verify(args)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         print_json(report.as_dict())
         return 0 if report.passed else 1

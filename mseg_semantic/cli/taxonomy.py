@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mseg_semantic.cli import add_command_parser
 from mseg_semantic.cli.text import format_table, print_json
 from mseg_semantic.errors import InputError
+from mseg_semantic.fileio import write_bytes_atomic
 from mseg_semantic.taxonomy import get_taxonomy, remap_tables, taxonomy_names
 from mseg_semantic.taxonomy.files import FILE_KIND, check_taxonomy_file, load_taxonomy_file, resolve_taxonomy
-from mseg_semantic.taxonomy.master import check_master, read_names
+from mseg_semantic.taxonomy.master import builtin_master, check_master, read_names
 from mseg_semantic.taxonomy.tables import IGNORE_LABEL, KINDS, NAIVE, UNIVERSAL, UNLABELED, Taxonomy
 
 
@@ -62,6 +64,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_map.add_argument("--to", dest="target", required=True, metavar="B", help="target taxonomy, or a taxonomy file")
     p_map.add_argument("--json", action="store_true", help="machine-readable output")
     p_map.set_defaults(func=run_map)
+
+    p_master = sub.add_parser(
+        "master",
+        help="MSeg's universal taxonomy as a master table, to edit into a universal taxonomy of your own",
+        description="Writes the universal taxonomy in the format of MSeg's MSeg_master.tsv: a row per universal "
+        "class (column 'universal'), a column per training dataset naming its classes that become the row ({a, b} "
+        "for several) and a column per test taxonomy naming the class the row is summed into. Add, merge, split or "
+        "remove rows, add a column for a dataset of your own, check it with 'mseg taxonomy check --master FILE' and "
+        "train with 'mseg train CONFIG --set taxonomy.master=FILE'. See docs/taxonomies.md.",
+    )
+    p_master.add_argument("--out", metavar="FILE", help="write it here (default: print it)")
+    p_master.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    p_master.set_defaults(func=run_master)
 
     p_check = sub.add_parser(
         "check",
@@ -122,6 +137,19 @@ def run_check(args: argparse.Namespace) -> int:
     unused = [name for name in get_taxonomy(tax.source).classes if name not in used]
     print(f"{args.file}: taxonomy {tax.name!r}, {tax.num_classes} classes over {tax.source}; ", end="")
     print(f"{tax.source} classes in no row (summed into none): {', '.join(unused) if unused else 'none'}")
+    return 0
+
+
+def run_master(args: argparse.Namespace) -> int:
+    text = builtin_master()
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} already exists; pass --overwrite to replace it")
+    write_bytes_atomic(out, text.encode("utf-8"))
+    print(f"wrote {out}: {text.count(chr(10)) - 1} rows (194 universal classes and 'unlabeled')")
     return 0
 
 

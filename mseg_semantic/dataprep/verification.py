@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mseg_semantic.data.lists import list_lines
+from mseg_semantic.data.lists import list_lines, read_list_file
 from mseg_semantic.dataprep.datasets import DATASETS, SPLITS, DatasetSpec, get_dataset, relabeled
 from mseg_semantic.dataprep.run import _coco_json, _source_path, check_root, read_skips, run_jobs, selection
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.fileio import read_image, read_label, write_bytes_atomic
 from mseg_semantic.taxonomy import get_taxonomy
+from mseg_semantic.taxonomy.master import check_master, read_names
 from mseg_semantic.taxonomy.tables import IGNORE_LABEL
 
 MARKER = ".mseg_verified.json"
@@ -85,6 +86,7 @@ class VerifyReport:
     dataset: str
     splits: list[SplitReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what is not wrong but worth knowing (classes left unlabeled)
 
     @property
     def passed(self) -> bool:
@@ -97,6 +99,7 @@ class VerifyReport:
             "splits": [asdict(s) for s in self.splits],
             "problems": self.problems[:MAX_SHOWN],
             "problem_count": len(self.problems),
+            "notes": self.notes,
         }
 
 
@@ -129,26 +132,70 @@ def verify(
     chosen = selection(list_file, {f[0] for _, lines in listed.values() for f in lines if f})
     for (taxonomy, split), (name, lines) in listed.items():
         num_classes = get_taxonomy(taxonomy).num_classes
-        jobs: list[CheckJob] = []
-        index: dict[tuple[str, ...], int] = {}
-        line_jobs: list[int] = []
-        for number, fields in enumerate(lines, start=1):
-            if not fields or (chosen is not None and fields[0] not in chosen):
-                continue
-            where = f"{name}:{number}"
-            if len(fields) != 2:
-                report.problems.append(f"{where}: expected 'image_path label_path'")
-                continue
-            if tuple(fields) not in index:
-                index[tuple(fields)] = len(jobs)
-                jobs.append(CheckJob(fields[0], base / fields[0], base / fields[1], num_classes, where))
-            line_jobs.append(index[tuple(fields)])
-        results = run_jobs(check_one, jobs, workers=workers, desc=f"verify {taxonomy} {split}", progress=progress)
-        for problems in results:
-            report.problems.extend(problems)
-        ok = sum(1 for i in line_jobs if not results[i])
-        report.splits.append(SplitReport(taxonomy, split, len(line_jobs), ok, len(line_jobs) - ok))
+        _check_lines(report, (taxonomy, split, name), lines, base, num_classes, chosen, workers, progress)
     _mark(root / spec.top / MARKER, report, whole=chosen is None)
+    return report
+
+
+def _check_lines(
+    report: VerifyReport,
+    what: tuple[str, str, str],
+    lines: list[list[str]],
+    base: Path,
+    num_classes: int,
+    chosen: set[str] | None,
+    workers: int,
+    progress: bool,
+) -> None:
+    """Check the lines of one list (``what``: taxonomy, split, the list's name for messages) into ``report``."""
+    taxonomy, split, name = what
+    jobs: list[CheckJob] = []
+    index: dict[tuple[str, ...], int] = {}
+    line_jobs: list[int] = []
+    for number, fields in enumerate(lines, start=1):
+        if not fields or (chosen is not None and fields[0] not in chosen):
+            continue
+        where = f"{name}:{number}"
+        if len(fields) != 2:
+            report.problems.append(f"{where}: expected 'image_path label_path'")
+            continue
+        if tuple(fields) not in index:
+            index[tuple(fields)] = len(jobs)
+            jobs.append(CheckJob(fields[0], base / fields[0], base / fields[1], num_classes, where))
+        line_jobs.append(index[tuple(fields)])
+    results = run_jobs(check_one, jobs, workers=workers, desc=f"verify {taxonomy} {split}", progress=progress)
+    for problems in results:
+        report.problems.extend(problems)
+    ok = sum(1 for i in line_jobs if not results[i])
+    report.splits.append(SplitReport(taxonomy, split, len(line_jobs), ok, len(line_jobs) - ok))
+
+
+def verify_own(
+    name: str,
+    root: str | os.PathLike,
+    names: str | os.PathLike,
+    lists: list[str | os.PathLike],
+    *,
+    master: str | os.PathLike | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> VerifyReport:
+    """Check a dataset of the user's own: every line of its ``lists`` (paths relative to ``root``) against its
+    ``names`` list, and, with a ``master`` table, that table with the dataset's column (errors are problems; classes
+    in no row are notes)."""
+    classes = read_names(names)
+    root = check_root(root)
+    report = VerifyReport(name)
+    if master is not None:
+        table = check_master(master, {name: classes})
+        report.problems.extend(table.errors)
+        report.notes.extend(table.notes)
+        if table.taxonomy is not None and name not in table.taxonomy.maps:
+            report.problems.append(f"{master}: no column {name!r}: what its classes become in the table")
+    for list_file in lists:
+        lines = read_list_file(list_file)
+        what = (name, Path(list_file).stem, str(list_file))
+        _check_lines(report, what, lines, root, len(classes), None, workers, progress)
     return report
 
 

@@ -203,6 +203,31 @@ class _Parser:
                 )
 
 
+def builtin_master() -> str:
+    """The package's universal taxonomy written as a master table: the starting point for one of the user's own.
+
+    A row per universal class and a last ``unlabeled`` row; a column per training taxonomy (the classes that become
+    each row, ``{a, b}`` for several) and per test taxonomy (the class each row is summed into). Read back, it gives
+    the built-in maps exactly; the original's documentation columns are left out."""
+    universal = get_taxonomy(UNIVERSAL).classes
+    datasets, tests = taxonomy_names("train"), taxonomy_names("test")
+    rows = {name: [name] for name in (*universal, UNLABELED)}
+    for dataset in datasets:
+        members: dict[str, list[str]] = {name: [] for name in rows}
+        taxonomy = get_taxonomy(dataset)
+        for cls, (target,) in zip(taxonomy.classes, taxonomy.universal, strict=True):
+            members[target].append(cls)
+        for name, found in members.items():
+            rows[name].append(found[0] if len(found) == 1 else "{" + ", ".join(found) + "}" if found else "")
+    for test in tests:
+        taxonomy = get_taxonomy(test)
+        fed = {u: cls for cls, sources in zip(taxonomy.classes, taxonomy.universal, strict=True) for u in sources}
+        for name in rows:
+            rows[name].append(fed.get(name, "") if name != UNLABELED else "")
+    lines = ["\t".join([ROW_COLUMN, *datasets, *tests])] + ["\t".join(cells) for cells in rows.values()]
+    return "\n".join(lines) + "\n"
+
+
 def read_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """A dataset's names list: line ``i`` names the class of label ``i`` (MSeg's ``<dataset>_names.txt``).
 
