@@ -4,6 +4,7 @@ run on a table that adds a row gives a model with one more class that `mseg demo
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -269,6 +270,12 @@ def test_a_table_that_adds_a_row_trains_a_model_that_demo_uses_without_the_file(
     assert [str(n) for n in np.load(tmp_path / "cv" / "0001TP_006690_probs.npz")["class_names"]] == class_names(
         "camvid-11"
     )
+    scored = tmp_path / "eval"
+    done = run_mseg(1, "eval", "--model", str(out / "model.safetensors"), "--dataset", "camvid-11", "--data-root",
+                    str(camvid11), "--list", str(listed), "--out", str(scored), *args[:-3], "--quiet")  # fmt: skip
+    assert done.returncode == 0, failure(done)
+    metrics = json.loads((scored / "metrics.json").read_text())
+    assert (metrics["regime"], metrics["model_taxonomy"], metrics["num_images"]) == ("zero-shot", "master", 2)
 
 
 def test_the_builtin_table_written_out_reads_back_to_the_same_maps(tmp_path, capsys):
@@ -312,3 +319,31 @@ def test_verify_checks_a_dataset_of_ones_own_with_its_column(camvid11, streets_m
     assert f"{MASTER}: no column 'my-streets': what its classes become in the table" in out
     assert main(["data", "verify", "my-streets", "--root", str(root), "--names", str(names)]) == 2
     assert "give its split lists with --list FILE" in capsys.readouterr().err
+
+
+def test_a_checkpoint_records_its_table_and_a_taxonomy_file_can_sum_its_classes(streets_master, tmp_path):
+    from conftest import tiny_hrnet
+
+    from mseg_semantic import Segmenter
+    from mseg_semantic.models import save_checkpoint
+    from mseg_semantic.models.weights import read_metadata
+    from mseg_semantic.zoo import load_model
+
+    master = register_taxonomy(load_master(streets_master[0], {"my-streets": read_names(streets_master[1])}))
+    path = save_checkpoint(tiny_hrnet(195), tmp_path / "m.safetensors", taxonomy=master.name)
+    metadata = read_metadata(path)
+    assert metadata["taxonomy_format"] == "master" and metadata["taxonomy_table"] == master.table
+    assert load_model(path).taxonomy == master.name
+    with pytest.raises(TaxonomyError, match="has 195 output classes but taxonomy 'universal' has 194"):
+        save_checkpoint(tiny_hrnet(195), tmp_path / "bad.safetensors", taxonomy="universal")
+
+    poles = tmp_path / "poles.tsv"
+    poles.write_text(f"id\tname\t{master.name}\n0\tpole\t{NEW_ROW}; pole\n1\tground\troad; sidewalk_pavement\n")
+    seg = Segmenter(path, output_taxonomy=poles, base_size=64, crop_size=65, scales=[1.0], flip=False)
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    universal = Segmenter(path, base_size=64, crop_size=65, scales=[1.0], flip=False).predict_proba(image)
+    index = master.classes.index
+    pole, ground = [index(NEW_ROW), index("pole")], [index("road"), index("sidewalk_pavement")]
+    summed = np.stack([universal[pole].sum(0), universal[ground].sum(0)])  # the sums, computed independently
+    assert seg.class_names == ["pole", "ground"]
+    assert np.allclose(seg.predict_proba(image), summed, atol=1e-5)

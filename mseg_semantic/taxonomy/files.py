@@ -96,10 +96,10 @@ class _Parser:
             )
             return
         known = taxonomy_names()
-        if fields[2] not in known:
+        try:
+            self.source = get_taxonomy(fields[2])  # built in, or the universal taxonomy of a loaded model's table
+        except TaxonomyError:
             self.problem(number, f"unknown SOURCE taxonomy {fields[2]!r}{closest(fields[2], known)}")
-            return
-        self.source = get_taxonomy(fields[2])
 
     def _row(self, number: int, line: str) -> None:
         self.row_lines += 1
