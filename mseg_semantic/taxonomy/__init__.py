@@ -1,5 +1,6 @@
-"""The MSeg taxonomies: the 194-class universal one, every dataset's own, and the maps between them; and a
-taxonomy of the user's own, read from a file that sums a model's classes (:mod:`.files`).
+"""The MSeg taxonomies: the 194-class universal one, every dataset's own, and the maps between them; and the
+user's own: an output taxonomy read from a file that sums a model's classes (:mod:`.files`), and a universal
+taxonomy read from a master table to train in (:mod:`.master`).
 
 >>> from mseg_semantic.taxonomy import class_names, TaxonomyConverter
 >>> class_names("camvid-11")[:3]
@@ -14,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from mseg_semantic.taxonomy.files import check_taxonomy_file, load_taxonomy_file, resolve_taxonomy
+from mseg_semantic.taxonomy.master import builtin_master, check_master, load_master
 from mseg_semantic.taxonomy.tables import (
     DEFAULT_TRAIN_DATASETS,
     IGNORE_LABEL,
@@ -26,6 +28,7 @@ from mseg_semantic.taxonomy.tables import (
     Taxonomy,
     class_names,
     get_taxonomy,
+    register_taxonomy,
     remap_tables,
     taxonomy_names,
 )
@@ -54,11 +57,15 @@ __all__ = [
     "RemapTable",
     "Taxonomy",
     "TaxonomyConverter",
+    "builtin_master",
+    "check_master",
     "check_taxonomy_file",
     "class_names",
     "get_taxonomy",
+    "load_master",
     "load_taxonomy_file",
     "producible_classes",
+    "register_taxonomy",
     "remap_label_folder",
     "remap_tables",
     "resolve_taxonomy",
