@@ -265,7 +265,8 @@ def _add_routes(app: FastAPI, state: _State) -> None:
 
     @app.get("/v1/models", tags=["model"], summary="the model served, its taxonomies and settings")
     async def models() -> dict:
-        return {"models": [engine.describe()]}
+        assert state.batcher is not None
+        return {"models": [{**engine.describe(), "queue": state.batcher.snapshot()}]}
 
     @app.get("/v1/examples", tags=["examples"], summary="the example images that ship with the package")
     async def examples() -> dict:

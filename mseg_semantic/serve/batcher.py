@@ -63,6 +63,7 @@ class BatchStats:
     batches: int = 0
     items: int = 0
     largest: int = 0
+    cancelled: int = 0  # jobs dropped because their caller gave up before they ran
     seconds_per_item: float = 0.0
 
 
@@ -120,6 +121,14 @@ class Batcher:
         """Requests admitted and not yet answered."""
         return self._admitted
 
+    def snapshot(self) -> dict[str, int | float]:
+        """The queue and what the worker has done, for ``GET /v1/models``."""
+        stats = self.stats
+        return {"queued": self._admitted, "max_queue": self.max_queue, "max_batch": self.max_batch,
+                "max_wait_ms": self.max_wait * 1000, "batches": stats.batches, "items": stats.items,
+                "largest_batch": stats.largest, "cancelled": stats.cancelled,
+                "seconds_per_item": round(stats.seconds_per_item, 4)}  # fmt: skip
+
     async def submit(self, key: Hashable, payload: Any) -> Any:
         """Run ``payload`` in a batch of its ``key``; returns its result. Cancelling the await drops the job."""
         loop = asyncio.get_running_loop()
@@ -135,6 +144,7 @@ class Batcher:
             with self._lock:
                 if job in self._pending:
                     self._pending.remove(job)
+                    self.stats.cancelled += 1
             raise
 
     def close(self, timeout: float = 10.0) -> None:
@@ -175,7 +185,10 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            batch = [job for job in batch if not job.future.cancelled()]
+            live = [job for job in batch if not job.future.cancelled()]
+            with self._lock:
+                self.stats.cancelled += len(batch) - len(live)
+            batch = live
             if not batch:
                 continue
             began = time.perf_counter()
