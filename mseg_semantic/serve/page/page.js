@@ -40,6 +40,7 @@ async function describeModel() {
     const select = $("taxonomy");
     select.replaceChildren(...model.output_taxonomies.map((name) => new Option(name, name)));
     const { examples } = await api("/v1/examples");
+    $("examples").replaceChildren("Examples: ");
     for (const example of examples) {
       const button = document.createElement("button");
       button.type = "button";
@@ -113,7 +114,7 @@ async function show(answer, name) {
     label.textContent = c.name;
     const share = document.createElement("span");
     share.className = "share";
-    share.textContent = `${(100 * c.share).toFixed(1)}%`;
+    share.textContent = c.share < 0.001 ? "<0.1%" : `${(100 * c.share).toFixed(1)}%`;
     item.append(swatch, label, share);
     return item;
   }));
