@@ -7,12 +7,15 @@
    default outputs gray,color,overlay, written to a temporary folder) over those images, in passes, for at least
    ``--demo-seconds``, once before the load and once after it (a machine shared with other work changes pace):
    images/s from the demo's own reports (model loading excluded), both runs together.
-3. Starts ``mseg serve`` as a child process on a free port of 127.0.0.1 (or uses ``--url``), warms it up, then runs
-   ``--clients`` asyncio clients (httpx) for ``--duration`` seconds. Each sends, one after the other, a good request
-   (an image, raw body, ``outputs=gray,color,overlay``) or, with probability ``--bad``, a bad one (not an image, a
-   truncated JPEG, an empty body, a decompression bomb's header, an unknown output, an unknown taxonomy). A request
-   still running at the end is waited for: every request is counted as 200, 4xx, 503, 5xx or lost (no answer).
-4. Samples the server's resident memory every 0.25 s (psutil when installed, else /proc/PID/status).
+3. Starts ``mseg serve`` as a child process on a free port of 127.0.0.1 (or uses ``--url``) and runs ``--clients``
+   asyncio clients (httpx) for ``--warmup`` seconds (not counted) and then ``--duration`` seconds. Each sends,
+   one after the other, a good request (an image, raw body, ``outputs=gray,color,overlay``) or, with probability
+   ``--bad``, a bad one (not an image, a truncated JPEG, an empty body, a decompression bomb's header, an unknown
+   output, an unknown taxonomy). A request
+   still running at the end is waited for: every request, warm-up included, is counted as 200, 4xx, 503, 5xx or
+   lost (no answer); throughput and latency are those of the good answers that came in the measured time.
+4. Samples the server's resident memory every 0.25 s (psutil when installed, else /proc/PID/status); the figures
+   are over the measured time.
 
 It prints the throughput of good requests, their p50/p95/p99 latency, the counts, the server's memory (after the
 warm-up, peak, at the end, and the growth from the second quarter of the run to the last) and the ratio of the
@@ -39,7 +42,6 @@ import tempfile
 import threading
 import time
 import zlib
-from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -144,13 +146,13 @@ class MemorySampler(threading.Thread):
 
 
 async def client(http, bodies, bad, fraction, deadline, results, rng) -> None:
-    """One client: requests one after the other until the deadline; each recorded as (kind, status, seconds)."""
+    """One client: requests one after the other until the deadline, each recorded as (kind, status, start, end)."""
     while time.monotonic() < deadline:
         if rng.random() < fraction:
             name, query, body = rng.choice(bad)
         else:
             name, query, body = "good", {"outputs": GOOD_OUTPUTS}, rng.choice(bodies)
-        began = time.perf_counter()
+        began = time.monotonic()
         try:
             response = await http.post("/v1/segment", params=query, content=body)
             status = response.status_code
@@ -158,23 +160,22 @@ async def client(http, bodies, bad, fraction, deadline, results, rng) -> None:
                 assert response.json()["classes"], "an answer without classes"
         except Exception as exc:  # no answer: lost
             status = f"lost ({type(exc).__name__})"
-        results.append((name, status, time.perf_counter() - began))
+        results.append((name, status, began, time.monotonic()))
 
 
 async def load(url: str, bodies, bad, args) -> tuple[list, float, float]:
-    """Warm the server up, then run the clients; returns the results and when the load began and ended."""
+    """Run the clients through the warm-up and the measured time, then wait for every answer; returns every request
+    and when the measured time began and ended."""
     import httpx
 
     results: list = []
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
     async with httpx.AsyncClient(base_url=url, timeout=args.timeout, limits=limits) as http:
-        for body in bodies[:4]:  # warm-up
-            (await http.post("/v1/segment", params={"outputs": GOOD_OUTPUTS}, content=body)).raise_for_status()
-        began = time.monotonic()
+        began = time.monotonic() + args.warmup
         deadline = began + args.duration
         rngs = [random.Random(args.seed + i) for i in range(args.clients)]
         await asyncio.gather(*(client(http, bodies, bad, args.bad, deadline, results, r) for r in rngs))
-    return results, began, time.monotonic()
+    return results, began, deadline
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -190,25 +191,25 @@ def status_class(status: int | str) -> str:
     return "4xx" if 400 <= status < 500 else "5xx" if status >= 500 else "lost"
 
 
-def summarize(results: list, seconds: float, memory: list[tuple[float, float]]) -> dict:
-    statuses = Counter(status for _, status, _ in results)
-    good = [s for name, status, s in results if name == "good" and status == 200]
+def summarize(results: list, began: float, ended: float, memory: list[tuple[float, float]]) -> dict:
+    """Counts over every request (warm-up and drain included: none may be lost); throughput and latency over the
+    good answers that came within the measured time; memory over that time."""
     code = {"200": 0, "4xx": 0, "503": 0, "5xx": 0, "lost": 0}
-    for status, n in statuses.items():
-        code[status_class(status)] += n
-    bad_sent = sum(1 for name, _, _ in results if name != "good")
-    bad_4xx = sum(1 for name, status, _ in results if name != "good" and isinstance(status, int) and status < 500)
-    values = [mb for _, mb in memory]
+    for _, status, _, _ in results:
+        code[status_class(status)] += 1
+    measured = [(name, status, end - start) for name, status, start, end in results if began <= end <= ended]
+    good = [seconds for name, status, seconds in measured if name == "good" and status == 200]
+    bad = [status for name, status, _, _ in results if name != "good"]
+    values = [mb for t, mb in memory if began <= t <= ended]
     quarter = max(1, len(values) // 4)
-    rate = len(good) / seconds
     return {
         "requests": len(results),
-        "seconds": round(seconds, 1),
-        "good_per_s": round(rate, 3),
+        "measured_seconds": round(ended - began, 1),
+        "good_per_s": round(len(good) / (ended - began), 3),
         "latency_s": {f"p{q}": round(percentile(good, q), 3) for q in (50, 95, 99)},
         "codes": code,
-        "bad_sent": bad_sent,
-        "bad_answered_4xx": bad_4xx,
+        "bad_sent": len(bad),
+        "bad_answered_4xx": sum(1 for status in bad if status_class(status) == "4xx"),
         "memory_mb": {
             "after_warmup": round(values[0], 1) if values else None,
             "peak": round(max(values), 1) if values else None,
@@ -224,6 +225,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (default: 60)")
     parser.add_argument("--bad", type=float, default=0.2, help="fraction of bad requests (default: 0.2)")
+    parser.add_argument(
+        "--warmup", type=float, default=15.0, help="seconds of load before the measured time, not counted (default: 15)"
+    )
     parser.add_argument("--images", type=int, default=10, help="test images made from the bundled photo")
     parser.add_argument("--model", default="camvid11-compact")
     parser.add_argument("--preset", default=None, help="default: the model's own")
@@ -281,8 +285,7 @@ def run_server_load(args, bodies, bad) -> dict:
             sampler.join()
         if server is not None:
             server.stop()
-    memory = [(t, mb) for t, mb in (sampler.samples if sampler else []) if began <= t <= ended]
-    return summarize(results, ended - began, memory)
+    return summarize(results, began, ended, sampler.samples if sampler else [])
 
 
 if __name__ == "__main__":
