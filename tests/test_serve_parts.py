@@ -218,3 +218,12 @@ def test_a_port_in_use_is_one_clear_line(capsys):
         port = taken.getsockname()[1]
         assert main(["serve", "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_one_line(tmp_path, capsys):
+    pytest.importorskip("uvicorn", reason="needs the serve extra (pip install -e '.[serve]')")
+    missing = tmp_path / "missing.safetensors"
+    assert main(["serve", "--port", "0", "--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "mseg serve: http://127.0.0.1:" in err  # it did start, then stopped
+    assert f"mseg serve: error: the model could not be loaded: {missing}" in err
