@@ -223,7 +223,11 @@ def test_a_port_in_use_is_one_clear_line(capsys):
 def test_a_model_that_cannot_load_stops_the_server_with_one_line(tmp_path, capsys):
     pytest.importorskip("uvicorn", reason="needs the serve extra (pip install -e '.[serve]')")
     missing = tmp_path / "missing.safetensors"
-    assert main(["serve", "--port", "0", "--model", str(missing)]) == 2
+    assert main(["serve", "--port", "0", "--model", str(missing)]) == 2  # checked before the server starts
+    assert capsys.readouterr().err.strip() == f"mseg serve: error: {missing}: checkpoint file does not exist"
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a checkpoint" * 10)
+    assert main(["serve", "--port", "0", "--model", str(corrupt)]) == 2  # found when it loads, after the start
     err = capsys.readouterr().err
     assert "mseg serve: http://127.0.0.1:" in err  # it did start, then stopped
-    assert f"mseg serve: error: the model could not be loaded: {missing}" in err
+    assert f"mseg serve: error: the model could not be loaded: {corrupt}" in err
