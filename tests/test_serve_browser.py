@@ -1,9 +1,10 @@
 """``mseg serve`` end to end, slow: the page in a real browser, and a server killed mid-load then restarted.
 
 The browser is Debian's Chromium (``/usr/bin/chromium``, or ``MSEG_CHROMIUM``) driven by Playwright's Python
-package; ``playwright install`` downloads a browser of its own, which this test does not need. The test uploads
-the bundled example through the page's file input, waits for the overlay, reads the legend, hovers a pixel and
-writes a screenshot (``MSEG_SCREENSHOT=PATH`` keeps it, e.g. ``docs/images/serve-page.png``).
+package; ``playwright install`` downloads a browser of its own, which this test does not need. The test segments
+the bundled example through the page's example button, then uploads it through the file input, waits for the
+overlay, reads the legend, hovers a pixel and writes a screenshot (``MSEG_SCREENSHOT=PATH`` keeps it, e.g.
+``docs/images/serve-page.png``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ def test_the_page_segments_the_bundled_example_in_a_browser(tmp_path):
             page.goto(server.url + "/")
             page.wait_for_selector("#examples button[data-example=dashcam]")
             assert page.locator("#taxonomy option").all_inner_texts() == ["camvid-11"]
-            page.set_input_files("#file", str(example_path()))
+            page.click("#examples button[data-example=dashcam]")  # the bundled example, fetched from the server
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('dashcam.png: 1164')")
+            assert page.locator("#legend li").count() >= 5
+            page.set_input_files("#file", str(example_path()))  # the same photo, picked as a file
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('dashcam_comma2k19')")
             page.wait_for_selector("#overlay[data-ready=true]", timeout=60_000)
             legend = page.locator("#legend li").all_inner_texts()
             assert legend[0].split("\n")[0].strip() == "Road" and len(legend) >= 5

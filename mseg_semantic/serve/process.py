@@ -107,9 +107,10 @@ def _check_alive(server: ServerProcess, deadline: float, what: str) -> None:
 
 def wait_ready(server: ServerProcess, deadline: float, headers: Mapping[str, str]) -> None:
     """Poll ``/readyz`` until it answers 200."""
+    request = urllib.request.Request(server.url + "/readyz", headers=dict(headers))
     while True:
         try:
-            with urllib.request.urlopen(urllib.request.Request(server.url + "/readyz", headers=dict(headers)), timeout=5):
+            with urllib.request.urlopen(request, timeout=5):
                 return
         except (urllib.error.URLError, OSError):
             pass
