@@ -36,6 +36,11 @@ class InputError(MsegError):
     """A user-supplied file, folder or argument that is missing, unreadable or malformed."""
 
 
+class TooLargeError(InputError):
+    """An input over a size limit (an image's pixel count, a request body): the one input error a service answers
+    with 413 instead of 400."""
+
+
 class DownloadError(MsegError):
     """A model or dataset archive could not be downloaded or is not the expected file; the message says what to do."""
 

@@ -8,17 +8,20 @@ never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from mseg_semantic.errors import InputError
+from mseg_semantic.errors import InputError, TooLargeError
 
 
 def _current_umask() -> int:
@@ -83,17 +86,22 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def write_label(path: str | os.PathLike, label: np.ndarray, *, bits: int | None = None) -> None:
-    """Write a (H, W) label map as a lossless PNG, uint8 when every value fits, else uint16 (``bits=16``: always)."""
+def encode_label(label: np.ndarray, *, bits: int | None = None, name: str = "label map") -> bytes:
+    """A (H, W) label map as lossless PNG bytes, uint8 when every value fits, else uint16 (``bits=16``: always)."""
     if label.ndim != 2:
-        raise InputError(f"{path}: a label map must be 2-D, got shape {label.shape}")
+        raise InputError(f"{name}: a label map must be 2-D, got shape {label.shape}")
     if label.size and (int(label.min()) < 0 or int(label.max()) > 65535):
-        raise InputError(f"{path}: label values must lie in 0..65535")
+        raise InputError(f"{name}: label values must lie in 0..65535")
     dtype = np.uint8 if bits != 16 and (not label.size or int(label.max()) <= 255) else np.uint16
     ok, encoded = cv2.imencode(".png", label.astype(dtype, copy=False))
     if not ok:
-        raise InputError(f"{path}: PNG encoding failed")
-    write_bytes_atomic(path, encoded.tobytes())
+        raise InputError(f"{name}: PNG encoding failed")
+    return encoded.tobytes()
+
+
+def write_label(path: str | os.PathLike, label: np.ndarray, *, bits: int | None = None) -> None:
+    """Write a (H, W) label map as a lossless PNG (:func:`encode_label`), atomically."""
+    write_bytes_atomic(path, encode_label(label, bits=bits, name=str(path)))
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -124,9 +132,39 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return decode_image(data, str(path))
 
 
-def decode_image(data: np.ndarray, name: str) -> np.ndarray:
+def image_size(data: bytes | np.ndarray, name: str) -> tuple[int, int]:
+    """(width, height) of an encoded image, read from its header without decoding a pixel (a service checks it
+    against its limit before the decoder allocates anything); ``name`` is for messages."""
+    raw = data.tobytes() if isinstance(data, np.ndarray) else data
+    if not raw:
+        raise InputError(f"{name}: empty (0 bytes): no image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise TooLargeError(f"{name}: image too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError):  # PIL's UnidentifiedImageError is an OSError
+        raise InputError(f"{name}: not a readable image (corrupt, truncated, or not an image format)") from None
+    if width < 1 or height < 1:
+        raise InputError(f"{name}: image has no pixels ({width}x{height})")
+    return width, height
+
+
+def decode_image(data: np.ndarray, name: str, max_pixels: int | None = None) -> np.ndarray:
     """An encoded image (bytes as uint8) as (H, W, 3) RGB uint8: grey and palette expanded, alpha dropped, 16-bit
-    samples scaled to 8 bits. The one conversion every image input goes through (``name`` is for messages)."""
+    samples scaled to 8 bits. The one conversion every image input goes through (``name`` is for messages).
+
+    ``max_pixels``: refuse (:class:`~mseg_semantic.errors.TooLargeError`) an image with more pixels, as its header
+    says (:func:`image_size`), before any pixel is decoded: a small file cannot expand into gigabytes."""
+    if max_pixels is not None:
+        width, height = image_size(data, name)
+        if width * height > max_pixels:
+            raise TooLargeError(
+                f"{name}: image of {width}x{height} = {width * height:,} pixels is over the limit of "
+                f"{max_pixels:,} pixels"
+            )
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise InputError(f"{name}: not a readable image (corrupt, truncated, or not an image format)")

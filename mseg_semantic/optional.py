@@ -1,8 +1,9 @@
-"""The optional dependencies: ONNX export and the runtime backends, checked in one place.
+"""The optional dependencies: ONNX export, the runtime backends and the web service, checked in one place.
 
-``pip install mseg-semantic`` brings PyTorch only; ONNX export and ONNX Runtime come with the ``onnx`` extra and
-OpenVINO with ``openvino``. Whatever needs one of them (:mod:`mseg_semantic.export`, the backends of
-:mod:`mseg_semantic.inference.runtimes`) asks :func:`require`, so a missing package is always the same
+``pip install mseg-semantic`` brings PyTorch only; ONNX export and ONNX Runtime come with the ``onnx`` extra,
+OpenVINO with ``openvino``, and ``mseg serve``'s FastAPI and uvicorn with ``serve``. Whatever needs one of them
+(:mod:`mseg_semantic.export`, the backends of :mod:`mseg_semantic.inference.runtimes`, ``mseg serve``) asks
+:func:`require`, so a missing package is always the same
 :class:`~mseg_semantic.errors.InputError` naming the extra that installs it, and :func:`installed` answers without
 importing anything.
 """
@@ -16,7 +17,8 @@ from types import ModuleType
 from mseg_semantic.errors import InputError
 
 #: Which extra installs a missing module (by its top-level package).
-EXTRAS: dict[str, str] = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino"}
+EXTRAS: dict[str, str] = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino",
+                          "fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve"}
 
 
 def installed(module: str) -> bool:

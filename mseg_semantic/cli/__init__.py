@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "remap": ("remap", "convert a folder of label PNGs from one taxonomy to another"),
     "convert": ("convert", "convert an original .pth checkpoint to a weights-only .safetensors file"),
     "export": ("export", "write a model as an ONNX or OpenVINO file (fp32 or int8) to run without this package"),
+    "serve": ("serve", "serve a model over HTTP (JSON API, micro-batching) with a page to segment images in a browser"),
 }
 
 #: Environment settings that keep OpenCV's and FFmpeg's warnings about damaged files off stderr (set unless given).

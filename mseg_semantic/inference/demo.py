@@ -40,6 +40,7 @@ from mseg_semantic import distributed
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.fileio import (
     atomic_path,
+    encode_label,
     is_image_path,
     is_temporary,
     is_video_path,
@@ -86,14 +87,17 @@ class DemoReport:
     processes: int = 1
 
 
-def parse_outputs(text: str | Iterable[str]) -> tuple[str, ...]:
-    """``"gray,confidence"`` (or a list of names) -> the outputs named, in :data:`OUTPUT_SUFFIXES` order."""
+def parse_outputs(
+    text: str | Iterable[str], choices: Sequence[str] = tuple(OUTPUT_SUFFIXES), option: str = "--outputs"
+) -> tuple[str, ...]:
+    """``"gray,confidence"`` (or a list of names) -> the outputs named, in :data:`OUTPUT_SUFFIXES` order; only
+    ``choices`` may be named (``option``: how the message names the setting)."""
     names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text)]
     names = [n for n in names if n]
-    unknown = [n for n in names if n not in OUTPUT_SUFFIXES]
+    unknown = [n for n in names if n not in choices]
     if unknown or not names:
         what = f"unknown output {unknown[0]!r}" if unknown else "no output named"
-        raise InputError(f"--outputs: {what}; choose from {','.join(OUTPUT_SUFFIXES)} (comma-separated)")
+        raise InputError(f"{option}: {what}; choose from {','.join(choices)} (comma-separated)")
     return tuple(kind for kind in OUTPUT_SUFFIXES if kind in names)
 
 
@@ -250,6 +254,33 @@ def _encode(suffix: str, rgb: np.ndarray, params: list[int] | None = None) -> by
     return data.tobytes()
 
 
+#: The outputs :func:`encode_output` gives as bytes (every output but the probabilities' npz).
+IMAGE_OUTPUTS: tuple[str, ...] = ("gray", "color", "overlay", "confidence")
+
+
+def encode_output(
+    kind: str,
+    rgb: np.ndarray,
+    result: Prediction,
+    class_names: Sequence[str],
+    colors: Sequence[Sequence[int]] | None = None,
+) -> bytes:
+    """The file contents of one of :data:`IMAGE_OUTPUTS` of an image, as :func:`write_image_outputs` writes them
+    (and ``mseg serve`` answers them): label PNG, colour PNG, overlay JPEG (quality 92), 16-bit confidence PNG."""
+    labels = result.labels
+    if kind == "gray":
+        return encode_label(labels)
+    if kind == "color":
+        return _encode(".png", colorize(labels, len(class_names), colors))
+    if kind == "overlay":
+        return _encode(".jpg", overlay(rgb, labels, class_names, colors=colors), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    if kind == "confidence":
+        if result.confidence is None:
+            raise InputError("the confidence output needs a prediction with confidence (confidence=True)")
+        return encode_label(confidence_values(result.confidence), bits=16)
+    raise InputError(f"unknown output {kind!r}; choose from {','.join(IMAGE_OUTPUTS)}")
+
+
 def write_probs(path: Path, result: Prediction, class_names: Sequence[str], taxonomy: str) -> None:
     """``NAME_probs.npz`` (uncompressed): ``probs`` (H, W, C or k) float16, with top-k also ``ids`` (H, W, k); the
     ``class_names`` and ``taxonomy`` the channels (or ids) refer to."""
@@ -275,21 +306,12 @@ def write_image_outputs(
     """Write ``outputs`` of one image (``result``: a :class:`Prediction`, or a label map for gray/color/overlay);
     ``colors``: the taxonomy's own colours (a taxonomy file's palette), else the fixed palette."""
     result = result if isinstance(result, Prediction) else Prediction(result)
-    labels = result.labels
     paths = output_paths(stem, outputs)
     for kind, path in zip(outputs, paths, strict=True):
-        if kind == "gray":
-            write_label(path, labels)
-        elif kind == "color":
-            write_bytes_atomic(path, _encode(".png", colorize(labels, len(class_names), colors)))
-        elif kind == "overlay":
-            data = _encode(".jpg", overlay(rgb, labels, class_names, colors=colors), [cv2.IMWRITE_JPEG_QUALITY, 92])
-            write_bytes_atomic(path, data)
-        elif kind == "confidence":
-            assert result.confidence is not None
-            write_label(path, confidence_values(result.confidence), bits=16)
-        elif kind == "probs":
+        if kind == "probs":
             write_probs(path, result, class_names, taxonomy)
+        else:
+            write_bytes_atomic(path, encode_output(kind, rgb, result, class_names, colors))
     return paths
 
 
