@@ -78,6 +78,7 @@ def installed(tmp_path_factory) -> Path:
     return target
 
 
+@pytest.mark.slow  # pip installs the package into a folder first
 def test_installed_package_reproduces_the_original_outputs_offline(installed, dataprep: Path, root: Path) -> None:
     """prepare + relabel of ade20k, coco-panoptic and sunrgbd through the installed command: the shipped records,
     no --records, no network, two workers; every output equals the original's."""

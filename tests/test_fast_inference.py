@@ -434,6 +434,7 @@ def write_all(threaded: bool, workers: int = 1) -> list:
     return done
 
 
+@pytest.mark.slow  # three demo runs over images and a video
 def test_background_io_writes_the_same_files(example_photos, tiny_checkpoint, tmp_path):
     src = tmp_path / "in"
     src.mkdir()

@@ -68,6 +68,7 @@ def test_fp32_runtimes_give_pytorchs_probabilities(tiny, photos):
         assert (labels == torch_probs.argmax(0)).mean() > 0.999
 
 
+@pytest.mark.slow  # exports to ONNX and converts to OpenVINO
 def test_export_happens_once_per_weights(tiny, cache_home):
     notices: list[str] = []
     Segmenter(tiny, model_taxonomy="camvid-11", backend="onnxruntime", log=notices.append, **SMALL)

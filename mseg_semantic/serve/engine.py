@@ -24,7 +24,7 @@ from mseg_semantic.fileio import decode_image
 from mseg_semantic.inference.config import InferenceConfig
 from mseg_semantic.inference.demo import IMAGE_OUTPUTS, class_histogram, encode_output
 from mseg_semantic.inference.segmenter import Prediction, Segmenter
-from mseg_semantic.taxonomy.tables import NAIVE, TEST_DATASETS, UNIVERSAL
+from mseg_semantic.taxonomy.tables import NAIVE, TEST_DATASETS, UNIVERSAL, get_taxonomy
 from mseg_semantic.visualize import palette
 
 #: The media type of each output's bytes.
@@ -48,7 +48,12 @@ class Upload:
 def output_taxonomies(model_taxonomy: str) -> list[str]:
     """What a model of ``model_taxonomy`` can answer in: its own taxonomy, and for a universal or naive model the
     test taxonomies. By name only: the service reads no taxonomy file of the server's disk."""
-    return [model_taxonomy, *(TEST_DATASETS if model_taxonomy in (UNIVERSAL, NAIVE) else ())]
+    model = get_taxonomy(model_taxonomy)
+    if model.kind not in (UNIVERSAL, NAIVE):
+        return [model_taxonomy]
+    # A universal taxonomy of the user's own (a master table's) reaches the test taxonomies it has a column for.
+    own = model.name not in (UNIVERSAL, NAIVE)
+    return [model_taxonomy, *(t for t in TEST_DATASETS if not own or t in model.maps)]
 
 
 class Engine:
