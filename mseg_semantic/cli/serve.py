@@ -63,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     net.add_argument(
         "--api-key",
         metavar="KEY",
-        help=f"require this key on every route but /healthz, /readyz and "
-        f"the page's files (header X-API-Key: KEY or Authorization: Bearer KEY); default: the "
+        help=f"require this key on every route but /healthz, /readyz, the page's files and the API's description "
+        f"(/docs, /openapi.json) (header X-API-Key: KEY or Authorization: Bearer KEY); default: the "
         f"environment variable {API_KEY_ENV}, else no key",
     )
     limits = parser.add_argument_group("batching and limits")
@@ -172,7 +172,7 @@ def bind(host: str, port: int) -> socket.socket:
 def run(args: argparse.Namespace) -> int:
     _check(args)
     spec = model_spec(args, default_preset=DEFAULT_PRESET, zoo_preset=True)
-    for module in ("fastapi", "uvicorn", "python_multipart"):
+    for module in ("fastapi", "uvicorn", "python_multipart", "swagger_ui_bundle"):
         require(module, "mseg serve")
     spec.apply_threads()
     sock = bind(args.host, args.port)

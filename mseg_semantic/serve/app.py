@@ -48,9 +48,16 @@ log = logging.getLogger("mseg.serve")
 
 #: The query parameters of POST /v1/segment (any other is refused, so a misspelt one is not silently ignored).
 SEGMENT_PARAMETERS = ("outputs", "taxonomy", "links")
-#: Routes open without the API key: the health checks, and the page's static files (they hold no data and run
-#: nothing; the page asks for the key and sends it with each API call).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", *(f"/page/{name}" for name in PAGE_FILES)})
+#: Swagger UI's files for ``/docs``, served from the swagger-ui-bundle package (no CDN: the docs work offline).
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png",
+}  # fmt: skip
+#: Routes open without the API key: the health checks, the page's static files and the API's description (they hold
+#: no data and run nothing; the page and /docs ask for the key and send it with each API call).
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/", *(f"/page/{name}" for name in PAGE_FILES), "/docs", "/openapi.json"}
+    | {f"/docs/{name}" for name in DOCS_ASSETS}
+)
 #: How often a request waiting for its batch checks whether its client is still there (seconds).
 DISCONNECT_POLL = 0.1
 
@@ -205,13 +212,41 @@ def create_app(engine: Engine, settings: ServeSettings, on_load_failed: Callable
         title="mseg serve",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # served by _add_docs_routes from local files
+        redoc_url=None,
         description="Semantic segmentation with an MSeg model: POST an image, get label maps, colour maps, "
         "overlays, confidence maps and the share of each class.",
     )
     app.add_middleware(_Gate, settings=settings)
     _add_error_handlers(app)
     _add_routes(app, state)
+    _add_docs_routes(app, with_key=bool(settings.api_key))
     return app
+
+
+def _add_docs_routes(app: FastAPI, with_key: bool) -> None:
+    """``/docs``: Swagger UI from local files; with an API key, its Authorize button sends the key."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=str(app.openapi_url), title="mseg serve: API", swagger_js_url="/docs/swagger-ui-bundle.js",
+            swagger_css_url="/docs/swagger-ui.css", swagger_favicon_url="/docs/favicon-32x32.png",
+        )  # fmt: skip
+
+    @app.get("/docs/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        if name not in DOCS_ASSETS:
+            raise ApiError(404, "not_found", f"no docs file {name!r}")
+        return Response((swagger_ui_path / name).read_bytes(), media_type=DOCS_ASSETS[name])
+
+    if with_key:
+        schema = app.openapi()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+        schema["security"] = [{"apiKey": []}]
 
 
 def _load(engine: Engine, on_load_failed: Callable[[str], None] | None) -> None:
