@@ -19,7 +19,7 @@ from mseg_semantic.errors import InputError
 #: Which extra installs a missing module (by its top-level package).
 EXTRAS: dict[str, str] = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino",
                           "fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve",
-                          "swagger_ui_bundle": "serve"}
+                          "fastapi_offline": "serve"}
 
 
 def installed(module: str) -> bool:

@@ -155,7 +155,7 @@ def test_the_api_key_is_required_but_not_for_health_checks(server):
         assert "missing or wrong API key" in error_of(httpx.get(server.url + "/v1/models", headers=headers), 401)
     docs = httpx.get(server.url + "/docs")  # the API's description is open; its Authorize button takes the key
     assert docs.status_code == 200 and "http://" not in docs.text and "https://" not in docs.text  # offline
-    assert httpx.get(server.url + "/docs/swagger-ui-bundle.js").status_code == 200
+    assert httpx.get(server.url + "/docs-files/swagger-ui-bundle.js").status_code == 200
     schema = httpx.get(server.url + "/openapi.json").json()
     assert schema["components"]["securitySchemes"]["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200

@@ -79,6 +79,9 @@ def test_the_page_segments_the_bundled_example_in_a_browser(tmp_path):
             assert "dashcam_comma2k19.png: 1164×874" in page.locator("#status").inner_text()
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
+            # The API's documentation renders from the package's own files (the browser reaches nothing else).
+            page.goto(server.url + "/docs")
+            page.wait_for_selector(".opblock-summary-path[data-path=\"/v1/segment\"]", timeout=30_000)
             chromium.close()
     finally:
         server.stop()

@@ -172,7 +172,7 @@ def bind(host: str, port: int) -> socket.socket:
 def run(args: argparse.Namespace) -> int:
     _check(args)
     spec = model_spec(args, default_preset=DEFAULT_PRESET, zoo_preset=True)
-    for module in ("fastapi", "uvicorn", "python_multipart", "swagger_ui_bundle"):
+    for module in ("fastapi", "uvicorn", "python_multipart", "fastapi_offline"):
         require(module, "mseg serve")
     spec.apply_threads()
     sock = bind(args.host, args.port)

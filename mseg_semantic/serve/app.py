@@ -30,6 +30,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,15 +49,12 @@ log = logging.getLogger("mseg.serve")
 
 #: The query parameters of POST /v1/segment (any other is refused, so a misspelt one is not silently ignored).
 SEGMENT_PARAMETERS = ("outputs", "taxonomy", "links")
-#: Swagger UI's files for ``/docs``, served from the swagger-ui-bundle package (no CDN: the docs work offline).
-DOCS_ASSETS = {
-    "swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png",
-}  # fmt: skip
+#: Where FastAPIOffline serves Swagger UI's files for ``/docs`` (no CDN: the docs work offline).
+DOCS_FILES = "/docs-files"
 #: Routes open without the API key: the health checks, the page's static files and the API's description (they hold
 #: no data and run nothing; the page and /docs ask for the key and send it with each API call).
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/readyz", "/", *(f"/page/{name}" for name in PAGE_FILES), "/docs", "/openapi.json"}
-    | {f"/docs/{name}" for name in DOCS_ASSETS}
 )
 #: How often a request waiting for its batch checks whether its client is still there (seconds).
 DISCONNECT_POLL = 0.1
@@ -120,7 +118,8 @@ class _Gate:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         key = self.settings.api_key
-        if key and scope["path"] not in PUBLIC_PATHS and not _key_matches(headers, key):
+        public = scope["path"] in PUBLIC_PATHS or scope["path"].startswith(f"{DOCS_FILES}/")
+        if key and not public and not _key_matches(headers, key):
             await _drain(receive, self.settings.max_body_bytes)
             response = error_response(
                 401,
@@ -208,45 +207,30 @@ def create_app(engine: Engine, settings: ServeSettings, on_load_failed: Callable
             state.batcher.close()
             state.io.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # a FastAPI app whose /docs uses Swagger UI's files from the fastapi-offline package
         title="mseg serve",
         version=__version__,
         lifespan=lifespan,
-        docs_url=None,  # served by _add_docs_routes from local files
         redoc_url=None,
+        static_url=DOCS_FILES,
         description="Semantic segmentation with an MSeg model: POST an image, get label maps, colour maps, "
         "overlays, confidence maps and the share of each class.",
     )
     app.add_middleware(_Gate, settings=settings)
     _add_error_handlers(app)
     _add_routes(app, state)
-    _add_docs_routes(app, with_key=bool(settings.api_key))
+    if settings.api_key:
+        _declare_key(app)
     return app
 
 
-def _add_docs_routes(app: FastAPI, with_key: bool) -> None:
-    """``/docs``: Swagger UI from local files; with an API key, its Authorize button sends the key."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from swagger_ui_bundle import swagger_ui_path
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> Response:
-        return get_swagger_ui_html(
-            openapi_url=str(app.openapi_url), title="mseg serve: API", swagger_js_url="/docs/swagger-ui-bundle.js",
-            swagger_css_url="/docs/swagger-ui.css", swagger_favicon_url="/docs/favicon-32x32.png",
-        )  # fmt: skip
-
-    @app.get("/docs/{name}", include_in_schema=False)
-    async def docs_asset(name: str) -> Response:
-        if name not in DOCS_ASSETS:
-            raise ApiError(404, "not_found", f"no docs file {name!r}")
-        return Response((swagger_ui_path / name).read_bytes(), media_type=DOCS_ASSETS[name])
-
-    if with_key:
-        schema = app.openapi()
-        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-        schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
-        schema["security"] = [{"apiKey": []}]
+def _declare_key(app: FastAPI) -> None:
+    """With an API key, the OpenAPI schema says so, and the Authorize button of ``/docs`` sends it."""
+    schema = app.openapi()
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "apiKey", "in": "header", "name": "X-API-Key",
+    }  # fmt: skip
+    schema["security"] = [{"apiKey": []}]
 
 
 def _load(engine: Engine, on_load_failed: Callable[[str], None] | None) -> None:
