@@ -115,6 +115,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # two torchrun launches, one of them killed mid-run
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through /proc")
 def test_a_killed_run_resumes(photos, one_process, tmp_path):
     out = tmp_path / "killed"
