@@ -32,6 +32,22 @@ DEFAULTS = {
 }
 
 
+#: The batching and limit options: flag (its DEFAULTS key), type, metavar, help.
+_LIMITS = (
+    ("--max-batch", int, "N", "requests of the same size class run together, up to N (default: %(default)s); on a "
+     "GPU their windows share forward passes (--batch-windows N)"),
+    ("--max-wait-ms", float, "T", "how long the oldest waiting request waits for others to fill its batch "
+     "(default: %(default)s ms)"),
+    ("--max-queue", int, "Q", "requests admitted at once (uploading, waiting or running); more get 503 with "
+     "Retry-After (default: %(default)s)"),
+    ("--max-pixels", int, "P", "largest image, in pixels, read from the image's header before decoding; larger: 413 "
+     "(default: %(default)s)"),
+    ("--max-body-mb", float, "MB", "largest request body; larger: 413 (default: %(default)s MB)"),
+    ("--link-ttl", float, "S", "seconds the outputs of a ?links=true answer stay available (default: %(default)s; "
+     "kept in memory)"),
+)  # fmt: skip
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command_parser(
         subparsers,
@@ -68,54 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"environment variable {API_KEY_ENV}, else no key",
     )
     limits = parser.add_argument_group("batching and limits")
-    limits.add_argument(
-        "--max-batch",
-        type=int,
-        default=DEFAULTS["max_batch"],
-        metavar="N",
-        help="requests of "
-        "the same size class run together, up to N (default: %(default)s); on a GPU their windows "
-        "share forward passes (--batch-windows N)",
-    )
-    limits.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=DEFAULTS["max_wait_ms"],
-        metavar="T",
-        help="how long the oldest waiting request waits for others to fill its batch (default: %(default)s ms)",
-    )
-    limits.add_argument(
-        "--max-queue",
-        type=int,
-        default=DEFAULTS["max_queue"],
-        metavar="Q",
-        help="requests "
-        "admitted at once (uploading, waiting or running); more get 503 with Retry-After "
-        "(default: %(default)s)",
-    )
-    limits.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULTS["max_pixels"],
-        metavar="P",
-        help="largest "
-        "image, in pixels, read from the image's header before decoding; larger: 413 (default: "
-        "%(default)s)",
-    )
-    limits.add_argument(
-        "--max-body-mb",
-        type=float,
-        default=DEFAULTS["max_body_mb"],
-        metavar="MB",
-        help="largest request body; larger: 413 (default: %(default)s MB)",
-    )
-    limits.add_argument(
-        "--link-ttl",
-        type=float,
-        default=DEFAULTS["link_ttl"],
-        metavar="S",
-        help="seconds the outputs of a ?links=true answer stay available (default: %(default)s; kept in memory)",
-    )
+    for flag, kind, metavar, text in _LIMITS:
+        key = flag.removeprefix("--").replace("-", "_")
+        limits.add_argument(flag, type=kind, default=DEFAULTS[key], metavar=metavar, help=text)
     parser.add_argument(
         "--log-level",
         default="warning",
