@@ -346,3 +346,16 @@ def test_a_checkpoint_records_its_table_and_a_taxonomy_file_can_sum_its_classes(
     summed = np.stack([universal[pole].sum(0), universal[ground].sum(0)])  # the sums, computed independently
     assert seg.class_names == ["pole", "ground"]
     assert np.allclose(seg.predict_proba(image), summed, atol=1e-5)
+
+
+def test_serve_offers_the_test_taxonomies_a_table_has_columns_for(tmp_path):
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
+    from mseg_semantic.serve.engine import output_taxonomies
+
+    header = master_lines()[0].split("\t")
+    keep = [i for i, name in enumerate(header) if name not in {"kitti-19", "voc2012", "scannet-20"}]
+    lines = ["\t".join(line.split("\t")[i] for i in keep) for line in master_lines()]
+    table = register_taxonomy(load_master(write_master(tmp_path / "t.tsv", lines, name="three-tests")))
+    assert output_taxonomies(table.name) == ["three-tests", "camvid-11", "pascal-context-60", "wilddash-19"]
+    assert output_taxonomies("universal") == ["universal", *TEST_DATASETS]
+    assert output_taxonomies("camvid-11") == ["camvid-11"]
