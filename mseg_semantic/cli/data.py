@@ -113,7 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="check every train/val list line: files exist, sizes agree, labels hold only classes",
         description="Checks every line of the dataset's train/val lists (semseg and -relabeled): the image and "
         "the label exist, their sizes agree, the label is single-channel 8-bit and holds only classes of its "
-        "taxonomy or 255. Prints a per-split table; exits 1 listing the first problems when anything is wrong.",
+        "taxonomy or 255. Prints a per-split table; exits 1 listing the first problems when anything is wrong. "
+        "With --names, DATASET is a dataset of your own, checked the same way against its names list.",
     )
     _dataset(p)
     _root(p)
