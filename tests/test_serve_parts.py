@@ -231,3 +231,29 @@ def test_a_model_that_cannot_load_stops_the_server_with_one_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert "mseg serve: http://127.0.0.1:" in err  # it did start, then stopped
     assert f"mseg serve: error: the model could not be loaded: {corrupt}" in err
+
+
+def test_a_universal_model_answers_in_a_test_taxonomy_like_the_segmenter():
+    """The engine's Segmenter per output taxonomy: a universal model's answer in camvid-11 is the Segmenter's."""
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
+    import torch
+    from conftest import tiny_hrnet
+
+    from mseg_semantic import Segmenter
+    from mseg_semantic.inference.config import load_config
+    from mseg_semantic.serve.engine import Engine
+
+    model = tiny_hrnet(194)
+    config = load_config("360_ss", base_size=64, crop_size=65)
+    engine = Engine(lambda: (model, "universal"), config, torch.device("cpu"), "tiny-universal", max_pixels=10**6)
+    engine.load()
+    assert engine.ready.is_set() and engine.taxonomies[:2] == ["universal", "camvid-11"]
+    rgb = np.asarray(Image.open(example_path()).convert("RGB").resize((96, 72)))
+    data = io.BytesIO()
+    Image.fromarray(rgb).save(data, format="PNG")
+    _, upload = engine.prepare(data.getvalue(), engine.check_taxonomy("camvid-11"))
+    (result,) = engine.run([upload])
+    names, classes, _ = engine.answer(upload, result, [])
+    expected = Segmenter(model, config=config, model_taxonomy="universal", output_taxonomy="camvid-11").predict(rgb)
+    assert names[:3] == ["Building", "Tree", "Sky"] and np.array_equal(result.labels, expected)
+    assert sum(c["pixels"] for c in classes) == rgb.shape[0] * rgb.shape[1]
