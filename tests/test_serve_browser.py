@@ -88,6 +88,35 @@ def test_the_page_segments_the_bundled_example_in_a_browser(tmp_path):
     assert shot.stat().st_size > 10_000
 
 
+def test_the_page_switches_a_universal_model_to_a_test_taxonomy(tmp_path):
+    """A 194-class model (tiny, random) offers the test taxonomies; choosing one segments the image again in it."""
+    from conftest import tiny_hrnet
+
+    from mseg_semantic.models import save_checkpoint
+    from mseg_semantic.taxonomy import class_names
+
+    sync_api = browser()
+    checkpoint = save_checkpoint(tiny_hrnet(194), tmp_path / "universal.safetensors", taxonomy="universal")
+    args = ["--port", "0", "--model", str(checkpoint), "--preset", "360_ss", "--base-size", "96", "--crop-size", "97"]
+    server = start_server(args, env=child_env(ROOT), timeout=120)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = chromium.new_page()
+            page.goto(server.url + "/")
+            page.wait_for_selector("#examples button[data-example=dashcam]")
+            assert page.locator("#taxonomy option").all_inner_texts()[:3] == ["universal", "camvid-11", "kitti-19"]
+            page.click("#examples button[data-example=dashcam]")
+            page.wait_for_function("document.getElementById('status').textContent.includes(' of universal ')")
+            page.select_option("#taxonomy", "camvid-11")  # the same image again, in camvid-11's classes
+            page.wait_for_function("document.getElementById('status').textContent.includes(' of camvid-11 ')")
+            legend = [line.split("\n")[0].strip() for line in page.locator("#legend li").all_inner_texts()]
+            assert legend and set(legend) <= set(class_names("camvid-11"))
+            chromium.close()
+    finally:
+        server.stop()
+
+
 def test_a_server_killed_under_load_restarts_on_the_same_port_with_nothing_to_clean(tmp_path):
     env = child_env(ROOT, OMP_NUM_THREADS="1")
     first = start_server(["--port", "0", "--threads", "1"], env=env)
