@@ -130,6 +130,7 @@ def test_fast_picks_the_fastest_installed_backend_that_keeps_99_percent(photos, 
     assert Segmenter(fast=True, backend="torch").backend == "torch"
 
 
+@pytest.mark.slow  # exports the model to ONNX and calibrates it
 def test_calibration_on_a_users_folder(tiny, photos, tmp_path):
     folder = tmp_path / "calib"
     folder.mkdir()
