@@ -219,14 +219,9 @@ def _direct_table(source: str, target: str) -> np.ndarray | None:
             table[sid] = tid
         return table
     if source in dst.maps and dst.kind == UNIVERSAL and src.kind == "train":  # a master table's column
-        return _master_table(src, dst, size)
+        return _class_table(dst.maps[source], dst.classes, size)
     if target == UNIVERSAL and src.kind == "train":
-        uid = {name: i for i, name in enumerate(dst.classes)}
-        uid[UNLABELED] = IGNORE_LABEL
-        for i, (u,) in enumerate(src.universal):
-            table[i] = uid[u]
-        table[IGNORE_LABEL] = IGNORE_LABEL
-        return table
+        return _class_table(src.universal, dst.classes, size)
     if target == NAIVE and source in UNRELABELED_TRAIN_DATASETS:
         nid = {name: i for i, name in enumerate(dst.classes) if i != IGNORE_LABEL}
         for i, name in enumerate(src.classes):
@@ -236,14 +231,26 @@ def _direct_table(source: str, target: str) -> np.ndarray | None:
     return None
 
 
-def _master_table(dataset: Taxonomy, master: Taxonomy, size: int) -> np.ndarray:
-    """Labels of ``dataset`` -> rows of a master table (its column names one row per dataset class, or none)."""
+def _class_table(targets: tuple[tuple[str, ...], ...], classes: tuple[str, ...], size: int) -> np.ndarray:
+    """The lookup table of a training taxonomy into a universal one: label ``i`` becomes the class named
+    ``targets[i]`` (one name; ``unlabeled``: 255), 255 stays 255, other values are invalid."""
+    index = {name: i for i, name in enumerate(classes)}
+    index[UNLABELED] = IGNORE_LABEL
     table = np.full(size, _INVALID, dtype=np.int64)
-    row = {name: i for i, name in enumerate(master.classes)}
-    for i, (name,) in enumerate(master.maps[dataset.name]):
-        table[i] = row.get(name, IGNORE_LABEL)
+    for i, (name,) in enumerate(targets):
+        table[i] = index[name]
     table[IGNORE_LABEL] = IGNORE_LABEL
     return table
+
+
+def _summing_matrix(groups: tuple[tuple[str, ...], ...], classes: tuple[str, ...]) -> np.ndarray:
+    """The 0/1 matrix whose row ``t`` sums the source classes named in ``groups[t]`` (out of ``classes``)."""
+    index = {name: i for i, name in enumerate(classes)}
+    matrix = np.zeros((len(groups), len(classes)), dtype=np.float32)
+    for t, names in enumerate(groups):
+        for name in names:
+            matrix[t, index[name]] = 1.0
+    return matrix
 
 
 @functools.cache
@@ -261,18 +268,14 @@ def _test_matrix(taxonomy: str | Taxonomy, source: str) -> np.ndarray:
             f"{taxonomy!r} is a {test.kind} taxonomy; universal probabilities map only to test taxonomies: "
             + ", ".join(n for n in _test_names())
         )
-    matrix = np.zeros((test.num_classes, src.num_classes), dtype=np.float32)
     if source == UNIVERSAL:
-        uid = {name: i for i, name in enumerate(src.classes)}
-        for t, sources in enumerate(test.universal):
-            for u in sources:
-                matrix[t, uid[u]] = 1.0
-    else:
-        # The naive baseline matches test classes to naive classes by lower-cased name; unmatched rows stay 0.
-        nid = {name: i for i, name in enumerate(src.classes) if i != IGNORE_LABEL}
-        for t, name in enumerate(test.classes):
-            if name.lower() in nid:
-                matrix[t, nid[name.lower()]] = 1.0
+        return _summing_matrix(test.universal, src.classes)
+    # The naive baseline matches test classes to naive classes by lower-cased name; unmatched rows stay 0.
+    matrix = np.zeros((test.num_classes, src.num_classes), dtype=np.float32)
+    nid = {name: i for i, name in enumerate(src.classes) if i != IGNORE_LABEL}
+    for t, name in enumerate(test.classes):
+        if name.lower() in nid:
+            matrix[t, nid[name.lower()]] = 1.0
     return matrix
 
 
@@ -284,25 +287,14 @@ def _master_matrix(test: Taxonomy, master: Taxonomy) -> np.ndarray:
             f"the universal taxonomy {master.name!r} ({master.origin}) has no column for the test taxonomy "
             f"{test.name!r}; its test columns: {columns}"
         )
-    row = {name: i for i, name in enumerate(master.classes)}
-    matrix = np.zeros((test.num_classes, master.num_classes), dtype=np.float32)
-    for t, rows in enumerate(master.maps[test.name]):
-        for name in rows:
-            matrix[t, row[name]] = 1.0
-    return matrix
+    return _summing_matrix(master.maps[test.name], master.classes)
 
 
 def _file_matrix(taxonomy: Taxonomy, source: str) -> np.ndarray:
     """The matrix of a taxonomy read from a file: row t sums the classes of its source listed on row t."""
     if source != taxonomy.source:
         raise source_mismatch(taxonomy, source)
-    src = get_taxonomy(source)
-    index = {name: i for i, name in enumerate(src.classes)}
-    matrix = np.zeros((taxonomy.num_classes, src.num_classes), dtype=np.float32)
-    for t, sources in enumerate(taxonomy.universal):
-        for name in sources:
-            matrix[t, index[name]] = 1.0
-    return matrix
+    return _summing_matrix(taxonomy.universal, get_taxonomy(source).classes)
 
 
 def _test_names() -> list[str]:
