@@ -34,7 +34,7 @@ from mseg_semantic.data.sampling import LAYOUTS
 from mseg_semantic.data.transforms import Augmentation
 from mseg_semantic.errors import InputError, MsegError
 from mseg_semantic.precision import TORCH_PRECISIONS
-from mseg_semantic.training.taxonomies import DatasetConfig, TaxonomyConfig, resolve_taxonomies, training_taxonomy
+from mseg_semantic.training.taxonomies import DatasetConfig, TaxonomyConfig, resolve_taxonomies
 
 TAXONOMY_MODES = ("universal", "naive", "own")
 CLASS_WEIGHTINGS = ("none", "enet")
@@ -148,7 +148,7 @@ class TrainConfig:
     @property
     def model_taxonomy(self) -> str:
         """The taxonomy of the model's outputs, as recorded in checkpoints."""
-        return training_taxonomy(self.taxonomy, self.datasets).name
+        return resolve_taxonomies(self.taxonomy, self.datasets).name
 
     def total_iters(self) -> int:
         """``max_iters`` if set, else ``floor(num_examples / crops per dataset per step)`` (SPEC 4.3)."""
@@ -282,7 +282,7 @@ def check_config(config: TrainConfig) -> None:
 
 def _check_datasets(config: TrainConfig) -> None:
     """The modes, and datasets that exist, once each, and map to the taxonomy trained."""
-    from mseg_semantic.taxonomy import TaxonomyConverter, get_taxonomy
+    from mseg_semantic.taxonomy import TaxonomyConverter
 
     check(
         bool(config.datasets),
@@ -302,18 +302,16 @@ def _check_datasets(config: TrainConfig) -> None:
         f"'own' trains one dataset in its own classes, but {len(names)} datasets are listed; "
         "use 'universal' to train them together",
     )
-    target = resolve_taxonomies(config.taxonomy, config.datasets)
+    target = resolve_taxonomies(config.taxonomy, config.datasets)  # unknown dataset names raise here
+    if mode == "own":
+        return  # the one dataset is trained in its own labels: no map to check
     converter = TaxonomyConverter()
     for i, name in enumerate(names):
         try:
-            get_taxonomy(name)
-            if mode != "own":
-                try:
-                    converter.lookup_table(name, target.name)
-                except MsegError as exc:
-                    raise MsegError(f"cannot train {name} in the {target.name} taxonomy: {exc}") from None
+            converter.lookup_table(name, target.name)
         except MsegError as exc:
-            raise ConfigError(str(exc), f"datasets.{i}.name") from None
+            problem = f"cannot train {name} in the {target.name} taxonomy: {exc}"
+            raise ConfigError(problem, f"datasets.{i}.name") from None
 
 
 def _check_numbers(config: TrainConfig) -> None:

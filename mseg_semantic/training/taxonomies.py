@@ -43,15 +43,9 @@ class TaxonomyConfig:
     master: str | None = None
 
 
-def training_taxonomy(taxonomy: TaxonomyConfig, datasets: Sequence[DatasetConfig]) -> Taxonomy:
-    """The taxonomy of the model's outputs: universal, a master table's, naive, or the one dataset's own."""
-    if taxonomy.master or any(d.names for d in datasets):
-        return resolve_taxonomies(taxonomy, datasets)
-    return get_taxonomy(datasets[0].name if taxonomy.mode == "own" else taxonomy.mode)
-
-
 def resolve_taxonomies(taxonomy: TaxonomyConfig, datasets: Sequence[DatasetConfig]) -> Taxonomy:
-    """Read the master table and names lists, make them known by name, and return the taxonomy trained in.
+    """Read the master table and names lists (each once per process and version of the file), make them known by
+    name, and return the taxonomy trained in: universal, a master table's, naive, or the one dataset's own.
 
     Raises :class:`ConfigError` naming the key (``taxonomy.master``, ``datasets.0.names``) and the file's line."""
     own = own_datasets(datasets)
@@ -121,7 +115,7 @@ def own_datasets(datasets: Sequence[DatasetConfig]) -> dict[str, tuple[str, tupl
                 f"{key}.name",
             )
         try:
-            own[dataset.name] = (dataset.names, read_names(dataset.names))
+            own[dataset.name] = (dataset.names, _read_names(dataset.names, _mtime(dataset.names)))
         except MsegError as exc:
             raise ConfigError(str(exc), f"{key}.names") from None
     return own
@@ -132,6 +126,11 @@ def _mtime(path: str) -> int:
         return os.stat(path).st_mtime_ns
     except OSError:
         return 0  # reading it reports the problem
+
+
+@functools.cache
+def _read_names(path: str, mtime: int) -> tuple[str, ...]:
+    return read_names(path)
 
 
 @functools.cache
