@@ -162,8 +162,8 @@ def _check_master(path: str, names: list[str]) -> int:
             raise InputError(f"--names expects DATASET=FILE (e.g. my-streets=names.txt), got {item!r}")
         datasets[dataset] = read_names(file)
     report = check_master(path, datasets)
-    for line in report.errors + report.notes:
-        print(("" if line in report.errors else "note: ") + line, file=sys.stderr)
+    for line in [*report.errors, *(f"note: {note}" for note in report.notes)]:
+        print(line, file=sys.stderr)
     if report.taxonomy is None:
         count = len(report.errors)
         print(f"{count} problem{'s' * (count > 1)} in {path}", file=sys.stderr)
