@@ -354,18 +354,17 @@ async def _segment(request: Request, state: _State, outputs: str, taxonomy: str 
     """What POST /v1/segment does: admit (or 503), read and check, queue for a batch, encode the answer."""
     engine, batcher = state.engine, state.batcher
     assert batcher is not None
-    if not engine.ready.is_set():
-        await _drain(request.receive, state.settings.max_body_bytes)
-        raise ApiError(503, "loading", "the model is loading; retry shortly", {"Retry-After": "2"})
-    try:
+    try:  # what needs no upload is checked before the upload is read
+        if not engine.ready.is_set():
+            raise ApiError(503, "loading", "the model is loading; retry shortly", {"Retry-After": "2"})
+        kinds = _check_query(request, outputs)
+        chosen = engine.check_taxonomy(taxonomy)
         slot = batcher.acquire()
-    except QueueFullError:
+    except (ApiError, MsegError):
         await _drain(request.receive, state.settings.max_body_bytes)
         raise
     try:
         data, name = await _read_upload(request)
-        kinds = _check_query(request, outputs)
-        chosen = engine.check_taxonomy(taxonomy)
         key, upload = await state.run_io(engine.prepare, data, chosen, name)
         del data
         result = await _unless_disconnected(request, batcher.submit(key, upload))
